@@ -1,0 +1,55 @@
+# The two commands: `make run` (the service, with its local stack) and `make test` (the suite).
+# Both install what is missing first (scripts/bootstrap), then bring the stack up and migrate.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PY := .venv/bin/python
+
+# The test stack lives apart from the dev stack (own state folder and ports), so running the
+# suite never stops or pollutes the services `make run` uses.
+TEST_STACK_ENV := PAYMENTS_STATE_DIR=.state/test KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 \
+                  DB_PORT=15432 REDIS_PORT=16379
+
+.PHONY: run test bootstrap up down status logs reset migrate lint typecheck check
+
+run: bootstrap up migrate
+	eval "$$(scripts/stack env)"; \
+	export DATA_DIR=$${DATA_DIR:-.state/worker-1} WEB_BIND=$${WEB_BIND:-127.0.0.1}; \
+	exec $(PY) -m app worker
+
+test: bootstrap
+	export $(TEST_STACK_ENV); \
+	scripts/stack up; \
+	eval "$$(scripts/stack env)"; \
+	$(PY) -m app migrate; \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bootstrap:
+	scripts/bootstrap
+
+up:
+	scripts/stack up
+
+down:
+	scripts/stack down
+	export $(TEST_STACK_ENV); scripts/stack down
+
+status:
+	scripts/stack status
+
+logs:
+	scripts/stack logs
+
+reset:
+	export $(TEST_STACK_ENV); scripts/stack down
+	scripts/stack reset
+
+migrate: bootstrap up
+	eval "$$(scripts/stack env)"; $(PY) -m app migrate
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+typecheck:
+	.venv/bin/mypy
+
+check: lint typecheck

@@ -1,0 +1,1 @@
+"""Faust agents (stream processors) and timers of the service."""

@@ -1,0 +1,93 @@
+"""The Postgres connection pool, as a service that starts before agents and timers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from mode import Service
+
+from app.exceptions import DependencyUnavailable
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long start-up waits for Postgres before giving up (a restarting database).
+CONNECT_ATTEMPTS = 10
+CONNECT_BACKOFF_SECONDS = 1.0
+
+
+class Database(Service):
+    """Owns the asyncpg pool. Add it with ``app.add_dependency`` so it starts first."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        super().__init__(**kwargs)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The started pool; using it before ``start()`` is a bug, not a state."""
+        if self._pool is None:
+            raise RuntimeError("Database used before it was started")
+        return self._pool
+
+    async def on_start(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = await connect_pool(self.settings)
+
+    async def on_stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+def connect_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``asyncpg.connect`` and ``asyncpg.create_pool``."""
+    return {
+        "host": settings.db_host,
+        "port": settings.db_port,
+        "database": settings.db_database,
+        "user": settings.db_username,
+        "password": settings.db_password.get_secret_value(),
+        "command_timeout": 60,
+        "server_settings": {"application_name": settings.kafka_client_id},
+    }
+
+
+async def connect_pool(settings: Settings, *, min_size: int | None = None) -> asyncpg.Pool:
+    """Open a pool, retrying while Postgres is still starting; raise DependencyUnavailable."""
+    where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
+    last_error: BaseException | None = None
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            pool = await asyncpg.create_pool(
+                **connect_options(settings),
+                min_size=settings.db_pool_min if min_size is None else min_size,
+                max_size=settings.db_pool_max,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            last_error = exc
+            log.warning(
+                "Postgres at %s not reachable (attempt %d/%d): %s",
+                where,
+                attempt,
+                CONNECT_ATTEMPTS,
+                exc,
+            )
+            await asyncio.sleep(CONNECT_BACKOFF_SECONDS * attempt)
+        else:
+            log.info(
+                "Postgres pool open: %s (%d-%d connections)",
+                where,
+                pool.get_min_size(),
+                pool.get_max_size(),
+            )
+            return pool
+    raise DependencyUnavailable(
+        f"Postgres at {where} did not answer after {CONNECT_ATTEMPTS} attempts ({last_error}); "
+        "is it running? (scripts/stack status)"
+    )

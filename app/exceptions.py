@@ -1,0 +1,24 @@
+"""The service's error tree: one root, a small class per failure, policy on the class."""
+
+from __future__ import annotations
+
+
+class PaymentsError(Exception):
+    """Root of every error this service raises on purpose."""
+
+    #: True when the same operation may succeed if tried again later.
+    retriable: bool = False
+
+
+class SettingsError(PaymentsError):
+    """The configuration is invalid; the message names each bad variable, one per line."""
+
+
+class DependencyUnavailable(PaymentsError):
+    """A backing service (Postgres, Kafka, Redis) did not answer; try again later."""
+
+    retriable = True
+
+
+class MigrationError(PaymentsError):
+    """A migration failed or an applied migration was edited after it ran."""

@@ -1,0 +1,312 @@
+"""The service's configuration: one frozen model read from the environment once.
+
+Every environment variable of the plan's Configuration section is here, with the
+plan's defaults (which name the docker-compose hosts `postgres`, `redis`, `kafka`;
+the Makefile points them at 127.0.0.1 for the local stack). Nothing else in the
+service reads ``os.environ``: build a :class:`Settings` (tests pass values
+directly) and hand it down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from app.exceptions import SettingsError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+WEBHOOK_SECRET_PREFIX = "WEBHOOK_SECRET_"  # noqa: S105 (a variable name, not a secret)
+CHANNEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+#: Standard Webhooks secrets are base64 after this prefix.
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
+
+
+def _split_commas(value: Any) -> Any:
+    """Turn ``"a, b,,c"`` into ``["a", "b", "c"]``; leave non-strings to pydantic."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_webhook_secrets(secrets: list[SecretStr], name: str) -> list[SecretStr]:
+    for secret in secrets:
+        raw = secret.get_secret_value()
+        if not raw.startswith(SECRET_PREFIX) or len(raw) <= len(SECRET_PREFIX):
+            # Never echo the secret itself: say what shape it must have.
+            raise ValueError(
+                f"{name} must be one or more comma-separated secrets that start with "
+                f"'{SECRET_PREFIX}' followed by base64"
+            )
+    return secrets
+
+
+class _ChannelSecretsSource(PydanticBaseSettingsSource):
+    """Collects ``WEBHOOK_SECRET_<CHANNEL>`` variables into ``webhook_channel_secrets``.
+
+    pydantic-settings maps one variable to one field; per-channel secrets have
+    open-ended names, so this source scans for the prefix instead.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str | None]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        channels = {
+            name[len(WEBHOOK_SECRET_PREFIX) :].lower(): value
+            for name, value in self._environ.items()
+            if name.upper().startswith(WEBHOOK_SECRET_PREFIX)
+            and len(name) > len(WEBHOOK_SECRET_PREFIX)
+        }
+        return {"webhook_channel_secrets": channels} if channels else {}
+
+
+class Settings(BaseSettings):
+    """All configuration, validated at start. Field ``x_y`` is variable ``X_Y``."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=False,
+    )
+
+    # Server
+    port: int = Field(3004, ge=1, le=65535)
+    node_env: Literal["development", "test", "staging", "production"] = "development"
+    data_dir: str = Field(
+        "/var/lib/payment-service",
+        description="Faust's data folder (RocksDB tables); one per worker.",
+    )
+    web_bind: str = Field("0.0.0.0", description="Address the web server listens on.")  # noqa: S104
+    worker_id: str = Field(
+        "payment-service-1",
+        min_length=1,
+        max_length=100,
+        description="Names this worker: Faust web host id and static group membership.",
+    )
+
+    # Database
+    db_host: str = Field("postgres", min_length=1)
+    db_port: int = Field(5432, ge=1, le=65535)
+    db_database: str = Field("collectioncrm", min_length=1)
+    db_username: str = Field("postgres", min_length=1)
+    db_password: SecretStr = SecretStr("admin_password")
+    db_pool_min: int = Field(10, ge=0)
+    db_pool_max: int = Field(50, ge=1)
+
+    # Redis
+    redis_host: str = Field("redis", min_length=1)
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_ttl_seconds: int = Field(86400, ge=1)
+
+    # Kafka
+    kafka_brokers: Annotated[list[str], NoDecode] = Field(["kafka:9092"], min_length=1)
+    kafka_topic: str = Field("payment.events", min_length=1)
+    kafka_client_id: str = Field("payment-service", min_length=1)
+    kafka_batch_size: int = Field(100, ge=1)
+    kafka_replication_factor: int = Field(
+        1, ge=1, description="For the topics Faust creates (table changelogs); 3 in production."
+    )
+
+    # Processing
+    staging_batch_size: int = Field(1000, ge=1, le=100_000)
+    staging_interval_seconds: float = Field(30, gt=0)
+    staging_max_retries: int = Field(3, ge=0)
+    webhook_timeout_ms: int = Field(5000, ge=1)
+
+    # Performance
+    enable_memory_cache: bool = True
+    memory_cache_max_size: int = Field(10000, ge=0)
+    enable_redis_cache: bool = True
+    reference_cache_ttl_days: int = Field(90, ge=1)
+    partition_retention_months: int = Field(12, ge=1)
+    rocksdb_block_cache_mb: int = Field(
+        8,
+        ge=1,
+        description="Block cache per table partition; 12 partitions share the machine.",
+    )
+    rocksdb_write_buffer_mb: int = Field(4, ge=1)
+
+    # Monitoring
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    enable_metrics: bool = True
+    metrics_port: int = Field(9090, ge=1, le=65535)
+
+    # Webhooks
+    webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Default secrets (whsec_...), comma-separated: any may match (rotation).",
+    )
+    webhook_channel_secrets: dict[str, list[SecretStr]] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("webhook_channel_secrets"),
+        description="From WEBHOOK_SECRET_<CHANNEL>; overrides the default for that channel.",
+    )
+    webhook_ip_allowlist: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list, description="CIDRs; empty allows every address."
+    )
+    webhook_rate_limit_per_source: float = Field(0, ge=0, description="Requests/s; 0 = off.")
+
+    @field_validator("log_level", "node_env", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("kafka_brokers", "webhook_ip_allowlist", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("kafka_brokers")
+    @classmethod
+    def _brokers_have_ports(cls, brokers: list[str]) -> list[str]:
+        for broker in brokers:
+            host, sep, port = broker.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"each broker must be host:port, got {broker!r}")
+        return brokers
+
+    @field_validator("webhook_ip_allowlist", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        networks: list[IPNetwork] = []
+        for item in value:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+        return networks
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_list(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return _split_commas(value)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_shape(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        return _check_webhook_secrets(secrets, "WEBHOOK_SECRET")
+
+    @field_validator("webhook_channel_secrets", mode="before")
+    @classmethod
+    def _channel_secret_lists(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        parsed: dict[str, Any] = {}
+        for channel, secrets in value.items():
+            name = str(channel).lower()
+            if not name or not set(name) <= CHANNEL_NAME_CHARS:
+                raise ValueError(
+                    f"{WEBHOOK_SECRET_PREFIX}{name.upper()}: a channel name uses "
+                    "letters, digits, '_' and '-' only"
+                )
+            parsed[name] = _split_commas(secrets)
+        return parsed
+
+    @field_validator("webhook_channel_secrets")
+    @classmethod
+    def _channel_secret_shape(cls, value: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
+        for channel, secrets in value.items():
+            _check_webhook_secrets(secrets, f"{WEBHOOK_SECRET_PREFIX}{channel.upper()}")
+        return value
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError(
+                f"DB_POOL_MIN ({self.db_pool_min}) must not exceed DB_POOL_MAX ({self.db_pool_max})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = env_settings.env_vars if isinstance(env_settings, EnvSettingsSource) else {}
+        return (init_settings, env_settings, _ChannelSecretsSource(settings_cls, environ))
+
+    # Derived values ---------------------------------------------------------
+
+    def secrets_for_channel(self, channel: str | None) -> list[SecretStr]:
+        """The secrets a webhook on ``channel`` may be signed with (any one matches)."""
+        if channel is not None and channel.lower() in self.webhook_channel_secrets:
+            return self.webhook_channel_secrets[channel.lower()]
+        return self.webhook_secret
+
+    @property
+    def database_dsn(self) -> str:
+        """A DSN without the password (asyncpg takes it separately; DSNs get logged)."""
+        return f"postgresql://{self.db_username}@{self.db_host}:{self.db_port}/{self.db_database}"
+
+    @property
+    def kafka_url(self) -> str:
+        """The broker list in Faust's ``kafka://host:port;host:port`` form."""
+        return "kafka://" + ";".join(self.kafka_brokers)
+
+
+def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
+    location = [str(part) for part in error.get("loc", ())]
+    field = location[0] if location else ""
+    if field == "webhook_channel_secrets":
+        channel = location[1].upper() if len(location) > 1 else "<CHANNEL>"
+        variable = f"{WEBHOOK_SECRET_PREFIX}{channel}"
+    elif field in settings_cls.model_fields:
+        variable = field.upper()
+    else:
+        variable = "configuration"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    field_info = settings_cls.model_fields.get(field)
+    secret = field_info is not None and "Secret" in str(field_info.annotation)
+    if secret or field == "webhook_channel_secrets" or "input" not in error:
+        return f"{variable}: {message}"
+    given = error["input"]
+    if isinstance(given, str | int | float | bool):
+        return f"{variable}={given!r}: {message}"
+    return f"{variable}: {message}"
+
+
+def load_settings() -> Settings:
+    """Read and validate the configuration from the environment, or raise :class:`SettingsError`.
+
+    The error's message has one line per bad variable, naming it, and never a
+    secret's value.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = sorted({_describe(error, Settings) for error in exc.errors()})
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Faust tables (RocksDB-backed state) and their storage options."""

@@ -1,0 +1,1 @@
+"""HTTP views served by Faust's web server (aiohttp)."""
