@@ -4,10 +4,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PY := .venv/bin/python
 
-# The test stack lives apart from the dev stack (own state folder and ports), so running the
-# suite never stops or pollutes the services `make run` uses.
-TEST_STACK_ENV := PAYMENTS_STATE_DIR=.state/test KAFKA_PORT=19092 KAFKA_CONTROLLER_PORT=19093 \
-                  DB_PORT=15432 REDIS_PORT=16379
+# The test stack lives apart from the dev stack (own state folder and ports): scripts/test-stack.env.
+TEST_STACK_ENV := set -a; source scripts/test-stack.env; set +a
 
 .PHONY: run test bootstrap up down status logs reset migrate lint typecheck check
 
@@ -17,7 +15,7 @@ run: bootstrap up migrate
 	exec $(PY) -m app worker
 
 test: bootstrap
-	export $(TEST_STACK_ENV); \
+	$(TEST_STACK_ENV); \
 	scripts/stack up; \
 	eval "$$(scripts/stack env)"; \
 	$(PY) -m app migrate; \
@@ -31,7 +29,7 @@ up:
 
 down:
 	scripts/stack down
-	export $(TEST_STACK_ENV); scripts/stack down
+	$(TEST_STACK_ENV); scripts/stack down
 
 status:
 	scripts/stack status
@@ -40,7 +38,7 @@ logs:
 	scripts/stack logs
 
 reset:
-	export $(TEST_STACK_ENV); scripts/stack down
+	$(TEST_STACK_ENV); scripts/stack down
 	scripts/stack reset
 
 migrate: bootstrap up

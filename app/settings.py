@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("kafka_brokers", "webhook_ip_allowlist", mode="before")
+    @field_validator("kafka_brokers", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -193,6 +193,7 @@ class Settings(BaseSettings):
     @field_validator("webhook_ip_allowlist", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
+        value = _split_commas(value)
         if not isinstance(value, list):
             return value
         networks: list[IPNetwork] = []
@@ -281,8 +282,8 @@ def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
     location = [str(part) for part in error.get("loc", ())]
     field = location[0] if location else ""
     if field == "webhook_channel_secrets":
-        channel = location[1].upper() if len(location) > 1 else "<CHANNEL>"
-        variable = f"{WEBHOOK_SECRET_PREFIX}{channel}"
+        # Its validators name the WEBHOOK_SECRET_<CHANNEL> variable in the message itself.
+        return str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     elif field in settings_cls.model_fields:
         variable = field.upper()
     else:

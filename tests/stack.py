@@ -1,0 +1,306 @@
+"""Where the tests find Kafka, Postgres and Redis: the one place that hands out endpoints.
+
+By default the suite uses the native stack that ``scripts/stack`` starts, with the
+folder and ports of ``scripts/test-stack.env`` (apart from the dev stack). With
+``TEST_STACK=testcontainers`` on a host with a Docker engine, the same suite runs
+against containers instead; that path is untested on our machines (no Docker engine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_SCRIPT = ROOT / "scripts" / "stack"
+TOPICS_CONF = ROOT / "scripts" / "kafka" / "topics.conf"
+TEST_STACK_ENV = ROOT / "scripts" / "test-stack.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, comments and blanks skipped."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def read_topics_conf(path: Path = TOPICS_CONF) -> dict[str, tuple[int, dict[str, str]]]:
+    """topics.conf as {name: (partitions, {setting: value})}."""
+    topics: dict[str, tuple[int, dict[str, str]]] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, partitions, *rest = line.split()
+        config = dict(item.split("=", 1) for item in rest[0].split(",")) if rest else {}
+        topics[name] = (int(partitions), config)
+    return topics
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Endpoints of the running stack, and how to drive it."""
+
+    kafka_bootstrap: str
+    db_host: str
+    db_port: int
+    db_database: str
+    db_username: str
+    db_password: str
+    redis_host: str
+    redis_port: int
+    #: Variables scripts/stack needs to find this stack (native only).
+    script_env: Mapping[str, str] = field(default_factory=dict)
+    native: bool = True
+
+    def service_env(self, **extra: str) -> dict[str, str]:
+        """The environment a worker or command subprocess gets to reach this stack."""
+        env = dict(os.environ)
+        env.update(
+            DB_HOST=self.db_host,
+            DB_PORT=str(self.db_port),
+            DB_DATABASE=self.db_database,
+            DB_USERNAME=self.db_username,
+            DB_PASSWORD=self.db_password,
+            REDIS_HOST=self.redis_host,
+            REDIS_PORT=str(self.redis_port),
+            KAFKA_BROKERS=self.kafka_bootstrap,
+        )
+        env.update(extra)
+        return env
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "db_host": self.db_host,
+            "db_port": self.db_port,
+            "db_database": self.db_database,
+            "db_username": self.db_username,
+            "db_password": self.db_password,
+            "redis_host": self.redis_host,
+            "redis_port": self.redis_port,
+            "kafka_brokers": [self.kafka_bootstrap],
+            "db_pool_min": 1,
+            "db_pool_max": 5,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    def db_connect_kwargs(self, database: str | None = None) -> dict[str, Any]:
+        return {
+            "host": self.db_host,
+            "port": self.db_port,
+            "database": database or self.db_database,
+            "user": self.db_username,
+            "password": self.db_password,
+        }
+
+    def script(
+        self, *args: str, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        """Run scripts/stack (or a bin/ wrapper with ``bin=...``) against this stack."""
+        if not self.native:
+            raise RuntimeError("scripts/stack drives the native stack only")
+        env = dict(os.environ)
+        env.update(self.script_env)
+        return subprocess.run(
+            [str(STACK_SCRIPT), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+        )
+
+    def tool(
+        self, name: str, *args: str, timeout: float = 120, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one of the bin/ wrappers of Kafka's tools."""
+        env = dict(os.environ)
+        env.update(self.script_env)
+        return subprocess.run(
+            [str(ROOT / "bin" / name), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kw,
+        )
+
+
+def native_stack_env() -> dict[str, str]:
+    """The test stack's variables: scripts/test-stack.env, overridden by the environment."""
+    env = read_env_file(TEST_STACK_ENV)
+    for key in env:
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def native_stack(script_env: Mapping[str, str]) -> Stack:
+    """Bring the native stack up (a no-op when it runs), migrate, and describe it."""
+    env = dict(os.environ)
+    env.update(script_env)
+    subprocess.run([str(STACK_SCRIPT), "up"], env=env, check=True, timeout=600)
+    stack = Stack(
+        kafka_bootstrap=f"127.0.0.1:{script_env['KAFKA_PORT']}",
+        db_host="127.0.0.1",
+        db_port=int(script_env["DB_PORT"]),
+        db_database=env.get("DB_DATABASE", "collectioncrm"),
+        db_username=env.get("DB_USERNAME", "postgres"),
+        db_password=env.get("DB_PASSWORD", "admin_password"),
+        redis_host="127.0.0.1",
+        redis_port=int(script_env["REDIS_PORT"]),
+        script_env=dict(script_env),
+    )
+    migrate(stack)
+    return stack
+
+
+def migrate(stack: Stack) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        env=stack.service_env(),
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+
+
+@contextlib.contextmanager
+def testcontainers_stack() -> Iterator[Stack]:  # pragma: no cover - needs a Docker engine
+    """The same stack in containers (pip install '.[docker]'); untested here."""
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.redis import RedisContainer
+
+    kafka_version = "4.0.2"
+    with (
+        KafkaContainer(f"apache/kafka:{kafka_version}").with_kraft() as kafka,
+        PostgresContainer(
+            "postgres:15", username="postgres", password="admin_password", dbname="collectioncrm"
+        ) as pg,
+        RedisContainer("redis:7") as redis,
+    ):
+        stack = Stack(
+            kafka_bootstrap=kafka.get_bootstrap_server(),
+            db_host=pg.get_container_host_ip(),
+            db_port=int(pg.get_exposed_port(5432)),
+            db_database="collectioncrm",
+            db_username="postgres",
+            db_password="admin_password",
+            redis_host=redis.get_container_host_ip(),
+            redis_port=int(redis.get_exposed_port(6379)),
+            native=False,
+        )
+        _create_topics(stack)
+        migrate(stack)
+        yield stack
+
+
+def _create_topics(stack: Stack) -> None:  # pragma: no cover - needs a Docker engine
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [
+                    NewTopic(name, partitions, 1, topic_configs=config)
+                    for name, (partitions, config) in read_topics_conf().items()
+                ]
+            )
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+# --- a worker process -------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:  # noqa: S310
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
+    """Start ``python -m app worker`` on a free port; stop it (SIGTERM) on exit."""
+    port = free_port()
+    log_path = folder / "worker.log"
+    worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"],
+            env=stack.service_env(
+                PORT=str(port),
+                WEB_BIND="127.0.0.1",
+                DATA_DIR=str(folder / "data"),
+                WORKER_ID=worker_id,
+                **env,
+            ),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    worker = Worker(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        yield worker
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")

@@ -1,0 +1,111 @@
+"""HealthChecker with fakes: every failure is named, nothing raises, slow means down."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, cast
+
+from app.database import Database
+from app.health import HealthChecker
+from app.kafka_probe import KafkaProbe
+from app.redis_connection import RedisConnection
+
+
+class FakePool:
+    def __init__(self, error: Exception | None = None, delay: float = 0) -> None:
+        self.error = error
+        self.delay = delay
+
+    async def fetchrow(self, query: str) -> dict[str, Any]:
+        await asyncio.sleep(self.delay)
+        if self.error:
+            raise self.error
+        return {"backlog": 42, "last_run": datetime(2026, 11, 1, 12, 30)}
+
+
+class FakeRedis:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    async def ping(self) -> bool:
+        if self.error:
+            raise self.error
+        return True
+
+
+class FakeKafka:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    async def check(self) -> None:
+        if self.error:
+            raise self.error
+
+
+def checker(
+    pool: FakePool | None = None,
+    redis: FakeRedis | None = None,
+    kafka: FakeKafka | None = None,
+    timeout: float = 1.0,
+) -> HealthChecker:
+    database = type("D", (), {"pool": pool or FakePool()})()
+    connection = type("R", (), {"client": redis or FakeRedis()})()
+    return HealthChecker(
+        cast(Database, database),
+        cast(RedisConnection, connection),
+        cast(KafkaProbe, kafka or FakeKafka()),
+        timeout=timeout,
+    )
+
+
+async def test_all_ok_is_healthy_in_the_plans_shape() -> None:
+    report = await checker().report()
+    assert report.model_dump(mode="json") == {
+        "status": "healthy",
+        "checks": {
+            "database": "ok",
+            "kafka": "ok",
+            "redis": "ok",
+            "staging_backlog": 42,
+            "last_staging_run": "2026-11-01T12:30:00",
+        },
+        "errors": {},
+    }
+
+
+async def test_a_failed_redis_is_named_and_the_rest_still_reported() -> None:
+    report = await checker(redis=FakeRedis(ConnectionError("Connection refused"))).report()
+    assert report.status == "unhealthy"
+    assert (report.checks.database, report.checks.kafka, report.checks.redis) == (
+        "ok",
+        "ok",
+        "error",
+    )
+    assert report.errors == {"redis": "ConnectionError: Connection refused"}
+    assert report.checks.staging_backlog == 42
+
+
+async def test_a_failed_database_has_no_staging_figures() -> None:
+    report = await checker(pool=FakePool(OSError("refused"))).report()
+    assert report.checks.database == "error"
+    assert report.checks.staging_backlog is None
+    assert report.checks.last_staging_run is None
+    assert set(report.errors) == {"database"}
+
+
+async def test_a_hanging_dependency_times_out_as_an_error() -> None:
+    report = await checker(pool=FakePool(delay=5), timeout=0.05).report()
+    assert report.checks.database == "error"
+    assert report.errors["database"] == "no answer within 0.05 s"
+
+
+async def test_every_dependency_down_names_all_three() -> None:
+    report = await checker(
+        pool=FakePool(OSError("a")),
+        redis=FakeRedis(OSError("b")),
+        kafka=FakeKafka(LookupError("topics missing: payment.intake")),
+    ).report()
+    assert report.status == "unhealthy"
+    assert set(report.errors) == {"database", "kafka", "redis"}
+    assert "payment.intake" in report.errors["kafka"]

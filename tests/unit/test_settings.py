@@ -1,0 +1,188 @@
+"""Settings: the plan's defaults, one readable line per bad variable, secrets never echoed."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+
+from app.exceptions import SettingsError
+from app.settings import Settings, load_settings
+from tests.stack import ROOT
+
+SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_B = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from an environment without any of the service's variables."""
+    import os
+
+    for name in list(os.environ):
+        if name.lower() in Settings.model_fields or name.upper().startswith("WEBHOOK_SECRET"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_match_the_plan() -> None:
+    settings = load_settings()
+    plan = {
+        "port": 3004,
+        "node_env": "development",
+        "db_host": "postgres",
+        "db_port": 5432,
+        "db_database": "collectioncrm",
+        "db_username": "postgres",
+        "db_pool_min": 10,
+        "db_pool_max": 50,
+        "redis_host": "redis",
+        "redis_port": 6379,
+        "redis_ttl_seconds": 86400,
+        "kafka_brokers": ["kafka:9092"],
+        "kafka_topic": "payment.events",
+        "kafka_client_id": "payment-service",
+        "kafka_batch_size": 100,
+        "staging_batch_size": 1000,
+        "staging_interval_seconds": 30,
+        "staging_max_retries": 3,
+        "webhook_timeout_ms": 5000,
+        "enable_memory_cache": True,
+        "memory_cache_max_size": 10000,
+        "enable_redis_cache": True,
+        "reference_cache_ttl_days": 90,
+        "partition_retention_months": 12,
+        "log_level": "info",
+        "enable_metrics": True,
+        "metrics_port": 9090,
+        "webhook_secret": [],
+        "webhook_channel_secrets": {},
+        "webhook_ip_allowlist": [],
+        "webhook_rate_limit_per_source": 0,
+    }
+    actual = {name: getattr(settings, name) for name in plan}
+    assert actual == plan
+    assert settings.db_password.get_secret_value() == "admin_password"
+
+
+def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "8080")
+    monkeypatch.setenv("KAFKA_BROKERS", "k1:9092, k2:9093")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("WEBHOOK_SECRET", f"{SECRET_A},{SECRET_B}")
+    monkeypatch.setenv("WEBHOOK_SECRET_CARDS", SECRET_B)
+    monkeypatch.setenv("WEBHOOK_IP_ALLOWLIST", "10.0.0.0/8, 192.168.1.7")
+    monkeypatch.setenv("WEBHOOK_RATE_LIMIT_PER_SOURCE", "25")
+    settings = load_settings()
+    assert settings.port == 8080
+    assert settings.kafka_brokers == ["k1:9092", "k2:9093"]
+    assert settings.kafka_url == "kafka://k1:9092;k2:9093"
+    assert settings.log_level == "debug"
+    assert [s.get_secret_value() for s in settings.webhook_secret] == [SECRET_A, SECRET_B]
+    assert [s.get_secret_value() for s in settings.secrets_for_channel("cards")] == [SECRET_B]
+    assert [s.get_secret_value() for s in settings.secrets_for_channel("bank")] == [
+        SECRET_A,
+        SECRET_B,
+    ]
+    assert settings.webhook_ip_allowlist == [
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.168.1.7/32"),
+    ]
+    assert settings.webhook_rate_limit_per_source == 25
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PORT", "abc", "PORT='abc': Input should be a valid integer"),
+        ("PORT", "70000", "PORT=70000"),
+        ("DB_PORT", "0", "DB_PORT=0: Input should be greater than or equal to 1"),
+        ("DB_POOL_MAX", "0", "DB_POOL_MAX=0"),
+        ("REDIS_PORT", "six", "REDIS_PORT='six'"),
+        ("REDIS_TTL_SECONDS", "-5", "REDIS_TTL_SECONDS=-5"),
+        ("KAFKA_BROKERS", "kafka", "KAFKA_BROKERS='kafka': each broker must be host:port"),
+        ("KAFKA_BROKERS", "", "KAFKA_BROKERS"),
+        ("STAGING_BATCH_SIZE", "0", "STAGING_BATCH_SIZE=0"),
+        ("STAGING_INTERVAL_SECONDS", "never", "STAGING_INTERVAL_SECONDS='never'"),
+        ("STAGING_MAX_RETRIES", "-1", "STAGING_MAX_RETRIES=-1"),
+        ("WEBHOOK_TIMEOUT_MS", "0", "WEBHOOK_TIMEOUT_MS=0"),
+        ("ENABLE_MEMORY_CACHE", "perhaps", "ENABLE_MEMORY_CACHE='perhaps'"),
+        ("REFERENCE_CACHE_TTL_DAYS", "0", "REFERENCE_CACHE_TTL_DAYS=0"),
+        ("PARTITION_RETENTION_MONTHS", "x", "PARTITION_RETENTION_MONTHS='x'"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL='loud'"),
+        ("NODE_ENV", "moon", "NODE_ENV='moon'"),
+        ("METRICS_PORT", "-1", "METRICS_PORT=-1"),
+        (
+            "WEBHOOK_IP_ALLOWLIST",
+            "10.0.0.0/33",
+            "WEBHOOK_IP_ALLOWLIST='10.0.0.0/33': '10.0.0.0/33' is not an IP address or CIDR",
+        ),
+        ("WEBHOOK_RATE_LIMIT_PER_SOURCE", "-1", "WEBHOOK_RATE_LIMIT_PER_SOURCE=-1"),
+    ],
+)
+def test_each_bad_value_gives_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{variable}")
+    # Normalise: pydantic quotes non-string inputs from the environment as strings.
+    assert expected.replace("'", "") in message.replace("'", "")
+
+
+def test_pool_bounds_are_checked_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_POOL_MIN", "20")
+    monkeypatch.setenv("DB_POOL_MAX", "5")
+    with pytest.raises(SettingsError, match=r"^configuration: DB_POOL_MIN \(20\) must not exceed"):
+        load_settings()
+
+
+@pytest.mark.parametrize("variable", ["WEBHOOK_SECRET", "WEBHOOK_SECRET_CARDS"])
+def test_a_malformed_secret_is_named_but_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "hunter2-not-a-whsec")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(variable)
+    assert "whsec_" in message
+    assert "hunter2" not in message
+
+
+def test_two_bad_values_give_two_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_PORT", "x")
+    monkeypatch.setenv("REDIS_PORT", "y")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    lines = str(caught.value).splitlines()
+    assert [line.split("=")[0] for line in lines] == ["DB_PORT", "REDIS_PORT"]
+
+
+def test_the_process_stops_with_one_line_per_bad_variable() -> None:
+    env = {"PATH": "/usr/bin:/bin", "DB_PORT": "not-a-port", "DB_PASSWORD": "s3cret-pw"}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "payment-service: invalid configuration: DB_PORT='not-a-port': "
+        "Input should be a valid integer, unable to parse string as an integer"
+    ]
