@@ -14,9 +14,8 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: How long start-up waits for Postgres before giving up (a restarting database).
-CONNECT_ATTEMPTS = 10
-CONNECT_BACKOFF_SECONDS = 1.0
+#: Longest pause between two connection attempts at start-up.
+MAX_BACKOFF_SECONDS = 5.0
 
 
 class Database(Service):
@@ -61,8 +60,11 @@ def connect_options(settings: Settings) -> dict[str, Any]:
 async def connect_pool(settings: Settings, *, min_size: int | None = None) -> asyncpg.Pool:
     """Open a pool, retrying while Postgres is still starting; raise DependencyUnavailable."""
     where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
-    last_error: BaseException | None = None
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.startup_timeout_seconds
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             pool = await asyncpg.create_pool(
                 **connect_options(settings),
@@ -70,15 +72,15 @@ async def connect_pool(settings: Settings, *, min_size: int | None = None) -> as
                 max_size=settings.db_pool_max,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            last_error = exc
-            log.warning(
-                "Postgres at %s not reachable (attempt %d/%d): %s",
-                where,
-                attempt,
-                CONNECT_ATTEMPTS,
-                exc,
-            )
-            await asyncio.sleep(CONNECT_BACKOFF_SECONDS * attempt)
+            pause = min(float(attempt), MAX_BACKOFF_SECONDS)
+            if loop.time() + pause > deadline:
+                raise DependencyUnavailable(
+                    f"Postgres at {where} did not answer within "
+                    f"{settings.startup_timeout_seconds:g} s ({exc}); "
+                    "is it running? (scripts/stack status)"
+                ) from exc
+            log.warning("Postgres at %s not reachable (attempt %d): %s", where, attempt, exc)
+            await asyncio.sleep(pause)
         else:
             log.info(
                 "Postgres pool open: %s (%d-%d connections)",
@@ -87,7 +89,3 @@ async def connect_pool(settings: Settings, *, min_size: int | None = None) -> as
                 pool.get_max_size(),
             )
             return pool
-    raise DependencyUnavailable(
-        f"Postgres at {where} did not answer after {CONNECT_ATTEMPTS} attempts ({last_error}); "
-        "is it running? (scripts/stack status)"
-    )

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
         description="Names this worker: Faust web host id and static group membership.",
     )
 
+    startup_timeout_seconds: float = Field(
+        60, gt=0, description="How long start-up waits for Postgres before giving up."
+    )
+
     # Database
     db_host: str = Field("postgres", min_length=1)
     db_port: int = Field(5432, ge=1, le=65535)

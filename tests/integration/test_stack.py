@@ -1,4 +1,4 @@
-"""The local stack: topics and partition counts, kcat, idempotent `up`, a fresh stack from nothing."""
+"""The local stack: topics and their partitions, kcat, an idempotent `up`, a stack from nothing."""
 
 from __future__ import annotations
 
@@ -207,7 +207,8 @@ def test_a_missing_prerequisite_gets_one_clear_sentence(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "stack: java is missing: install Java 17 (apt-get install openjdk-17-jre-headless) or run scripts/bootstrap."
+        "stack: java is missing: install Java 17 (apt-get install openjdk-17-jre-headless)"
+        " or run scripts/bootstrap."
     ]
 
     env = dict(

@@ -21,7 +21,7 @@ class FakePool:
         await asyncio.sleep(self.delay)
         if self.error:
             raise self.error
-        return {"backlog": 42, "last_run": datetime(2026, 11, 1, 12, 30)}
+        return {"backlog": 42, "last_run": datetime(2026, 11, 1, 12, 30)}  # noqa: DTZ001 (naive UTC column)
 
 
 class FakeRedis:

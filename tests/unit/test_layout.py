@@ -1,4 +1,4 @@
-"""Files that must agree with each other: topics.conf vs code, compose vs Settings, pom vs compose."""
+"""Files that must agree: topics.conf and the code, compose and Settings, pom and compose."""
 
 from __future__ import annotations
 
@@ -75,8 +75,10 @@ def test_compose_hosts_and_ports_agree_with_settings() -> None:
 
     # The plan's default hosts are the compose service names.
     assert (defaults.db_host, defaults.redis_host) == ("postgres", "redis")
-    assert settings.db_host in services and settings.db_port in container_ports("postgres")
-    assert settings.redis_host in services and settings.redis_port in container_ports("redis")
+    assert settings.db_host in services
+    assert settings.db_port in container_ports("postgres")
+    assert settings.redis_host in services
+    assert settings.redis_port in container_ports("redis")
     assert settings.port in container_ports("worker")
     for broker in [*settings.kafka_brokers, *defaults.kafka_brokers]:
         host, port = broker.split(":")

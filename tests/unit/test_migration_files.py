@@ -32,7 +32,7 @@ def test_project_migrations_are_ordered_and_complete() -> None:
 def test_a_misnamed_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "0001_ok.sql").write_text("SELECT 1;")
     (tmp_path / "2-bad name.sql").write_text("SELECT 1;")
-    with pytest.raises(MigrationError, match="NNNN_name.sql"):
+    with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
 
 

@@ -1,0 +1,65 @@
+"""The worker starts on its own port, /health says healthy, names Redis when it stops, recovers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.stack import Stack, run_worker, wait_for
+
+
+def health(worker: Any) -> tuple[int, dict[str, Any]]:
+    try:
+        status, body = worker.get("/health")
+    except OSError:
+        return 0, {}
+    return status, json.loads(body)
+
+
+def test_worker_health_follows_its_dependencies(native: Stack, tmp_path: Path) -> None:
+    with run_worker(native, tmp_path) as worker:
+
+        def healthy() -> bool:
+            assert worker.process.poll() is None, worker.log()[-3000:]
+            status, body = health(worker)
+            return status == 200 and body.get("status") == "healthy"
+
+        wait_for(healthy, timeout=90, what="the worker's /health to answer healthy")
+        _, body = health(worker)
+        assert body["checks"]["database"] == "ok"
+        assert body["checks"]["kafka"] == "ok"
+        assert body["checks"]["redis"] == "ok"
+        assert isinstance(body["checks"]["staging_backlog"], int)
+        assert "last_staging_run" in body["checks"]
+
+        native.script("down", "redis")
+        try:
+
+            def redis_reported_down() -> dict[str, Any] | None:
+                status, body = health(worker)
+                return body if status == 503 and body["checks"]["redis"] == "error" else None
+
+            body = wait_for(
+                redis_reported_down, timeout=30, what="/health to report redis as error"
+            )
+            assert body["status"] == "unhealthy"
+            assert (body["checks"]["database"], body["checks"]["kafka"]) == ("ok", "ok")
+            assert set(body["errors"]) == {"redis"}
+        finally:
+            native.script("up", "redis")
+        wait_for(healthy, timeout=30, what="/health to be healthy again after redis restarted")
+        assert worker.process.poll() is None
+
+
+def test_the_database_pool_is_open_before_the_web_server_answers(
+    native: Stack, tmp_path: Path
+) -> None:
+    # A worker whose database is unreachable never starts serving /health as healthy: the pool is
+    # a dependency that starts first, and start-up fails with a sentence saying what to check.
+    with run_worker(native, tmp_path, DB_PORT="1", STARTUP_TIMEOUT_SECONDS="4") as worker:
+        worker.process.wait(timeout=120)
+        assert worker.process.returncode != 0
+        log = worker.log()
+        assert "Postgres at 127.0.0.1:1/collectioncrm did not answer within 4 s" in log
+        assert "scripts/stack status" in log
