@@ -34,7 +34,6 @@ class PaymentService(faust.App):
             "datadir": settings.data_dir,
             "web_port": settings.port,
             "web_bind": settings.web_bind,
-            "web_host": settings.worker_id,
             # Static membership: a restarted worker takes its partitions back without a rebalance.
             "consumer_group_instance_id": settings.worker_id,
             "topic_partitions": INTAKE_PARTITIONS,

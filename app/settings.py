@@ -106,7 +106,10 @@ class Settings(BaseSettings):
         "payment-service-1",
         min_length=1,
         max_length=100,
-        description="Names this worker: Faust web host id and static group membership.",
+        description=(
+            "Names this worker in the consumer group (static membership): unique per worker, "
+            "stable across its restarts."
+        ),
     )
 
     startup_timeout_seconds: float = Field(

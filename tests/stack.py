@@ -53,11 +53,19 @@ def read_topics_conf(path: Path = TOPICS_CONF) -> dict[str, tuple[int, dict[str,
     return topics
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free right now (all held open together, so none repeats)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, STACK_SCRIPT, Stack, free_port, read_topics_conf
+from tests.stack import ROOT, STACK_SCRIPT, Stack, free_port, free_ports, read_topics_conf
 
 
 def partition_counts(stack: Stack) -> dict[str, int]:
@@ -121,13 +121,14 @@ def test_a_second_up_changes_nothing(native: Stack) -> None:
 def test_a_fresh_stack_comes_up_from_nothing_and_down_stops_only_it(
     native: Stack, tmp_path: Path
 ) -> None:
+    kafka_port, controller_port, db_port, redis_port = free_ports(4)
     env = dict(os.environ)
     env.update(
         PAYMENTS_STATE_DIR=str(tmp_path / "state"),
-        KAFKA_PORT=str(free_port()),
-        KAFKA_CONTROLLER_PORT=str(free_port()),
-        DB_PORT=str(free_port()),
-        REDIS_PORT=str(free_port()),
+        KAFKA_PORT=str(kafka_port),
+        KAFKA_CONTROLLER_PORT=str(controller_port),
+        DB_PORT=str(db_port),
+        REDIS_PORT=str(redis_port),
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:

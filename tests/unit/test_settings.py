@@ -16,16 +16,6 @@ SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts from an environment without any of the service's variables."""
-    import os
-
-    for name in list(os.environ):
-        if name.lower() in Settings.model_fields or name.upper().startswith("WEBHOOK_SECRET"):
-            monkeypatch.delenv(name)
-
-
 def test_defaults_match_the_plan() -> None:
     settings = load_settings()
     plan = {
