@@ -14,7 +14,7 @@ run: bootstrap up migrate
 	export DATA_DIR=$${DATA_DIR:-.state/worker-1} WEB_BIND=$${WEB_BIND:-127.0.0.1}; \
 	exec $(PY) -m app worker
 
-test: bootstrap
+test: bootstrap check
 	$(TEST_STACK_ENV); \
 	scripts/stack up; \
 	eval "$$(scripts/stack env)"; \
@@ -44,10 +44,12 @@ reset:
 migrate: bootstrap up
 	eval "$$(scripts/stack env)"; $(PY) -m app migrate
 
-lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
-typecheck:
+typecheck: bootstrap
 	.venv/bin/mypy
 
+# Static checks run first in `make test` (and so in CI): warnings and type errors are bugs.
 check: lint typecheck
