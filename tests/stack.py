@@ -158,6 +158,20 @@ class Stack:
         )
 
 
+def run_script(
+    env: Mapping[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run scripts/stack with exactly ``env``; the caller checks the outcome."""
+    return subprocess.run(
+        ["/bin/bash", str(STACK_SCRIPT), *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def native_stack_env() -> dict[str, str]:
     """The test stack's variables: scripts/test-stack.env, overridden by the environment."""
     env = read_env_file(TEST_STACK_ENV)

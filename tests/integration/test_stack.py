@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ROOT, STACK_SCRIPT, Stack, free_port, free_ports, read_topics_conf
+from tests.stack import ROOT, Stack, free_port, free_ports, read_topics_conf, run_script
 
 
 def partition_counts(stack: Stack) -> dict[str, int]:
@@ -132,14 +132,7 @@ def test_a_fresh_stack_comes_up_from_nothing_and_down_stops_only_it(
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(STACK_SCRIPT), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return run_script(env, *args)
 
     try:
         up = run("up")
@@ -198,14 +191,7 @@ def test_a_missing_prerequisite_gets_one_clear_sentence(tmp_path: Path) -> None:
         "PAYMENTS_STATE_DIR": str(tmp_path / "state"),
         "KAFKA_PORT": str(free_port()),
     }
-    result = subprocess.run(
-        ["/bin/bash", str(STACK_SCRIPT), "up", "kafka"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_script(env, "up", "kafka")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "stack: java is missing: install Java 17 (apt-get install openjdk-17-jre-headless)"
@@ -218,14 +204,7 @@ def test_a_missing_prerequisite_gets_one_clear_sentence(tmp_path: Path) -> None:
         PAYMENTS_STATE_DIR=str(tmp_path / "state2"),
         DB_PORT=str(free_port()),
     )
-    result = subprocess.run(
-        [str(STACK_SCRIPT), "up", "postgres"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_script(env, "up", "postgres")
     assert result.returncode == 1
     assert "PostgreSQL 15 is missing: run scripts/bootstrap" in result.stderr
 
