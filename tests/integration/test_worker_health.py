@@ -33,22 +33,25 @@ def test_worker_health_follows_its_dependencies(native: Stack, tmp_path: Path) -
         assert isinstance(body["checks"]["staging_backlog"], int)
         assert "last_staging_run" in body["checks"]
 
-        native.script("down", "redis")
-        try:
+        # Stop each dependency in turn: /health names it (and only it), then recovers.
+        for service, check in (("redis", "redis"), ("kafka", "kafka"), ("postgres", "database")):
+            native.script("down", service)
+            try:
 
-            def redis_reported_down() -> dict[str, Any] | None:
-                status, body = health(worker)
-                return body if status == 503 and body["checks"]["redis"] == "error" else None
+                def reported_down(check: str = check) -> dict[str, Any] | None:
+                    status, body = health(worker)
+                    return body if status == 503 and body["checks"][check] == "error" else None
 
-            body = wait_for(
-                redis_reported_down, timeout=30, what="/health to report redis as error"
-            )
-            assert body["status"] == "unhealthy"
-            assert (body["checks"]["database"], body["checks"]["kafka"]) == ("ok", "ok")
-            assert set(body["errors"]) == {"redis"}
-        finally:
-            native.script("up", "redis")
-        wait_for(healthy, timeout=30, what="/health to be healthy again after redis restarted")
+                body = wait_for(reported_down, timeout=30, what=f"/health to report {check}")
+                assert body["status"] == "unhealthy"
+                assert set(body["errors"]) == {check}
+                assert {name: body["checks"][name] for name in ("database", "kafka", "redis")} == {
+                    name: "error" if name == check else "ok"
+                    for name in ("database", "kafka", "redis")
+                }
+            finally:
+                native.script("up", service)
+            wait_for(healthy, timeout=60, what=f"/health to be healthy after {service} restarted")
         assert worker.process.poll() is None
 
 
