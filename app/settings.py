@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AliasChoices,
     Field,
     SecretStr,
     ValidationError,
@@ -170,7 +169,6 @@ class Settings(BaseSettings):
     )
     webhook_channel_secrets: dict[str, list[SecretStr]] = Field(
         default_factory=dict,
-        validation_alias=AliasChoices("webhook_channel_secrets"),
         description="From WEBHOOK_SECRET_<CHANNEL>; overrides the default for that channel.",
     )
     webhook_ip_allowlist: Annotated[list[IPNetwork], NoDecode] = Field(
