@@ -57,7 +57,7 @@ def connect_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def connect_pool(settings: Settings, *, min_size: int | None = None) -> asyncpg.Pool:
+async def connect_pool(settings: Settings) -> asyncpg.Pool:
     """Open a pool, retrying while Postgres is still starting; raise DependencyUnavailable."""
     where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
     loop = asyncio.get_running_loop()
@@ -68,7 +68,7 @@ async def connect_pool(settings: Settings, *, min_size: int | None = None) -> as
         try:
             pool = await asyncpg.create_pool(
                 **connect_options(settings),
-                min_size=settings.db_pool_min if min_size is None else min_size,
+                min_size=settings.db_pool_min,
                 max_size=settings.db_pool_max,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:

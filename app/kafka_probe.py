@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaClient
@@ -21,6 +22,8 @@ class KafkaProbe(Service):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self._client: AIOKafkaClient | None = None
+        # Two health requests at once must not both bootstrap (and one leak) a client.
+        self._connecting = asyncio.Lock()
         super().__init__(**kwargs)
 
     async def on_stop(self) -> None:
@@ -30,21 +33,26 @@ class KafkaProbe(Service):
 
     async def check(self) -> None:
         """Return when the broker answers and every topic exists; raise otherwise."""
-        if self._client is None:
-            client = AIOKafkaClient(
-                bootstrap_servers=list(self.settings.kafka_brokers),
-                client_id=f"{self.settings.kafka_client_id}-health",
-                request_timeout_ms=5000,
-            )
-            try:
-                await client.bootstrap()
-            except BaseException:
-                await client.close()
-                raise
-            self._client = client
-        metadata = await self._client.fetch_all_metadata()
+        client = await self._connected_client()
+        metadata = await client.fetch_all_metadata()
         missing = required_topics(self.settings.kafka_topic) - metadata.topics()
         if missing:
             raise LookupError(
                 f"topics missing: {', '.join(sorted(missing))} (scripts/stack up creates them)"
             )
+
+    async def _connected_client(self) -> AIOKafkaClient:
+        async with self._connecting:
+            if self._client is None:
+                client = AIOKafkaClient(
+                    bootstrap_servers=list(self.settings.kafka_brokers),
+                    client_id=f"{self.settings.kafka_client_id}-health",
+                    request_timeout_ms=5000,
+                )
+                try:
+                    await client.bootstrap()
+                except BaseException:
+                    await client.close()
+                    raise
+                self._client = client
+            return self._client

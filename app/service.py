@@ -7,7 +7,6 @@ timers that Faust adds on first start.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import faust
@@ -20,8 +19,6 @@ from app.redis_connection import RedisConnection
 from app.settings import Settings
 from app.topics import INTAKE_PARTITIONS
 from web.health import HealthView
-
-log = logging.getLogger(__name__)
 
 
 class PaymentService(faust.App):
