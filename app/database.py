@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from mode import Service
 
-from app.exceptions import DependencyUnavailable
+from app.exceptions import DependencyUnavailable, PaymentsError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,3 +89,20 @@ async def connect_pool(settings: Settings) -> asyncpg.Pool:
                 pool.get_max_size(),
             )
             return pool
+
+
+#: Postgres errors that say "not now" rather than "not this": the same work may succeed later.
+_RETRIABLE_POSTGRES = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # too many connections, out of memory/disk
+    asyncpg.TransactionRollbackError,  # serialization failure, deadlock
+)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True when ``exc`` is an outage (connection lost, server restarting), not bad data."""
+    if isinstance(exc, PaymentsError):
+        return exc.retriable
+    return isinstance(exc, (OSError, TimeoutError, *_RETRIABLE_POSTGRES))

@@ -22,3 +22,13 @@ class DependencyUnavailable(PaymentsError):
 
 class MigrationError(PaymentsError):
     """A migration failed or an applied migration was edited after it ran."""
+
+
+class UndecodableRecord(PaymentsError):
+    """Bytes on the intake topic that are not a JSON record at all; they go to the DLQ."""
+
+
+class PublishFailed(PaymentsError):
+    """Kafka did not acknowledge a publish; nothing may be marked done until it does."""
+
+    retriable = True

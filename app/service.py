@@ -7,17 +7,23 @@ timers that Faust adds on first start.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import faust
 
+from agents import poll_staging, record_payments, relay_outbox
 from app import commands
 from app.database import Database
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
+from app.models import DateWindow
+from app.publisher import Publisher
 from app.redis_connection import RedisConnection
 from app.settings import Settings
+from app.staging import StagingPoller
 from app.topics import INTAKE_PARTITIONS
+from tables.references import References
 from web.health import HealthView
 
 
@@ -51,11 +57,22 @@ class PaymentService(faust.App):
         self.database = Database(settings)
         self.redis = RedisConnection(settings)
         self.kafka_probe = KafkaProbe(settings)
-        for dependency in (self.database, self.redis, self.kafka_probe):
+        self.publisher = Publisher(settings)
+        for dependency in (self.database, self.redis, self.kafka_probe, self.publisher):
             self.add_dependency(dependency)
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
+        self.date_window = DateWindow(
+            earliest=settings.payment_date_min,
+            max_future=timedelta(days=settings.payment_date_max_future_days),
+        )
+        self.references = References(self, settings)
+        self.staging_poller: StagingPoller | None = None
+        self.record_payments = record_payments.register(self)
+        poll_staging.register(self)
+        relay_outbox.register(self)
         self.page("/health")(HealthView)
         self.command()(commands.migrate)
+        self.command()(commands.reconcile)
 
 
 def create_app(settings: Settings, **overrides: Any) -> PaymentService:

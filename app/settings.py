@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -143,6 +144,26 @@ class Settings(BaseSettings):
     staging_interval_seconds: float = Field(30, gt=0)
     staging_max_retries: int = Field(3, ge=0)
     webhook_timeout_ms: int = Field(5000, ge=1)
+    payment_date_min: date = Field(
+        date(2000, 1, 1), description="Earliest payment_date accepted (inclusive)."
+    )
+    payment_date_max_future_days: float = Field(
+        1, ge=0, description="How far past now a payment_date may lie (clock skew, time zones)."
+    )
+    record_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Records the record agent takes per batch."
+    )
+    record_batch_window_ms: int = Field(
+        50, ge=1, description="How long the record agent waits to fill a batch."
+    )
+    outbox_relay_interval_seconds: float = Field(
+        5, gt=0, description="How often the relay looks for events a crash left unsent."
+    )
+    outbox_relay_min_age_seconds: float = Field(
+        15,
+        ge=0,
+        description="Unsent outbox rows younger than this belong to the agent's fast path.",
+    )
 
     # Performance
     enable_memory_cache: bool = True

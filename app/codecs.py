@@ -1,0 +1,54 @@
+"""Bytes on each topic, and the models they carry: one encode/decode pair per topic.
+
+Topics are declared raw in Faust and decoded here, so a record that cannot be
+decoded becomes a dead letter with a reason instead of an error inside Faust
+that would skip it silently.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from app.exceptions import UndecodableRecord
+from app.models import DateWindow, DeadLetter, PaymentRecord, PaymentRecordedEvent
+
+
+def encode_record(record: PaymentRecord) -> bytes:
+    """``payment.intake`` value: the canonical record as JSON (amount as a decimal string)."""
+    return record.model_dump_json().encode()
+
+
+def decode_record(raw: bytes | None, window: DateWindow | None = None) -> PaymentRecord:
+    """Parse a ``payment.intake`` value.
+
+    Raises :class:`UndecodableRecord` when the bytes are not a JSON object at all,
+    and pydantic's ``ValidationError`` when the object breaks a rule.
+    """
+    if not raw:
+        raise UndecodableRecord("empty value")
+    try:
+        return PaymentRecord.model_validate_json(raw, context={"window": window})
+    except ValidationError as exc:
+        if any(error["type"] in ("json_invalid", "model_type") for error in exc.errors()):
+            raise UndecodableRecord(exc.errors()[0]["msg"]) from None
+        raise
+
+
+def encode_event(event: PaymentRecordedEvent) -> bytes:
+    """``payment.events`` value."""
+    return event.model_dump_json().encode()
+
+
+def decode_event(raw: bytes) -> PaymentRecordedEvent:
+    """Parse a ``payment.events`` value (reconcile and tests read them back)."""
+    return PaymentRecordedEvent.model_validate_json(raw)
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """``payment.intake.dlq`` value."""
+    return letter.model_dump_json().encode()
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    """Parse a ``payment.intake.dlq`` value."""
+    return DeadLetter.model_validate_json(raw)

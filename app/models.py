@@ -1,0 +1,324 @@
+"""The canonical payment record both inputs produce, and what the pipeline says about it.
+
+A webhook body and a staging row both become a :class:`PaymentRecord` through the
+same validation, so the record agent sees one shape whatever the source. Amounts
+are :class:`~decimal.Decimal` from end to end; dates are UTC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
+
+#: Largest serialized metadata object accepted.
+METADATA_MAX_BYTES = 16 * 1024
+
+#: payment_id and event_id derive from the reference under these namespaces, so
+#: the same reference maps to the same ids in the HTTP answer, the row and the event,
+#: even before the record agent has decided it.
+PAYMENT_ID_NAMESPACE = uuid.UUID("6f1f2d0e-5b8a-4c4e-9a51-3d0c6c1b7a10")
+EVENT_ID_NAMESPACE = uuid.UUID("0b6f6a4c-8f0e-4d0b-8c39-2a7e5f1d9c22")
+
+Source = Literal["staging", "webhook"]
+Outcome = Literal["created", "duplicate", "conflict"]
+
+#: The fields that define a payment: equal fingerprints mean the same payment.
+FINGERPRINT_FIELDS = (
+    "reference_number",
+    "loan_account_number",
+    "cif",
+    "amount",
+    "payment_date",
+    "payment_channel",
+)
+
+
+def _no_control_characters(value: str) -> str:
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Naive datetimes (staging's TIMESTAMP columns) are UTC; aware ones are converted."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+Identifier = Annotated[
+    str,
+    Field(min_length=1),
+    AfterValidator(_no_control_characters),
+]
+
+
+@dataclass(frozen=True)
+class DateWindow:
+    """The payment dates the service accepts: from ``earliest`` to ``max_future`` past now."""
+
+    earliest: date
+    max_future: timedelta
+
+    def check(self, payment_date: datetime, now: datetime | None = None) -> str | None:
+        """Why ``payment_date`` is outside the window, or None when it is inside."""
+        latest = (now or datetime.now(UTC)) + self.max_future
+        if payment_date < datetime.combine(self.earliest, datetime.min.time(), UTC):
+            return f"must not be before {self.earliest.isoformat()}"
+        if payment_date > latest:
+            return f"must not be more than {self.max_future} in the future"
+        return None
+
+
+class PaymentRecord(BaseModel):
+    """One reported payment, validated. Build it with ``model_validate(..., context=...)``.
+
+    Pass ``context={"window": DateWindow(...)}`` to check payment_date against the
+    accepted window too; without it only the structural rules apply.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    reference_number: Annotated[Identifier, Field(max_length=255)]
+    loan_account_number: Annotated[Identifier, Field(max_length=20)]
+    cif: Annotated[Identifier, Field(max_length=20)]
+    amount: Annotated[Decimal, Field(gt=0, lt=10**13, decimal_places=2)]
+    payment_date: datetime
+    payment_channel: (
+        Annotated[str, Field(max_length=100), AfterValidator(_no_control_characters)] | None
+    ) = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source: Source
+    source_id: Annotated[Identifier, Field(max_length=255)]
+    received_at: datetime
+
+    @field_validator("amount")
+    @classmethod
+    def _two_places(cls, amount: Decimal) -> Decimal:
+        # One spelling per value: 100, 100.0 and 100.00 fingerprint alike.
+        return amount.quantize(Decimal("0.01"))
+
+    @field_validator("payment_date")
+    @classmethod
+    def _payment_date_in_window(cls, value: datetime, info: ValidationInfo) -> datetime:
+        value = _to_utc(value)
+        window = info.context.get("window") if isinstance(info.context, dict) else None
+        if isinstance(window, DateWindow):
+            problem = window.check(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("received_at")
+    @classmethod
+    def _received_utc(cls, value: datetime) -> datetime:
+        return _to_utc(value)
+
+    @field_validator("payment_channel", mode="before")
+    @classmethod
+    def _blank_channel_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_metadata_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_fits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        except (ValueError, TypeError, RecursionError):
+            raise ValueError(
+                "must be a JSON object of finite numbers, strings, lists and objects"
+            ) from None
+        if len(text.encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
+        if "\\u0000" in text:
+            # Postgres jsonb refuses NUL characters: stop them here with a clear error.
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @property
+    def payment_id(self) -> uuid.UUID:
+        """Stable per reference: every path that answers for this reference agrees."""
+        return payment_id_for(self.reference_number)
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        """The id of this reference's one ``payment.recorded`` event."""
+        return uuid.uuid5(EVENT_ID_NAMESPACE, self.reference_number)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the fields that define the payment; metadata is not one of them."""
+        return fingerprint_of(self.defining_fields())
+
+    def defining_fields(self) -> dict[str, str]:
+        """The fingerprinted fields, each in its one canonical spelling."""
+        return {
+            "reference_number": self.reference_number,
+            "loan_account_number": self.loan_account_number,
+            "cif": self.cif,
+            "amount": f"{self.amount:.2f}",
+            "payment_date": self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
+            "payment_channel": self.payment_channel or "",
+        }
+
+
+def payment_id_for(reference_number: str) -> uuid.UUID:
+    """The payment_id of ``reference_number`` (a UUIDv5, so any node can compute it)."""
+    return uuid.uuid5(PAYMENT_ID_NAMESPACE, reference_number)
+
+
+def fingerprint_of(fields: dict[str, str]) -> str:
+    """Hash the canonical spellings of :data:`FINGERPRINT_FIELDS` (unit separator between)."""
+    joined = "\x1f".join(fields[name] for name in FINGERPRINT_FIELDS)
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def differing_fields(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The names of the defining fields on which two payments disagree."""
+    return [name for name in FINGERPRINT_FIELDS if a.get(name) != b.get(name)]
+
+
+class RecordedPayment(BaseModel):
+    """The ``payment`` part of the event: the row as recorded."""
+
+    id: uuid.UUID
+    reference_number: str
+    loan_account_number: str
+    cif: str
+    amount: Decimal
+    payment_date: datetime
+    payment_channel: str | None
+    source: Source
+    metadata: dict[str, Any]
+
+    @field_serializer("amount", when_used="json")
+    def _amount_as_number(self, amount: Decimal) -> float:
+        # The plan's event has `amount: number`. Amounts have at most 15 significant
+        # digits (< 10^13, 2 places), so the shortest float repr is the exact decimal
+        # text: a consumer that parses numbers as decimals gets the value back exactly.
+        return float(amount)
+
+    @field_serializer("payment_date", when_used="json")
+    def _date_utc(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class PaymentRecordedEvent(BaseModel):
+    """The plan's PaymentRecordedEvent, plus schema_version. Topic KAFKA_TOPIC, key = account."""
+
+    schema_version: Literal[1] = 1
+    event_id: uuid.UUID
+    event_type: Literal["payment.recorded"] = "payment.recorded"
+    timestamp: datetime
+    payment: RecordedPayment
+
+    @field_serializer("timestamp", when_used="json")
+    def _timestamp_utc(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    @classmethod
+    def for_record(cls, record: PaymentRecord, recorded_at: datetime) -> PaymentRecordedEvent:
+        """The event announcing ``record``, recorded at ``recorded_at``."""
+        return cls(
+            event_id=record.event_id,
+            timestamp=recorded_at,
+            payment=RecordedPayment(
+                id=record.payment_id,
+                reference_number=record.reference_number,
+                loan_account_number=record.loan_account_number,
+                cif=record.cif,
+                amount=record.amount,
+                payment_date=record.payment_date,
+                payment_channel=record.payment_channel,
+                source=record.source,
+                metadata=record.metadata,
+            ),
+        )
+
+
+DeadLetterReason = Literal[
+    "invalid",  # failed validation; details are the field errors
+    "undecodable",  # not UTF-8 JSON of a record at all
+    "conflict",  # reference already recorded with other content; details name the fields
+    "partition_out_of_range",  # payment_date outside the window the agent may create months for
+    "rejected",  # Postgres refused the record itself (details carry its message)
+]
+
+
+class FieldError(BaseModel):
+    """One validation problem, by field."""
+
+    field: str
+    message: str
+
+
+class DeadLetter(BaseModel):
+    """A record the pipeline could not record, with why. Topic ``payment.intake.dlq``."""
+
+    reason: DeadLetterReason
+    details: list[FieldError] = Field(default_factory=list)
+    differing_fields: list[str] = Field(default_factory=list)
+    reference_number: str | None = None
+    source: str | None = None
+    source_id: str | None = None
+    #: The record as it arrived: the JSON object when there was one, else None.
+    original: Any = None
+    #: The raw bytes as text (replacement characters for bad UTF-8) when there was no object.
+    original_text: str | None = None
+    #: For conflicts: the payment_id already recorded under the reference.
+    payment_id: uuid.UUID | None = None
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the record agent decided for one record."""
+
+    reference_number: str
+    outcome: Outcome
+    payment_id: uuid.UUID
+    source: Source
+    source_id: str
+    differing_fields: tuple[str, ...] = ()
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    """A pydantic error as one entry per field, in words a sender can act on."""
+    errors = []
+    for item in error.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in item.get("loc", ())) or "body"
+        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        errors.append(FieldError(field=location, message=message))
+    return errors
+
+
+@dataclass(frozen=True)
+class KnownReference:
+    """A reference already recorded: what it was recorded as, and under which payment_id."""
+
+    fingerprint: str
+    payment_id: uuid.UUID

@@ -1,0 +1,215 @@
+"""Postgres, the authority: recording a batch of payments in one transaction.
+
+Idempotency is the primary key of ``payment_references``: a batch first claims
+its references with ``ON CONFLICT DO NOTHING RETURNING``, and only the claimed
+ones get a ``payments`` row and an outbox row, in the same transaction. Rows go
+in with COPY, never one INSERT per row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from app.codecs import encode_event
+from app.models import KnownReference, PaymentRecord, PaymentRecordedEvent
+
+CLAIM_REFERENCES = """
+INSERT INTO payment_service.payment_references
+  (reference_number, payment_id, payment_date, fingerprint)
+SELECT r, p, d, f
+FROM unnest($1::varchar[], $2::uuid[], $3::timestamp[], $4::text[]) AS t(r, p, d, f)
+ORDER BY r  -- one lock order for every batch, so two workers cannot deadlock
+ON CONFLICT (reference_number) DO NOTHING
+RETURNING reference_number
+"""
+
+KNOWN_REFERENCES = """
+SELECT reference_number, payment_id, fingerprint
+FROM payment_service.payment_references
+WHERE reference_number = ANY($1::varchar[])
+"""
+
+STORED_PAYMENTS = """
+SELECT DISTINCT ON (reference_number)
+  reference_number, loan_account_number, cif, amount, payment_date, payment_channel
+FROM payment_service.payments
+WHERE reference_number = ANY($1::varchar[])
+ORDER BY reference_number, created_at
+"""
+
+ENSURE_PARTITION = "SELECT payment_service.ensure_payment_partition($1::date)"
+
+MARK_SENT = """
+UPDATE payment_service.outbox SET sent_at = now()
+WHERE event_id = ANY($1::uuid[]) AND sent_at IS NULL
+"""
+
+PAYMENT_COLUMNS = (
+    "id",
+    "reference_number",
+    "loan_account_number",
+    "cif",
+    "amount",
+    "payment_date",
+    "payment_channel",
+    "source",
+    "metadata",
+)
+OUTBOX_COLUMNS = ("event_id", "payment_id", "topic", "message_key", "payload")
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """An event committed to the outbox, ready to publish with exactly these bytes."""
+
+    event_id: uuid.UUID
+    key: bytes
+    payload: bytes
+
+
+@dataclass
+class RecordResult:
+    """What one transaction did: the records it created and the references it found taken."""
+
+    created: list[PaymentRecord] = field(default_factory=list)
+    events: list[OutgoingEvent] = field(default_factory=list)
+    existing: dict[str, KnownReference] = field(default_factory=dict)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """TIMESTAMP columns hold UTC without a zone; asyncpg wants naive values for them."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def month_of(value: datetime) -> date:
+    """The first day of the month ``value`` falls in (UTC): the partition it belongs to."""
+    utc = value.astimezone(UTC)
+    return date(utc.year, utc.month, 1)
+
+
+class PaymentStore:
+    """Reads and writes the service's tables through one pool."""
+
+    def __init__(self, pool: asyncpg.Pool, events_topic: str) -> None:
+        self.pool = pool
+        self.events_topic = events_topic
+        self._months: set[date] = set()
+
+    async def known(self, references: Iterable[str]) -> dict[str, KnownReference]:
+        """The references Postgres already holds, with their fingerprints and payment_ids."""
+        wanted = list(references)
+        if not wanted:
+            return {}
+        rows = await self.pool.fetch(KNOWN_REFERENCES, wanted)
+        return {
+            row["reference_number"]: KnownReference(row["fingerprint"], row["payment_id"])
+            for row in rows
+        }
+
+    async def stored_fields(self, references: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The recorded defining fields of ``references`` (to name what a conflict changes)."""
+        wanted = list(references)
+        if not wanted:
+            return {}
+        rows = await self.pool.fetch(STORED_PAYMENTS, wanted)
+        return {
+            row["reference_number"]: {
+                "reference_number": row["reference_number"],
+                "loan_account_number": row["loan_account_number"],
+                "cif": row["cif"],
+                "amount": f"{row['amount']:.2f}",
+                "payment_date": row["payment_date"].isoformat(),
+                "payment_channel": row["payment_channel"] or "",
+            }
+            for row in rows
+        }
+
+    async def ensure_partitions(self, records: Iterable[PaymentRecord]) -> None:
+        """Create the monthly partitions these records need (each month asked once per process).
+
+        In its own short transaction: DDL on the parent must not sit inside the batch's.
+        """
+        missing = {month_of(record.payment_date) for record in records} - self._months
+        if not missing:
+            return
+        async with self.pool.acquire() as connection:
+            for month in sorted(missing):
+                await connection.execute(ENSURE_PARTITION, month)
+        self._months |= missing
+
+    async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
+        """Record ``records`` (distinct references) in one transaction; see the module doc."""
+        result = RecordResult()
+        if not records:
+            return result
+        await self.ensure_partitions(records)
+        by_reference = {record.reference_number: record for record in records}
+        recorded_at = datetime.now(UTC)
+        async with self.pool.acquire() as connection, connection.transaction():
+            claimed = await connection.fetch(
+                CLAIM_REFERENCES,
+                list(by_reference),
+                [record.payment_id for record in records],
+                [naive_utc(record.payment_date) for record in records],
+                [record.fingerprint for record in records],
+            )
+            claimed_refs = {row["reference_number"] for row in claimed}
+            taken = [ref for ref in by_reference if ref not in claimed_refs]
+            if taken:
+                rows = await connection.fetch(KNOWN_REFERENCES, taken)
+                result.existing = {
+                    row["reference_number"]: KnownReference(row["fingerprint"], row["payment_id"])
+                    for row in rows
+                }
+            result.created = [
+                record for record in records if record.reference_number in claimed_refs
+            ]
+            if not result.created:
+                return result
+            payments = []
+            outbox = []
+            for record in result.created:
+                payments.append(
+                    (
+                        record.payment_id,
+                        record.reference_number,
+                        record.loan_account_number,
+                        record.cif,
+                        record.amount,
+                        naive_utc(record.payment_date),
+                        record.payment_channel,
+                        record.source,
+                        json.dumps(record.metadata, separators=(",", ":")),
+                    )
+                )
+                event = PaymentRecordedEvent.for_record(record, recorded_at)
+                payload = encode_event(event)
+                key = record.loan_account_number.encode()
+                outbox.append(
+                    (
+                        event.event_id,
+                        record.payment_id,
+                        self.events_topic,
+                        record.loan_account_number,
+                        payload.decode(),
+                    )
+                )
+                result.events.append(OutgoingEvent(event.event_id, key, payload))
+            await connection.copy_records_to_table(
+                "payments", schema_name="payment_service", columns=PAYMENT_COLUMNS, records=payments
+            )
+            await connection.copy_records_to_table(
+                "outbox", schema_name="payment_service", columns=OUTBOX_COLUMNS, records=outbox
+            )
+        return result
+
+    async def mark_sent(self, event_ids: Sequence[uuid.UUID]) -> None:
+        """Note that these events reached Kafka, so the relay leaves them alone."""
+        if event_ids:
+            await self.pool.execute(MARK_SENT, list(event_ids))

@@ -1,0 +1,354 @@
+"""Deciding a batch of intake records: created, duplicate or conflict, and dead letters.
+
+The order within a batch is the invariant-keeping order of DESIGN.md:
+
+1. decode and check each record (bad ones become dead letters);
+2. the ``references`` table answers the references it knows (a hit means committed);
+3. the rest go to Postgres in ONE transaction (claim references, payments rows,
+   outbox rows), which also answers the references that were already taken;
+4. after the commit: publish the events and the dead letters, wait for the acks,
+   mark the outbox rows sent;
+5. only then write the table.
+
+Until :meth:`Recorder.handle` returns, no offset of the batch is committed, so a
+crash anywhere replays the batch and Postgres' primary key absorbs the replay.
+Infrastructure errors (Postgres or Kafka away) are retried here, forever, with
+backoff: the batch waits rather than skipping a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+from pydantic import ValidationError
+
+from app.codecs import decode_record, encode_dead_letter
+from app.database import is_retriable
+from app.exceptions import UndecodableRecord
+from app.models import (
+    DateWindow,
+    DeadLetter,
+    Decision,
+    FieldError,
+    KnownReference,
+    Outcome,
+    PaymentRecord,
+    differing_fields,
+    field_errors,
+)
+from app.payment_store import RecordResult
+from app.publisher import Message
+from app.topics import DLQ
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Backoff between retries of an infrastructure failure: first, factor, ceiling.
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+
+
+class Store(Protocol):
+    async def record(self, records: Sequence[PaymentRecord]) -> RecordResult: ...
+    async def stored_fields(self, references: Sequence[str]) -> dict[str, dict[str, str]]: ...
+    async def mark_sent(self, event_ids: Sequence[Any]) -> None: ...
+
+
+class ReferenceTable(Protocol):
+    def get(self, reference: str) -> KnownReference | None: ...
+    def put(self, event: Any, reference: str, known: KnownReference) -> None: ...
+
+
+class Sink(Protocol):
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One intake message; ``event`` is Faust's, passed back when writing the table."""
+
+    key: bytes | None
+    value: bytes | None
+    event: Any = None
+
+
+@dataclass
+class BatchReport:
+    """What a batch came to (the agent logs it; tests read it)."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    table_hits: int = 0
+    postgres_answers: int = 0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for decision in self.decisions if decision.outcome == outcome)
+
+
+class Recorder:
+    """Turns batches of intake messages into decisions; see the module doc for the order."""
+
+    def __init__(
+        self,
+        store: Store,
+        references: ReferenceTable,
+        publisher: Sink,
+        *,
+        events_topic: str,
+        window: DateWindow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.references = references
+        self.publisher = publisher
+        self.events_topic = events_topic
+        self.window = window
+        self._sleep = sleep
+
+    async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
+        report = BatchReport()
+        now = datetime.now(UTC)
+        # 1. decode and check
+        records: list[tuple[Incoming, PaymentRecord]] = []
+        for item in batch:
+            record = self._decode(item, now, report)
+            if record is not None:
+                records.append((item, record))
+
+        # 2. the table, for the first occurrence of each reference
+        known: dict[str, KnownReference] = {}
+        candidates: dict[str, PaymentRecord] = {}
+        for _, record in records:
+            reference = record.reference_number
+            if reference in known or reference in candidates:
+                continue
+            hit = self.references.get(reference)
+            if hit is not None:
+                known[reference] = hit
+                report.table_hits += 1
+            else:
+                candidates[reference] = record
+
+        # 3. Postgres, one transaction (or one per record if the batch is refused)
+        result = await self._record(list(candidates.values()), report, now)
+        created = {record.reference_number: record for record in result.created}
+        for reference, stored in result.existing.items():
+            known[reference] = stored
+            report.postgres_answers += 1
+        for reference, record in created.items():
+            known[reference] = KnownReference(record.fingerprint, record.payment_id)
+
+        # Decide every record in arrival order: the first carrier of a created
+        # reference created it; everything else is compared with what is recorded.
+        conflicts: list[PaymentRecord] = []
+        creators_seen: set[str] = set()
+        for _, record in records:
+            reference = record.reference_number
+            if reference not in known:
+                continue  # refused by Postgres: already a dead letter
+            if reference in created and reference not in creators_seen:
+                creators_seen.add(reference)
+                outcome: Outcome = "created"
+            elif known[reference].fingerprint == record.fingerprint:
+                outcome = "duplicate"
+            else:
+                conflicts.append(record)
+                continue
+            report.decisions.append(
+                Decision(
+                    reference_number=reference,
+                    outcome=outcome,
+                    payment_id=known[reference].payment_id,
+                    source=record.source,
+                    source_id=record.source_id,
+                )
+            )
+        if conflicts:
+            await self._conflicts(conflicts, known, created, report, now)
+
+        # 4. publish events and dead letters together, then mark the events sent
+        events: list[Message] = [(event.key, event.payload) for event in result.events]
+        letters: list[Message] = [
+            (
+                None if letter.reference_number is None else letter.reference_number.encode(),
+                encode_dead_letter(letter),
+            )
+            for letter in report.dead_letters
+        ]
+        await self._retrying("publish", lambda: self._publish(events, letters))
+        if result.events:
+            event_ids = [event.event_id for event in result.events]
+            await self._retrying("mark outbox sent", lambda: self.store.mark_sent(event_ids))
+
+        # 5. the table learns only what Postgres has committed
+        first_event: dict[str, Any] = {}
+        for item, record in records:
+            first_event.setdefault(record.reference_number, item.event)
+        for reference in (*created, *result.existing):
+            self.references.put(first_event[reference], reference, known[reference])
+        return report
+
+    def _decode(self, item: Incoming, now: datetime, report: BatchReport) -> PaymentRecord | None:
+        try:
+            record = decode_record(item.value)
+        except UndecodableRecord as exc:
+            report.dead_letters.append(
+                DeadLetter(
+                    reason="undecodable",
+                    details=[FieldError(field="body", message=str(exc))],
+                    reference_number=_text(item.key),
+                    original_text=_text(item.value),
+                    failed_at=now,
+                )
+            )
+            return None
+        except ValidationError as exc:
+            original = _json_object(item.value)
+            report.dead_letters.append(
+                DeadLetter(
+                    reason="invalid",
+                    details=field_errors(exc),
+                    reference_number=_text(item.key),
+                    source=_get(original, "source"),
+                    source_id=_get(original, "source_id"),
+                    original=original,
+                    failed_at=now,
+                )
+            )
+            return None
+        problem = self.window.check(record.payment_date, now)
+        if problem is not None:
+            # Ingress checks the window too; a record that got past it (other
+            # settings, a replay) must not make the agent create a far-off partition.
+            report.dead_letters.append(
+                _letter(
+                    record,
+                    "partition_out_of_range",
+                    now,
+                    details=[FieldError(field="payment_date", message=problem)],
+                )
+            )
+            return None
+        return record
+
+    async def _record(
+        self, candidates: list[PaymentRecord], report: BatchReport, now: datetime
+    ) -> RecordResult:
+        try:
+            return await self._retrying("record batch", lambda: self.store.record(candidates))
+        except asyncpg.PostgresError as exc:
+            if len(candidates) == 1:
+                report.dead_letters.append(
+                    _letter(
+                        candidates[0],
+                        "rejected",
+                        now,
+                        details=[FieldError(field="record", message=str(exc))],
+                    )
+                )
+                log.error("Postgres refused reference %s: %s", candidates[0].reference_number, exc)
+                return RecordResult()
+            # Find the record Postgres refuses without losing the rest of the batch.
+            log.warning(
+                "Postgres refused a batch of %d (%s); recording one by one", len(candidates), exc
+            )
+            merged = RecordResult()
+            for candidate in candidates:
+                single = await self._record([candidate], report, now)
+                merged.created += single.created
+                merged.events += single.events
+                merged.existing.update(single.existing)
+            return merged
+
+    async def _conflicts(
+        self,
+        conflicts: list[PaymentRecord],
+        known: dict[str, KnownReference],
+        created: dict[str, PaymentRecord],
+        report: BatchReport,
+        now: datetime,
+    ) -> None:
+        outside = sorted({r.reference_number for r in conflicts} - set(created))
+        stored = await self._retrying(
+            "read conflicting payments", lambda: self.store.stored_fields(outside)
+        )
+        for record in conflicts:
+            reference = record.reference_number
+            if reference in created:
+                original = created[reference].defining_fields()
+            else:
+                original = stored.get(reference, {})
+            fields = differing_fields(original, record.defining_fields()) if original else []
+            letter = _letter(record, "conflict", now, payment_id=known[reference].payment_id)
+            letter.differing_fields = fields
+            report.dead_letters.append(letter)
+            report.decisions.append(
+                Decision(
+                    reference_number=reference,
+                    outcome="conflict",
+                    payment_id=known[reference].payment_id,
+                    source=record.source,
+                    source_id=record.source_id,
+                    differing_fields=tuple(fields),
+                )
+            )
+
+    async def _publish(self, events: list[Message], letters: list[Message]) -> None:
+        await asyncio.gather(
+            self.publisher.publish(self.events_topic, events),
+            self.publisher.publish(DLQ, letters),
+        )
+
+    async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` until it succeeds or fails for a reason retrying cannot fix."""
+        pause = RETRY_FIRST_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await operation()
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning(
+                    "%s failed (attempt %d), retrying in %.1f s: %r", what, attempt, pause, exc
+                )
+                await self._sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_SECONDS)
+
+
+def _letter(record: PaymentRecord, reason: Any, now: datetime, **extra: Any) -> DeadLetter:
+    return DeadLetter(
+        reason=reason,
+        reference_number=record.reference_number,
+        source=record.source,
+        source_id=record.source_id,
+        original=record.model_dump(mode="json"),
+        failed_at=now,
+        **extra,
+    )
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8", errors="replace")
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw or b"")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _get(original: dict[str, Any] | None, name: str) -> str | None:
+    value = None if original is None else original.get(name)
+    return None if value is None else str(value)

@@ -1,0 +1,300 @@
+"""Reading the staging table into ``payment.intake``, one claimed batch at a time.
+
+A batch is claimed with ``FOR UPDATE SKIP LOCKED`` inside a transaction that
+stays open until the broker has acknowledged every record of it; only then are
+the rows marked processed and the batch logged, in the same transaction. A crash
+in between rolls the claim back, so the rows are published again later and the
+record agent's dedup absorbs the repeat. A row is never marked processed without
+having been published (or dead-lettered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+
+from app.codecs import encode_dead_letter, encode_record
+from app.models import DateWindow, DeadLetter, PaymentRecord, field_errors
+from app.payment_store import KNOWN_REFERENCES
+from app.publisher import Message
+from app.topics import DLQ, INTAKE
+
+log = logging.getLogger(__name__)
+
+#: One poller at a time, whichever worker's timer fires (a leader handoff can overlap).
+POLLER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller'))"
+
+CLAIM_ROWS = """
+SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
+       payment_channel, metadata::text AS metadata
+FROM public.payment_staging
+WHERE NOT processed
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+MARK_PROCESSED = """
+UPDATE public.payment_staging SET processed = TRUE, processed_at = timezone('utc', now())
+WHERE id = ANY($1::bigint[])
+"""
+
+LOG_BATCH = """
+INSERT INTO payment_service.staging_process_log
+  (batch_start_id, batch_end_id, total_records, processed_records, duplicate_records,
+   error_records, status, started_at, completed_at, error_details)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+"""
+
+BACKLOG = "SELECT count(*) FROM public.payment_staging WHERE NOT processed"
+
+#: Pause before retry n is RETRY_BASE_SECONDS * 2**(n-1).
+RETRY_BASE_SECONDS = 1.0
+
+
+@dataclass
+class BatchSummary:
+    """One staging batch, as written to ``staging_process_log``."""
+
+    first_id: int = 0
+    last_id: int = 0
+    total: int = 0
+    published: int = 0
+    duplicates: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def record_from_row(
+    row: asyncpg.Record | dict[str, Any], window: DateWindow, now: datetime
+) -> PaymentRecord:
+    """A staging row as a canonical record (raises ``ValidationError``)."""
+    metadata = row["metadata"]
+    return PaymentRecord.model_validate(
+        {
+            "reference_number": row["reference_number"],
+            "loan_account_number": row["loan_account_number"],
+            "cif": row["cif"],
+            "amount": row["amount"],
+            "payment_date": row["payment_date"],
+            "payment_channel": row["payment_channel"],
+            "metadata": None if metadata is None else json.loads(metadata),
+            "source": "staging",
+            "source_id": str(row["id"]),
+            "received_at": now,
+        },
+        context={"window": window},
+    )
+
+
+def _row_as_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "reference_number": row["reference_number"],
+        "loan_account_number": row["loan_account_number"],
+        "cif": row["cif"],
+        "amount": str(row["amount"]),
+        "payment_date": row["payment_date"].isoformat(),
+        "payment_channel": row["payment_channel"],
+        "metadata": row["metadata"],
+    }
+
+
+class StagingPoller:
+    """Moves staging rows to the intake topic; :meth:`drain` is the timer's body."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Any,
+        *,
+        batch_size: int,
+        max_retries: int,
+        window: DateWindow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.pool = pool
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.window = window
+        self._sleep = sleep
+
+    async def drain(self) -> int:
+        """Poll batches back to back while full ones keep coming; return the rows moved."""
+        moved = 0
+        started = time.monotonic()
+        while True:
+            summary = await self._batch_with_retries()
+            if summary is None:
+                break
+            moved += summary.total
+            if summary.total < self.batch_size:
+                break
+        if moved >= self.batch_size:
+            elapsed = time.monotonic() - started
+            log.info(
+                "staging: moved %d rows to %s in %.1f s (%.0f rows/s)",
+                moved,
+                INTAKE,
+                elapsed,
+                moved / max(elapsed, 1e-9),
+            )
+        return moved
+
+    async def _batch_with_retries(self) -> BatchSummary | None:
+        """One batch, retried with backoff; None when there was nothing to do or it failed."""
+        attempt = 0
+        while True:
+            attempt += 1
+            started = datetime.now(UTC)
+            try:
+                summary = await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt <= self.max_retries:
+                    pause = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+                    log.warning(
+                        "staging: batch failed (attempt %d of %d), retrying in %.0f s: %r",
+                        attempt,
+                        self.max_retries + 1,
+                        pause,
+                        exc,
+                    )
+                    await self._sleep(pause)
+                    continue
+                # The rows stay unprocessed: the next tick claims them again. Marking
+                # them anyway would lose payments; the failed log row tells the operator.
+                log.error(
+                    "staging: batch failed %d times, giving up until the next run: %r",
+                    attempt,
+                    exc,
+                )
+                await self._log_failure(started, exc)
+                return None
+            if summary is None or summary.total == 0:
+                return None
+            return summary
+
+    async def poll_once(self) -> BatchSummary | None:
+        """Claim, publish, mark, log: one batch in one transaction. None if another poller runs."""
+        started = datetime.now(UTC)
+        summary = BatchSummary()
+        async with self.pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval(POLLER_LOCK):
+                log.debug("staging: another poller holds the lock; skipping this run")
+                return None
+            rows = await connection.fetch(CLAIM_ROWS, self.batch_size)
+            if not rows:
+                return summary
+            summary.first_id, summary.last_id, summary.total = (
+                rows[0]["id"],
+                rows[-1]["id"],
+                len(rows),
+            )
+            records: list[PaymentRecord] = []
+            letters: list[Message] = []
+            for row in rows:
+                try:
+                    records.append(record_from_row(row, self.window, started))
+                except ValidationError as exc:
+                    errors = field_errors(exc)
+                    summary.errors.append(
+                        {
+                            "id": row["id"],
+                            "reference_number": row["reference_number"],
+                            "errors": [error.model_dump() for error in errors],
+                        }
+                    )
+                    letter = DeadLetter(
+                        reason="invalid",
+                        details=errors,
+                        reference_number=row["reference_number"],
+                        source="staging",
+                        source_id=str(row["id"]),
+                        original=_row_as_json(row),
+                        failed_at=started,
+                    )
+                    letters.append((row["reference_number"].encode(), encode_dead_letter(letter)))
+
+            # The plan's bulk duplicate check: exact repeats of what Postgres already
+            # holds, or of an earlier row in this batch, need not travel. Anything
+            # else (new, or a possible conflict) goes to the record agent, which decides.
+            known = {
+                row["reference_number"]: row["fingerprint"]
+                for row in await connection.fetch(
+                    KNOWN_REFERENCES, list({record.reference_number for record in records})
+                )
+            }
+            outgoing: list[Message] = []
+            for record in records:
+                fingerprint = record.fingerprint
+                if known.get(record.reference_number) == fingerprint:
+                    summary.duplicates += 1
+                    continue
+                known.setdefault(record.reference_number, fingerprint)
+                outgoing.append((record.reference_number.encode(), encode_record(record)))
+            summary.published = len(outgoing)
+
+            await asyncio.gather(
+                self.publisher.publish(INTAKE, outgoing), self.publisher.publish(DLQ, letters)
+            )
+            await connection.execute(MARK_PROCESSED, [row["id"] for row in rows])
+            await connection.execute(
+                LOG_BATCH,
+                summary.first_id,
+                summary.last_id,
+                summary.total,
+                summary.published,
+                summary.duplicates,
+                len(summary.errors),
+                "completed",
+                _naive(started),
+                _naive(datetime.now(UTC)),
+                json.dumps(summary.errors) if summary.errors else None,
+            )
+        log.debug(
+            "staging: ids %d-%d: %d rows, %d published, %d duplicates, %d invalid",
+            summary.first_id,
+            summary.last_id,
+            summary.total,
+            summary.published,
+            summary.duplicates,
+            len(summary.errors),
+        )
+        return summary
+
+    async def _log_failure(self, started: datetime, exc: BaseException) -> None:
+        try:
+            async with self.pool.acquire() as connection:
+                first = await connection.fetchval(
+                    "SELECT min(id) FROM public.payment_staging WHERE NOT processed"
+                )
+                await connection.execute(
+                    LOG_BATCH,
+                    first or 0,
+                    first or 0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    "failed",
+                    _naive(started),
+                    _naive(datetime.now(UTC)),
+                    json.dumps({"error": repr(exc), "attempts": self.max_retries + 1}),
+                )
+        except Exception as log_exc:
+            log.error("staging: could not log the failed batch either: %r", log_exc)
+
+
+def _naive(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)

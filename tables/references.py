@@ -1,0 +1,86 @@
+"""The ``references`` table: reference → (fingerprint, payment_id), the agent's fast path.
+
+RocksDB-backed and changelogged like any Faust table. It is written only after
+Postgres has committed the reference, so a hit always means the row exists; a
+miss means "ask Postgres", never "new".
+
+Keys are the reference's UTF-8 bytes, exactly the intake topic's key bytes, so
+the changelog partition of a key is the intake partition that key arrives on
+(DESIGN.md: str keys would be JSON-encoded and hash elsewhere).
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # see event_context below
+from faust.types import EventT
+
+from app.models import KnownReference
+from app.settings import Settings
+from app.topics import INTAKE_PARTITIONS
+from tables.rocksdb import table_options
+
+TABLE_NAME = "references"
+
+_FINGERPRINT_BYTES = 32
+
+
+def encode_known(known: KnownReference) -> bytes:
+    """48 bytes: the raw SHA-256 fingerprint, then the payment_id."""
+    return bytes.fromhex(known.fingerprint) + known.payment_id.bytes
+
+
+def decode_known(value: bytes) -> KnownReference:
+    """Inverse of :func:`encode_known`."""
+    return KnownReference(
+        fingerprint=value[:_FINGERPRINT_BYTES].hex(),
+        payment_id=uuid.UUID(bytes=value[_FINGERPRINT_BYTES:]),
+    )
+
+
+@contextmanager
+def event_context(event: EventT[Any]) -> Iterator[None]:
+    """Make ``event`` the current event while writing the table.
+
+    A table write goes to the changelog partition (and the RocksDB partition) of
+    the *current event*. Inside a ``take_events`` batch Faust does not set one
+    per event, and a batch mixes partitions, so each write names its own event.
+    faust-streaming has no public setter for this (0.15.3).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class References:
+    """Typed access to the table: ``str`` references in, :class:`KnownReference` out."""
+
+    def __init__(self, app: faust.App, settings: Settings, **table_kwargs: Any) -> None:
+        self.table = app.Table(
+            TABLE_NAME,
+            # bytes types make Faust use the raw codec for the changelog too.
+            key_type=bytes,
+            value_type=bytes,
+            partitions=INTAKE_PARTITIONS,
+            options=table_options(settings),
+            help="reference_number -> fingerprint + payment_id, written after the Postgres commit",
+            **table_kwargs,
+        )
+
+    def get(self, reference: str) -> KnownReference | None:
+        """What the table knows about ``reference`` (None: ask Postgres)."""
+        value = self.table.get(reference.encode())
+        return None if value is None else decode_known(value)
+
+    def put(self, event: EventT[Any], reference: str, known: KnownReference) -> None:
+        """Remember a committed reference; ``event`` is the intake event that carried it."""
+        with event_context(event):
+            self.table[reference.encode()] = encode_known(known)
