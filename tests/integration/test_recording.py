@@ -1,0 +1,189 @@
+"""The recording pipeline on the real stack: staging → intake → agent → Postgres + events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app.codecs import decode_dead_letter, decode_event
+from app.topics import DLQ, EVENTS_DEFAULT
+from tests.pipeline import (
+    app_env,
+    fresh_pipeline,
+    make_load,
+    read_topic,
+    reconcile,
+    run_id,
+    stage,
+    wait_consumed,
+    wait_drained,
+)
+from tests.stack import Stack, Worker, run_worker
+
+
+def _alive(worker: Worker) -> Any:
+    def check() -> None:
+        assert worker.process.poll() is None, worker.log()[-4000:]
+
+    return check
+
+
+async def _rows(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        return await connection.fetch(query, *args)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def run(stack: Stack) -> str:
+    asyncio.run(fresh_pipeline(stack))
+    return run_id()
+
+
+def test_ten_thousand_staged_rows_record_exactly(stack: Stack, run: str, tmp_path: Path) -> None:
+    load = make_load(10_000, f"T{run}")
+    asyncio.run(stage(stack, load.rows))
+    with run_worker(stack, tmp_path, **app_env(run)) as worker:
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=240, alive=_alive(worker)))
+        asyncio.run(wait_consumed(stack, run))
+
+    counts = asyncio.run(
+        _rows(
+            stack,
+            """SELECT (SELECT count(*) FROM payment_service.payments) AS payments,
+                      (SELECT count(*) FROM payment_service.payment_references) AS refs,
+                      (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS left""",
+        )
+    )[0]
+    assert (counts["payments"], counts["refs"], counts["left"]) == (load.created, load.created, 0)
+
+    events = [decode_event(value) for _, value in asyncio.run(read_topic(stack, EVENTS_DEFAULT))]
+    assert len({event.event_id for event in events}) == load.created
+    rows = {
+        str(row["id"]): row
+        for row in asyncio.run(_rows(stack, "SELECT * FROM payment_service.payments"))
+    }
+    for event in events:
+        row = rows[str(event.payment.id)]
+        payment = event.payment
+        assert (
+            payment.reference_number,
+            payment.loan_account_number,
+            payment.cif,
+            payment.amount,
+            payment.payment_date.replace(tzinfo=None),
+            payment.payment_channel,
+            payment.source,
+            payment.metadata,
+        ) == (
+            row["reference_number"],
+            row["loan_account_number"],
+            row["cif"],
+            row["amount"],
+            row["payment_date"],
+            row["payment_channel"],
+            row["source"],
+            json.loads(row["metadata"]),
+        )
+
+    letters = [decode_dead_letter(value) for _, value in asyncio.run(read_topic(stack, DLQ))]
+    reasons = Counter(letter.reason for letter in letters)
+    assert reasons == {"invalid": load.invalid, "conflict": load.conflicts}
+    conflict = next(letter for letter in letters if letter.reason == "conflict")
+    assert conflict.differing_fields == ["amount"]
+    assert conflict.payment_id is not None
+    invalid = next(letter for letter in letters if letter.reason == "invalid")
+    assert invalid.details
+    assert invalid.source == "staging"
+    assert invalid.original is not None
+
+    log = asyncio.run(
+        _rows(
+            stack,
+            """SELECT sum(total_records) AS total, sum(processed_records) AS published,
+                      sum(duplicate_records) AS duplicates, sum(error_records) AS errors,
+                      count(*) FILTER (WHERE status <> 'completed') AS not_completed
+               FROM payment_service.staging_process_log""",
+        )
+    )[0]
+    assert log["total"] == len(load.rows)
+    assert log["errors"] == load.invalid
+    assert log["published"] + log["duplicates"] == len(load.rows) - load.invalid
+    assert log["not_completed"] == 0
+
+    code, figures = reconcile(stack, run)
+    assert code == 0, figures
+    assert figures["payment_rows"] == figures["distinct_event_ids"] == load.created
+
+
+def test_known_references_stay_duplicates_even_when_only_postgres_knows(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    load = make_load(2_000, f"K{run}", duplicate_rate=0, conflict_rate=0, invalid_rate=0)
+    data = tmp_path / "first"
+    data.mkdir()
+    asyncio.run(stage(stack, load.rows))
+    with run_worker(stack, data, **app_env(run)) as worker:
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=_alive(worker)))
+        # Again, while the table has them: every row is a duplicate.
+        asyncio.run(stage(stack, load.rows))
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=_alive(worker)))
+
+    # A new worker with no RocksDB state (a new app id, so no changelog either):
+    # only Postgres knows the references. Sent straight to the intake topic, past
+    # the poller's own duplicate check, they must still be duplicates.
+    second_run = run_id()
+    second = tmp_path / "second"
+    second.mkdir()
+    with run_worker(stack, second, **app_env(second_run)) as worker:
+        asyncio.run(_publish_staged_again(stack, load.rows))
+        asyncio.run(wait_consumed(stack, second_run, wait_seconds=120))
+
+    count = asyncio.run(_rows(stack, "SELECT count(*) AS n FROM payment_service.payments"))[0]["n"]
+    assert count == load.created
+    events = asyncio.run(read_topic(stack, EVENTS_DEFAULT))
+    assert len(events) == load.created
+    code, figures = reconcile(stack, run)
+    assert code == 0, figures
+
+
+async def _publish_staged_again(stack: Stack, rows: list[tuple[Any, ...]]) -> None:
+    """Put rows on the intake topic directly, as a second input would."""
+    from datetime import UTC, datetime
+
+    from app.codecs import encode_record
+    from app.models import PaymentRecord
+    from app.publisher import Publisher
+    from app.topics import INTAKE
+
+    publisher = Publisher(stack.settings())
+    await publisher.start()
+    try:
+        now = datetime.now(UTC)
+        messages = []
+        for number, row in enumerate(rows):
+            record = PaymentRecord(
+                reference_number=row[0],
+                loan_account_number=row[1],
+                cif=row[2],
+                amount=Decimal(row[3]),
+                payment_date=row[4],
+                payment_channel=row[5],
+                metadata=json.loads(row[6]),
+                source="webhook",
+                source_id=f"replay-{number}",
+                received_at=now,
+            )
+            messages.append((record.reference_number.encode(), encode_record(record)))
+        await publisher.publish(INTAKE, messages)
+    finally:
+        await publisher.stop()

@@ -1,0 +1,318 @@
+"""Driving the recording pipeline in tests and benchmarks: fresh topics, staged loads, drains.
+
+Each run gets its own Faust app id (so its own consumer group and table changelog)
+and recreated ``payment.intake``/``payment.events``/DLQ topics, with the payment
+tables emptied: ``reconcile`` then compares exactly this run's rows and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+from app.topics import DLQ, EVENTS_DEFAULT, INTAKE
+from tests.stack import ROOT, Stack, read_topics_conf
+
+STAGING_COLUMNS = (
+    "reference_number",
+    "loan_account_number",
+    "cif",
+    "amount",
+    "payment_date",
+    "payment_channel",
+    "metadata",
+)
+
+EMPTY_TABLES = """
+TRUNCATE public.payment_staging, payment_service.payments, payment_service.payment_references,
+         payment_service.outbox, payment_service.staging_process_log
+"""
+
+DRAIN_FIGURES = """
+SELECT (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS backlog,
+       (SELECT count(*) FROM payment_service.payments) AS rows,
+       (SELECT count(*) FROM payment_service.outbox WHERE sent_at IS NULL) AS unsent
+"""
+
+
+def run_id() -> str:
+    """A short id naming one run's app (consumer group, changelog) and references."""
+    return uuid.uuid4().hex[:10]
+
+
+def app_env(run: str, **extra: str) -> dict[str, str]:
+    """Worker settings for one run: its own app id, and fast timers."""
+    env = {
+        "KAFKA_CLIENT_ID": f"payments-{run}",
+        "STAGING_INTERVAL_SECONDS": "1",
+        "OUTBOX_RELAY_INTERVAL_SECONDS": "2",
+        "OUTBOX_RELAY_MIN_AGE_SECONDS": "5",
+        "DB_POOL_MIN": "2",
+        "DB_POOL_MAX": "10",
+    }
+    env.update(extra)
+    return env
+
+
+async def _recreate_topics(stack: Stack) -> None:
+    wanted = {
+        name: spec
+        for name, spec in read_topics_conf().items()
+        if name in (INTAKE, DLQ, EVENTS_DEFAULT)
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        with contextlib.suppress(UnknownTopicOrPartitionError):
+            await admin.delete_topics(list(wanted))
+        deadline = time.monotonic() + 60
+        pending = dict(wanted)
+        while pending:
+            for name, (partitions, config) in list(pending.items()):
+                try:
+                    await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
+                    del pending[name]
+                except TopicAlreadyExistsError:
+                    # Deletion is asynchronous in the broker: wait for it to finish.
+                    if time.monotonic() > deadline:
+                        raise
+            if pending:
+                await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+async def fresh_pipeline(stack: Stack) -> None:
+    """Empty the payment tables and recreate the service's three topics."""
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        await connection.execute(EMPTY_TABLES)
+    finally:
+        await connection.close()
+    await _recreate_topics(stack)
+
+
+# --- staged loads -------------------------------------------------------------
+
+
+@dataclass
+class StagingLoad:
+    """Rows to stage, and what recording them must come to."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    created: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+
+
+def _invalid_row(rng: random.Random, reference: str, now: datetime) -> tuple[Any, ...]:
+    kind = rng.randrange(5)
+    amount, payment_date, metadata = Decimal("10.00"), now - timedelta(days=1), "{}"
+    if kind == 0:
+        amount = Decimal("-5.00")
+    elif kind == 1:
+        amount = Decimal("0.00")
+    elif kind == 2:
+        payment_date = datetime(1999, 12, 31)  # noqa: DTZ001 (staging is naive UTC)
+    elif kind == 3:
+        payment_date = now + timedelta(days=30)
+    else:
+        metadata = "[1, 2, 3]"
+    return (reference, "LA-INVALID", "CIF-INVALID", amount, payment_date, "bank", metadata)
+
+
+def make_load(
+    count: int,
+    prefix: str,
+    *,
+    duplicate_rate: float = 0.10,
+    conflict_rate: float = 0.02,
+    invalid_rate: float = 0.02,
+    seed: int = 7,
+) -> StagingLoad:
+    """``count`` staging rows: unique payments plus exact duplicates, conflicts and invalid rows.
+
+    Duplicates and conflicts copy different originals, and a conflict always comes
+    after its original, so the expected counts are exact whatever the batching.
+    """
+    rng = random.Random(seed)  # noqa: S311 (test data, not secrets)
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    duplicates = int(count * duplicate_rate)
+    conflicts = int(count * conflict_rate)
+    invalid = int(count * invalid_rate)
+    unique = count - duplicates - conflicts - invalid
+    base = [
+        (
+            f"{prefix}-{number:08d}",
+            f"LA{number % 997:06d}",
+            f"CIF{number % 991:06d}",
+            Decimal(rng.randrange(100, 10_000_000)) / 100,
+            now - timedelta(days=rng.randrange(0, 60), seconds=rng.randrange(86400)),
+            rng.choice(["bank_transfer", "card", "cash", None]),
+            json.dumps({"batch": prefix, "n": number}),
+        )
+        for number in range(unique)
+    ]
+    originals = rng.sample(range(unique), duplicates + conflicts)
+    rows = list(base)
+    rows += [base[i] for i in originals[:duplicates]]
+    conflict_rows = []
+    for i in originals[duplicates:]:
+        original = base[i]
+        conflict_rows.append((*original[:3], original[3] + 1, *original[4:]))
+    rows += conflict_rows
+    rows += [_invalid_row(rng, f"{prefix}-BAD-{n:06d}", now) for n in range(invalid)]
+    rng.shuffle(rows)
+    # A conflict before its original would turn the original into the conflict
+    # (and its duplicates with it): swap such pairs.
+    position = {}
+    for index, row in enumerate(rows):
+        position.setdefault((row[0], row[3]), index)
+    for i in originals[duplicates:]:
+        original = base[i]
+        first = position[(original[0], original[3])]
+        later = position[(original[0], original[3] + 1)]
+        if later < first:
+            rows[first], rows[later] = rows[later], rows[first]
+    return StagingLoad(rows, unique, duplicates, conflicts, invalid)
+
+
+async def stage(stack: Stack, rows: list[tuple[Any, ...]]) -> None:
+    """COPY rows into payment_staging (the ETL's side)."""
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        await connection.copy_records_to_table(
+            "payment_staging", schema_name="public", columns=STAGING_COLUMNS, records=rows
+        )
+    finally:
+        await connection.close()
+
+
+async def drain_figures(stack: Stack) -> dict[str, int]:
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        row = await connection.fetchrow(DRAIN_FIGURES)
+    finally:
+        await connection.close()
+    return dict(row)
+
+
+async def wait_drained(
+    stack: Stack,
+    expected_rows: int,
+    wait_seconds: float,
+    alive: Callable[[], None] | None = None,
+    settle_seconds: float = 0.0,
+) -> dict[str, int]:
+    """Wait until the backlog is empty, ``expected_rows`` payments exist and the outbox is sent."""
+    deadline = time.monotonic() + wait_seconds
+    figures: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        if alive is not None:
+            alive()
+        figures = await drain_figures(stack)
+        if figures["backlog"] == 0 and figures["rows"] >= expected_rows and figures["unsent"] == 0:
+            if settle_seconds:
+                await asyncio.sleep(settle_seconds)
+                figures = await drain_figures(stack)
+            return figures
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"pipeline not drained within {wait_seconds:.0f} s: {figures}")
+
+
+async def wait_consumed(stack: Stack, run: str, wait_seconds: float = 60) -> None:
+    """Wait until the run's consumer group has committed the intake topic's end offsets.
+
+    The agent commits a batch's offsets only after its rows, events and dead
+    letters are done, so this means "everything on the intake topic is decided".
+    """
+    group = app_env(run)["KAFKA_CLIENT_ID"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        consumer._client.add_topic(INTAKE)
+        await consumer._client.force_metadata_update()
+        partitions = [
+            TopicPartition(INTAKE, p) for p in consumer.partitions_for_topic(INTAKE) or ()
+        ]
+        deadline = time.monotonic() + wait_seconds
+        lag: dict[TopicPartition, int] = {}
+        while time.monotonic() < deadline:
+            ends = await consumer.end_offsets(partitions)
+            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+            done = {tp: max(committed[tp].offset, 0) if tp in committed else 0 for tp in partitions}
+            lag = {tp: ends[tp] - done[tp] for tp in partitions if ends[tp] > done[tp]}
+            if not lag:
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"intake not consumed within {wait_seconds:.0f} s; lag {lag}")
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+# --- reading topics -------------------------------------------------------------
+
+
+async def read_topic(stack: Stack, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """Every message of ``topic`` up to its current end, as (key, value)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer._client.add_topic(topic)
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        messages: list[tuple[bytes | None, bytes]] = []
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, batch in batches.items():
+                messages += [(m.key, m.value) for m in batch if m.offset < ends[tp]]
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return messages
+    finally:
+        await consumer.stop()
+
+
+def reconcile(stack: Stack, run: str) -> tuple[int, dict[str, Any]]:
+    """Run ``python -m app reconcile``; its exit code and the figures it printed."""
+    process = subprocess.run(
+        [sys.executable, "-m", "app", "reconcile"],
+        env=stack.service_env(**app_env(run, LOG_LEVEL="warning")),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    figures: dict[str, Any] = {}
+    for line in process.stdout.splitlines():
+        if line.startswith("{"):
+            figures = json.loads(line)
+    return process.returncode, figures
