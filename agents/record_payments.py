@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from app.payment_store import PaymentStore
@@ -22,6 +24,16 @@ log = logging.getLogger(__name__)
 
 #: Pause before handling a batch again after an error nobody expected.
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
+
+#: Exit code of a worker stopped by FAULT_POINT.
+FAULT_EXIT_CODE = 70
+
+
+def _die() -> None:
+    """FAULT_POINT=after_commit: vanish like a SIGKILL, with nothing flushed or published."""
+    sys.stderr.write("FAULT_POINT after_commit: exiting after the Postgres commit\n")
+    sys.stderr.flush()
+    os._exit(FAULT_EXIT_CODE)
 
 
 def register(app: PaymentService) -> Any:
@@ -43,6 +55,7 @@ def register(app: PaymentService) -> Any:
             app.publisher,
             events_topic=settings.kafka_topic,
             window=app.date_window,
+            crash_after_commit=_die if settings.fault_point == "after_commit" else None,
         )
         within = settings.record_batch_window_ms / 1000
         async for events in stream.take_events(settings.record_batch_size, within=within):

@@ -105,6 +105,7 @@ class Recorder:
         events_topic: str,
         window: DateWindow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        crash_after_commit: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.references = references
@@ -112,6 +113,7 @@ class Recorder:
         self.events_topic = events_topic
         self.window = window
         self._sleep = sleep
+        self._crash_after_commit = crash_after_commit
 
     async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
         report = BatchReport()
@@ -139,6 +141,8 @@ class Recorder:
 
         # 3. Postgres, one transaction (or one per record if the batch is refused)
         result = await self._record(list(candidates.values()), report, now)
+        if result.created and self._crash_after_commit is not None:
+            self._crash_after_commit()
         created = {record.reference_number: record for record in result.created}
         for reference, stored in result.existing.items():
             known[reference] = stored

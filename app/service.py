@@ -17,6 +17,7 @@ from app import commands
 from app.database import Database
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
+from app.kafka_transport import Transport
 from app.models import DateWindow
 from app.publisher import Publisher
 from app.redis_connection import RedisConnection
@@ -39,6 +40,11 @@ class PaymentService(faust.App):
             "web_bind": settings.web_bind,
             # Static membership: a restarted worker takes its partitions back without a rebalance.
             "consumer_group_instance_id": settings.worker_id,
+            # Faust identifies a worker in its assignment by this URL and asserts, on a
+            # static-membership rejoin, that it is unchanged: tie it to WORKER_ID, not to
+            # the host and port (which change when a pod or a test restarts the worker).
+            # We never route requests between workers, so it need not be reachable.
+            "canonical_url": f"http://{settings.worker_id}.payment-service",
             "topic_partitions": INTAKE_PARTITIONS,
             "topic_replication_factor": settings.kafka_replication_factor,
             "producer_acks": -1,
@@ -73,6 +79,11 @@ class PaymentService(faust.App):
         self.page("/health")(HealthView)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
+
+
+    def _new_transport(self) -> Any:
+        # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
+        return Transport(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, **overrides: Any) -> PaymentService:

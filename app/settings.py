@@ -106,6 +106,7 @@ class Settings(BaseSettings):
         "payment-service-1",
         min_length=1,
         max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description=(
             "Names this worker in the consumer group (static membership): unique per worker, "
             "stable across its restarts."
@@ -177,6 +178,14 @@ class Settings(BaseSettings):
         description="Block cache per table partition; 12 partitions share the machine.",
     )
     rocksdb_write_buffer_mb: int = Field(4, ge=1)
+
+    fault_point: Literal["", "after_commit"] = Field(
+        "",
+        description=(
+            "Tests only: the worker kills itself at this point (after_commit = after the "
+            "Postgres commit, before the events are published). Refused in production."
+        ),
+    )
 
     # Monitoring
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
@@ -264,6 +273,12 @@ class Settings(BaseSettings):
         for channel, secrets in value.items():
             _check_webhook_secrets(secrets, f"{WEBHOOK_SECRET_PREFIX}{channel.upper()}")
         return value
+
+    @model_validator(mode="after")
+    def _no_faults_in_production(self) -> Settings:
+        if self.fault_point and self.node_env == "production":
+            raise ValueError("FAULT_POINT is for tests and must be empty when NODE_ENV=production")
+        return self
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

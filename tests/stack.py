@@ -289,7 +289,7 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
     port = free_port()
     log_path = folder / "worker.log"
     worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
-    with log_path.open("wb") as log_file:
+    with log_path.open("ab") as log_file:  # a restarted worker appends to the same log
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "worker"],
             env=stack.service_env(

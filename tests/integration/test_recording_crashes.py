@@ -1,0 +1,110 @@
+"""Crashes during recording: SIGKILL mid-load, and death between the commit and the publish."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from agents.record_payments import FAULT_EXIT_CODE
+from app.topics import EVENTS_DEFAULT
+from tests.pipeline import (
+    app_env,
+    drain_figures,
+    fresh_pipeline,
+    make_load,
+    read_topic,
+    reconcile,
+    run_id,
+    stage,
+    wait_consumed,
+    wait_drained,
+)
+from tests.stack import Stack, run_worker, wait_for
+
+INTEGRITY = """
+SELECT (SELECT count(*) FROM payment_service.payments) AS rows,
+       (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS distinct_refs,
+       (SELECT count(*) FROM payment_service.payment_references) AS refs,
+       (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS unprocessed
+"""
+
+
+@pytest.fixture
+def run(stack: Stack) -> str:
+    asyncio.run(fresh_pipeline(stack))
+    return run_id()
+
+
+async def _integrity(stack: Stack) -> asyncpg.Record:
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        return await connection.fetchrow(INTEGRITY)
+    finally:
+        await connection.close()
+
+
+def test_sigkill_mid_load_loses_nothing_and_records_nothing_twice(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    load = make_load(50_000, f"S{run}", duplicate_rate=0.05, conflict_rate=0, invalid_rate=0)
+    asyncio.run(stage(stack, load.rows))
+    env = app_env(run, WORKER_ID=f"kill-{run}")
+
+    with run_worker(stack, tmp_path, **env) as worker:
+
+        def midway() -> bool:
+            assert worker.process.poll() is None, worker.log()[-3000:]
+            rows = asyncio.run(drain_figures(stack))["rows"]
+            return rows >= 5_000
+
+        wait_for(midway, timeout=240, interval=0.2, what="the load to be under way")
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(timeout=10)
+        at_kill = asyncio.run(drain_figures(stack))
+    assert at_kill["rows"] < load.created, "the kill came too late to test anything"
+
+    with run_worker(stack, tmp_path, **env) as worker:
+        alive = lambda: None if worker.process.poll() is None else pytest.fail(worker.log()[-3000:])  # noqa: E731
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=alive))
+        asyncio.run(wait_consumed(stack, run, wait_seconds=120))
+
+    figures = asyncio.run(_integrity(stack))
+    assert dict(figures) == {
+        "rows": load.created,
+        "distinct_refs": load.created,
+        "refs": load.created,
+        "unprocessed": 0,
+    }
+    code, report = reconcile(stack, run)
+    assert code == 0, report
+
+
+def test_death_between_commit_and_publish_is_repaired_by_the_relay(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    load = make_load(500, f"F{run}", duplicate_rate=0, conflict_rate=0, invalid_rate=0)
+    asyncio.run(stage(stack, load.rows))
+    env = app_env(run, WORKER_ID=f"fault-{run}")
+
+    with run_worker(stack, tmp_path, FAULT_POINT="after_commit", **env) as worker:
+        wait_for(lambda: worker.process.poll() is not None, timeout=120, what="the fault point")
+        assert worker.process.returncode == FAULT_EXIT_CODE, worker.log()[-3000:]
+    committed = asyncio.run(drain_figures(stack))
+    assert committed["rows"] > 0
+    assert committed["unsent"] == committed["rows"], "the events must still be unsent"
+    assert asyncio.run(read_topic(stack, EVENTS_DEFAULT)) == []
+
+    with run_worker(stack, tmp_path, **env) as worker:
+        alive = lambda: None if worker.process.poll() is None else pytest.fail(worker.log()[-3000:])  # noqa: E731
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=alive))
+        asyncio.run(wait_consumed(stack, run, wait_seconds=60))
+        assert "outbox relay: published" in worker.log()
+
+    events = asyncio.run(read_topic(stack, EVENTS_DEFAULT))
+    assert len(events) == load.created
+    code, report = reconcile(stack, run)
+    assert code == 0, report
