@@ -1,30 +1,106 @@
-"""Faust's aiokafka transport with one change: never ack a message the stream skipped.
+"""Faust's aiokafka transport, with the offset bookkeeping made safe for payments.
 
-While flow is suspended (recovery after start or a rebalance) or when a message
-was fetched in an older consumer generation, Faust's stream skips the message
-and *acks* it (faust-streaming 0.15.3, ``Stream._py_aiter`` and its Cython
-twin). The ack lets the committed offset move past a record no agent has
-processed; after the consumer seeks to that committed offset, the record is
-gone. We saw it as lost payments after a SIGKILL and restart mid-load.
+faust-streaming 0.15.3 can commit past a record no agent processed, or stop
+committing a partition for good. We reproduced both with a SIGKILL and restart
+in the middle of a staging load (tests/integration/test_recording_crashes.py):
 
-Refusing those acks keeps the offset where it was: the recovery that follows
-seeks back to it and the record is fetched and processed again (at-least-once;
-the record agent's dedup absorbs any repeat).
+1. **Skipped messages are acked.** While flow is suspended (recovery) or for a
+   message fetched in an older consumer generation, ``Stream`` skips the message
+   and acks it, so the commit can move past it. We refuse those acks.
+2. **Refetched messages are dropped.** After "Seek stream partitions to committed
+   offsets", the fetch loop may still be delivering a batch fetched before the
+   seek; that moves the consumer's read offset forward again, and the refetched
+   records behind it are dropped as already read. They are never processed, so
+   the partition's commit stops at the first of them (nothing later commits).
+3. **One missing offset slips through.** The commit computation treats a head gap
+   of exactly one offset as no gap (``min(acked) - committed > 1``).
+4. **A jump counts as a gap.** When offsets jump (a fetch issued before a seek
+   answers after it), the skipped range is recorded as a "gap" and committed over
+   as if it held nothing. On our topics (no compaction, no transactions) every
+   offset holds a record, so we never record such gaps.
+
+The fix for all four is the same invariant: commit only a run of acked offsets
+that starts at the committed offset. When the head of a partition stays missing
+for HEAD_GAP_GRACE_SECONDS, seek back to the committed offset so the records are
+fetched and processed again (at-least-once; the record agent's dedup absorbs the
+repeats). Every repair is logged as a warning.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
 
+log = logging.getLogger(__name__)
+
+#: How long the head of a partition may stay unacked before we fetch it again.
+#: Longer than a batch normally takes, so a slow batch is not mistaken for a loss.
+HEAD_GAP_GRACE_SECONDS = 15.0
+
 
 class Consumer(driver.Consumer):
+    """The aiokafka driver's consumer with the three fixes described above."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_gap_since: dict[Any, float] = {}
+        self._repairs: set[asyncio.Future[None]] = set()
+
     def ack(self, message: Any) -> bool:
         app = self.app
         if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
-            return False
+            return False  # skipped by the stream (fix 1); it will be fetched again
         return bool(super().ack(message))
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        # Faust reads a jump in offsets as "no records there" (compaction,
+        # transaction markers) and lets the commit pass over it. Our topics have
+        # neither: a jump means a fetch from before a seek, i.e. records not
+        # delivered (fix 4). Leave the range unacked; the head-gap repair below
+        # fetches it again if nothing else does.
+        log.info(
+            "%s: offsets %d..%d skipped by the fetcher; not committing past them",
+            tp,
+            offset_from,
+            offset_to - 1,
+        )
+
+    def _new_offset(self, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed:
+            self._repair_head_gap(tp, committed, min(acked))  # fixes 2 and 3
+            return None
+        self._head_gap_since.pop(tp, None)
+        offset: int | None = super()._new_offset(tp)
+        return offset
+
+    def _repair_head_gap(self, tp: Any, committed: int, first_acked: int) -> None:
+        now = time.monotonic()
+        since = self._head_gap_since.setdefault(tp, now)
+        if now - since < HEAD_GAP_GRACE_SECONDS:
+            return
+        self._head_gap_since.pop(tp, None)
+        log.warning(
+            "%s: offsets %d..%d were never processed although later ones were; "
+            "seeking back to %d to fetch them again (repeats are deduplicated)",
+            tp,
+            committed,
+            first_acked - 1,
+            committed,
+        )
+        repair = asyncio.ensure_future(self.seek(tp, committed))
+        self._repairs.add(repair)
+        repair.add_done_callback(self._repair_done)
+
+    def _repair_done(self, repair: asyncio.Future[None]) -> None:
+        self._repairs.discard(repair)
+        if not repair.cancelled() and repair.exception() is not None:
+            log.error("seeking back to refetch unprocessed records failed: %r", repair.exception())
 
 
 class Transport(driver.Transport):

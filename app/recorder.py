@@ -140,7 +140,9 @@ class Recorder:
                 candidates[reference] = record
 
         # 3. Postgres, one transaction (or one per record if the batch is refused)
-        result = await self._record(list(candidates.values()), report, now)
+        result = RecordResult()
+        if candidates:
+            result = await self._record(list(candidates.values()), report, now)
         if result.created and self._crash_after_commit is not None:
             self._crash_after_commit()
         created = {record.reference_number: record for record in result.created}

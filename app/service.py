@@ -80,7 +80,6 @@ class PaymentService(faust.App):
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
 
-
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
         return Transport(self.conf.broker_consumer, self)

@@ -1,0 +1,163 @@
+"""The canonical record: the validation rules both inputs share, fingerprints, ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app.codecs import decode_event, decode_record, encode_event, encode_record
+from app.exceptions import UndecodableRecord
+from app.models import (
+    DateWindow,
+    PaymentRecord,
+    PaymentRecordedEvent,
+    differing_fields,
+    field_errors,
+    payment_id_for,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
+
+
+def raw(**changes: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "reference_number": "REF-1",
+        "loan_account_number": "LA-1",
+        "cif": "CIF-1",
+        "amount": "100.50",
+        "payment_date": "2026-11-27T10:00:00",
+        "payment_channel": "bank_transfer",
+        "metadata": {"note": "x"},
+        "source": "webhook",
+        "source_id": "msg_1",
+        "received_at": NOW.isoformat(),
+    }
+    values.update(changes)
+    return values
+
+
+def record(**changes: Any) -> PaymentRecord:
+    return PaymentRecord.model_validate(raw(**changes), context={"window": WINDOW})
+
+
+def errors_for(**changes: Any) -> dict[str, str]:
+    with pytest.raises(ValidationError) as caught:
+        record(**changes)
+    return {error.field: error.message for error in field_errors(caught.value)}
+
+
+def test_a_valid_record_is_normalised() -> None:
+    payment = record(
+        reference_number="  REF-1 ", amount=100.5, payment_date="2026-11-27T12:00:00+02:00"
+    )
+    assert payment.reference_number == "REF-1"
+    assert payment.amount == Decimal("100.50")
+    assert str(payment.amount) == "100.50"
+    assert payment.payment_date == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"reference_number": ""}, "reference_number"),
+        ({"reference_number": "   "}, "reference_number"),
+        ({"reference_number": "R" * 256}, "reference_number"),
+        ({"reference_number": "REF\x00-1"}, "reference_number"),
+        ({"reference_number": "REF\n1"}, "reference_number"),
+        ({"loan_account_number": "L" * 21}, "loan_account_number"),
+        ({"loan_account_number": ""}, "loan_account_number"),
+        ({"cif": "C" * 21}, "cif"),
+        ({"amount": "0"}, "amount"),
+        ({"amount": "-1.00"}, "amount"),
+        ({"amount": "1.005"}, "amount"),
+        ({"amount": "10000000000000"}, "amount"),
+        ({"amount": "NaN"}, "amount"),
+        ({"amount": "Infinity"}, "amount"),
+        ({"payment_date": "1999-12-31T23:59:59"}, "payment_date"),
+        ({"payment_date": (datetime.now(UTC) + timedelta(days=2)).isoformat()}, "payment_date"),
+        ({"payment_date": "yesterday"}, "payment_date"),
+        ({"payment_channel": "c" * 101}, "payment_channel"),
+        ({"metadata": [1, 2]}, "metadata"),
+        ({"metadata": {"blob": "x" * 17_000}}, "metadata"),
+        ({"metadata": {"nul": "a\x00b"}}, "metadata"),
+        ({"metadata": {"nan": float("nan")}}, "metadata"),
+        ({"source": "email"}, "source"),
+    ],
+)
+def test_each_rule_names_its_field(changes: dict[str, Any], field: str) -> None:
+    assert field in errors_for(**changes)
+
+
+def test_the_largest_amount_and_the_window_edges_are_accepted() -> None:
+    assert record(amount="9999999999999.99").amount == Decimal("9999999999999.99")
+    assert record(payment_date="2000-01-01T00:00:00").payment_date.year == 2000
+    soon = datetime.now(UTC) + timedelta(hours=23)
+    assert record(payment_date=soon.isoformat()).payment_date == soon
+
+
+def test_without_a_window_only_structure_is_checked() -> None:
+    old = PaymentRecord.model_validate(raw(payment_date="1990-01-01T00:00:00"))
+    assert old.payment_date.year == 1990
+
+
+def test_fingerprint_covers_the_defining_fields_and_not_metadata_or_source() -> None:
+    base = record()
+    assert (
+        record(metadata={"other": 1}, source="staging", source_id="9").fingerprint
+        == base.fingerprint
+    )
+    assert record(amount="100.5").fingerprint == base.fingerprint
+    assert record(payment_channel="").fingerprint == record(payment_channel=None).fingerprint
+    for changes in (
+        {"amount": "100.51"},
+        {"loan_account_number": "LA-2"},
+        {"cif": "CIF-2"},
+        {"payment_date": "2026-11-27T10:00:01"},
+        {"payment_channel": "card"},
+        {"reference_number": "REF-2"},
+    ):
+        assert record(**changes).fingerprint != base.fingerprint, changes
+
+
+def test_differing_fields_names_what_changed() -> None:
+    a = record().defining_fields()
+    b = record(amount="1.00", cif="CIF-9").defining_fields()
+    assert differing_fields(a, b) == ["cif", "amount"]
+
+
+def test_payment_and_event_ids_are_stable_per_reference() -> None:
+    assert record().payment_id == record(amount="5.00").payment_id == payment_id_for("REF-1")
+    assert record().event_id == record(source="staging").event_id
+    assert record().payment_id != record(reference_number="REF-2").payment_id
+
+
+def test_intake_codec_round_trips_decimals_exactly() -> None:
+    payment = record(amount="1234567890123.45")
+    decoded = decode_record(encode_record(payment))
+    assert decoded == payment
+    assert decoded.amount == Decimal("1234567890123.45")
+
+
+@pytest.mark.parametrize("value", [b"", b"not json", b"[1,2]", b"\xff\xfe"])
+def test_undecodable_intake_values_are_told_apart(value: bytes) -> None:
+    with pytest.raises(UndecodableRecord):
+        decode_record(value)
+
+
+def test_event_has_the_plan_shape_and_an_exact_number() -> None:
+    payment = record(amount="1234567890123.45")
+    event = PaymentRecordedEvent.for_record(payment, NOW)
+    body = encode_event(event)
+    assert b'"amount":1234567890123.45' in body
+    assert b'"event_type":"payment.recorded"' in body
+    assert b'"schema_version":1' in body
+    assert b'"payment_date":"2026-11-27T10:00:00Z"' in body
+    decoded = decode_event(body)
+    assert decoded.payment.amount == Decimal("1234567890123.45")
+    assert decoded.event_id == payment.event_id
+    assert decoded.payment.id == payment.payment_id
