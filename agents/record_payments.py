@@ -11,10 +11,11 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from app.payment_store import PaymentStore
-from app.recorder import Incoming, Recorder
+from app.recorder import BatchReport, Incoming, Recorder
 from app.topics import INTAKE, INTAKE_PARTITIONS
 
 if TYPE_CHECKING:
@@ -25,8 +26,47 @@ log = logging.getLogger(__name__)
 #: Pause before handling a batch again after an error nobody expected.
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
 
+#: How often a busy agent logs its progress.
+PROGRESS_INTERVAL_SECONDS = 10.0
+
 #: Exit code of a worker stopped by FAULT_POINT.
 FAULT_EXIT_CODE = 70
+
+
+class Progress:
+    """Counts what the agent did and logs it every PROGRESS_INTERVAL_SECONDS while busy."""
+
+    def __init__(self) -> None:
+        self._reset(time.monotonic())
+
+    def _reset(self, now: float) -> None:
+        self.since = now
+        self.records = self.batches = self.created = self.duplicates = 0
+        self.busy = 0.0
+
+    def add(self, report: BatchReport, size: int, seconds: float) -> None:
+        self.records += size
+        self.batches += 1
+        self.created += report.count("created")
+        self.duplicates += report.count("duplicate")
+        self.busy += seconds
+        now = time.monotonic()
+        elapsed = now - self.since
+        if elapsed >= PROGRESS_INTERVAL_SECONDS:
+            log.info(
+                "record agent: %d records in %.0f s (%.0f/s; %d created, %d duplicates); "
+                "%d batches of %.0f on average, %.0f ms each, busy %.0f%%",
+                self.records,
+                elapsed,
+                self.records / elapsed,
+                self.created,
+                self.duplicates,
+                self.batches,
+                self.records / self.batches,
+                1000 * self.busy / self.batches,
+                100 * self.busy / elapsed,
+            )
+            self._reset(now)
 
 
 def _die() -> None:
@@ -58,8 +98,10 @@ def register(app: PaymentService) -> Any:
             crash_after_commit=_die if settings.fault_point == "after_commit" else None,
         )
         within = settings.record_batch_window_ms / 1000
+        progress = Progress()
         async for events in stream.take_events(settings.record_batch_size, within=within):
             batch = [Incoming(event.key, event.value, event) for event in events]
+            started = time.perf_counter()
             while True:
                 try:
                     report = await recorder.handle(batch)
@@ -75,6 +117,7 @@ def register(app: PaymentService) -> Any:
                         UNEXPECTED_ERROR_PAUSE_SECONDS,
                     )
                     await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
+            progress.add(report, len(batch), time.perf_counter() - started)
             if report.dead_letters:
                 log.info(
                     "record agent: %d records, %d created, %d duplicates, %d conflicts, %d to DLQ",

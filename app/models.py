@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -159,17 +160,17 @@ class PaymentRecord(BaseModel):
             raise ValueError("must not contain NUL characters")
         return value
 
-    @property
+    @cached_property
     def payment_id(self) -> uuid.UUID:
         """Stable per reference: every path that answers for this reference agrees."""
         return payment_id_for(self.reference_number)
 
-    @property
+    @cached_property
     def event_id(self) -> uuid.UUID:
         """The id of this reference's one ``payment.recorded`` event."""
         return uuid.uuid5(EVENT_ID_NAMESPACE, self.reference_number)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the fields that define the payment; metadata is not one of them."""
         return fingerprint_of(self.defining_fields())

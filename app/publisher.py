@@ -54,22 +54,29 @@ class Publisher(Service):
         if producer is not None:
             await producer.stop()
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(
+        self, topic: str, messages: Sequence[Message], partitions: Sequence[int] | None = None
+    ) -> list[Any]:
         """Send every message and wait for all acks; raise :class:`PublishFailed` otherwise.
 
         Sends are not awaited one by one: they go into the producer's batches
-        together and the acks are gathered at the end.
+        together and the acks are gathered at the end. ``partitions`` (one per
+        message) overrides the key's partition. Returns each message's metadata.
         """
         if not messages:
-            return
+            return []
         producer = self._producer
         if producer is None:
             raise PublishFailed("the publisher is not started")
         deliveries: list[asyncio.Future[Any]] = []
         try:
             send = producer.send
-            for key, value in messages:
-                deliveries.append(await send(topic, value, key=key))
+            if partitions is None:
+                for key, value in messages:
+                    deliveries.append(await send(topic, value, key=key))
+            else:
+                for (key, value), partition in zip(messages, partitions, strict=True):
+                    deliveries.append(await send(topic, value, key=key, partition=partition))
         except KafkaError as exc:
             await asyncio.gather(*deliveries, return_exceptions=True)
             raise PublishFailed(f"Kafka refused a send to {topic}: {exc!r}") from exc
@@ -80,3 +87,4 @@ class Publisher(Service):
                 f"Kafka did not acknowledge {len(failures)} of {len(messages)} "
                 f"messages to {topic}: {failures[0]!r}"
             ) from failures[0]
+        return results

@@ -64,11 +64,11 @@ class Store(Protocol):
 
 class ReferenceTable(Protocol):
     def get(self, reference: str) -> KnownReference | None: ...
-    def put(self, event: Any, reference: str, known: KnownReference) -> None: ...
+    async def put_many(self, entries: Sequence[tuple[Any, str, KnownReference]]) -> None: ...
 
 
 class Sink(Protocol):
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None: ...
+    async def publish(self, topic: str, messages: Sequence[Message]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,13 @@ class Recorder:
         first_event: dict[str, Any] = {}
         for item, record in records:
             first_event.setdefault(record.reference_number, item.event)
-        for reference in (*created, *result.existing):
-            self.references.put(first_event[reference], reference, known[reference])
+        entries = [
+            (first_event[reference], reference, known[reference])
+            for reference in (*created, *result.existing)
+        ]
+        await self._retrying(
+            "write the references table", lambda: self.references.put_many(entries)
+        )
         return report
 
     def _decode(self, item: Incoming, now: datetime, report: BatchReport) -> PaymentRecord | None:

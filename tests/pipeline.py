@@ -220,6 +220,7 @@ async def wait_drained(
     wait_seconds: float,
     alive: Callable[[], None] | None = None,
     settle_seconds: float = 0.0,
+    interval: float = 0.25,
 ) -> dict[str, int]:
     """Wait until the backlog is empty, ``expected_rows`` payments exist and the outbox is sent."""
     deadline = time.monotonic() + wait_seconds
@@ -233,7 +234,7 @@ async def wait_drained(
                 await asyncio.sleep(settle_seconds)
                 figures = await drain_figures(stack)
             return figures
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(interval)
     raise AssertionError(f"pipeline not drained within {wait_seconds:.0f} s: {figures}")
 
 

@@ -89,9 +89,10 @@ class FakeTable:
     def get(self, reference: str) -> KnownReference | None:
         return self.data.get(reference)
 
-    def put(self, event: Any, reference: str, known: KnownReference) -> None:
-        self.writes.append((event, reference))
-        self.data[reference] = known
+    async def put_many(self, entries: Sequence[tuple[Any, str, KnownReference]]) -> None:
+        for event, reference, known in entries:
+            self.writes.append((event, reference))
+            self.data[reference] = known
 
 
 class FakePublisher:

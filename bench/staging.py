@@ -1,0 +1,167 @@
+"""The staging benchmark: N rows staged → recorded with events, against a COPY ceiling.
+
+Run it with ``bench/staging`` (which brings its own stack up). It prints:
+- the ceiling: one asyncpg COPY of the same rows into payment_references and
+  payments (no validation, no Kafka, no outbox) — the fastest these rows can land;
+- the pipeline: from the poller's first claim to the moment every row is recorded
+  and every event published (outbox empty), and the same from the worker's start;
+- the ratio pipeline/ceiling (rows/s), and the worker's peak memory (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+from app.models import FINGERPRINT_FIELDS, PAYMENT_ID_NAMESPACE
+from tests.pipeline import app_env, fresh_pipeline, make_load, run_id, stage, wait_drained
+from tests.stack import Stack, native_stack, native_stack_env, run_worker
+
+EMPTY_PAYMENTS = "TRUNCATE payment_service.payments, payment_service.payment_references"
+#: The pipeline's span, by the database clock: first staging claim to the last event marked sent.
+SPAN = """
+SELECT extract(epoch FROM (SELECT max(sent_at) FROM payment_service.outbox)
+                          - (SELECT min(started_at) FROM payment_service.staging_process_log)
+                                AT TIME ZONE 'UTC')
+"""
+
+
+async def copy_ceiling(stack: Stack, rows: list[tuple]) -> float:
+    """Seconds for one COPY of ``rows`` into payment_references and payments (then emptied)."""
+    references = []
+    payments = []
+    for reference, account, cif, amount, payment_date, channel, metadata in rows:
+        payment_id = uuid.uuid5(PAYMENT_ID_NAMESPACE, reference)
+        fields = (reference, account, cif, f"{amount:.2f}", payment_date.isoformat(), channel or "")
+        fingerprint = hashlib.sha256("\x1f".join(fields).encode()).hexdigest()
+        references.append((reference, payment_id, payment_date, fingerprint))
+        payments.append(
+            (
+                payment_id,
+                reference,
+                account,
+                cif,
+                amount,
+                payment_date,
+                channel,
+                "staging",
+                metadata,
+            )
+        )
+    assert len(fields) == len(FINGERPRINT_FIELDS)
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        started = time.perf_counter()
+        async with connection.transaction():
+            await connection.copy_records_to_table(
+                "payment_references",
+                schema_name="payment_service",
+                columns=("reference_number", "payment_id", "payment_date", "fingerprint"),
+                records=references,
+            )
+            await connection.copy_records_to_table(
+                "payments",
+                schema_name="payment_service",
+                columns=(
+                    "id",
+                    "reference_number",
+                    "loan_account_number",
+                    "cif",
+                    "amount",
+                    "payment_date",
+                    "payment_channel",
+                    "source",
+                    "metadata",
+                ),
+                records=payments,
+            )
+        elapsed = time.perf_counter() - started
+        await connection.execute(EMPTY_PAYMENTS)
+        return elapsed
+    finally:
+        await connection.close()
+
+
+async def span(stack: Stack) -> float:
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        return float(await connection.fetchval(SPAN))
+    finally:
+        await connection.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=5000, help="STAGING_BATCH_SIZE")
+    parser.add_argument("--record-batch-size", type=int, default=2000, help="RECORD_BATCH_SIZE")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (one machine)")
+    args = parser.parse_args()
+
+    stack = native_stack(native_stack_env())
+    run = run_id()
+    asyncio.run(fresh_pipeline(stack))
+    print(f"generating {args.rows:,} rows ...", flush=True)
+    load = make_load(args.rows, f"B{run}", duplicate_rate=0, conflict_rate=0, invalid_rate=0)
+
+    ceiling = asyncio.run(copy_ceiling(stack, load.rows))
+    ceiling_rate = args.rows / ceiling
+    print(f"ceiling: COPY of {args.rows:,} rows in {ceiling:.1f} s = {ceiling_rate:,.0f} rows/s")
+
+    asyncio.run(stage(stack, load.rows))
+    env = app_env(
+        run,
+        STAGING_BATCH_SIZE=str(args.batch_size),
+        RECORD_BATCH_SIZE=str(args.record_batch_size),
+        LOG_LEVEL="info",
+        DB_POOL_MAX="20",
+    )
+    folder = Path(tempfile.mkdtemp(prefix="bench-staging-"))
+    started = time.time()
+    with contextlib.ExitStack() as running:
+        workers = []
+        for number in range(1, args.workers + 1):
+            home = folder / f"worker-{number}"
+            home.mkdir()
+            workers.append(
+                running.enter_context(
+                    run_worker(stack, home, WORKER_ID=f"bench-{run}-{number}", **env)
+                )
+            )
+
+        def alive() -> None:
+            for worker in workers:
+                if worker.process.poll() is not None:
+                    raise SystemExit(f"a worker died:\n{worker.log()[-3000:]}")
+
+        asyncio.run(wait_drained(stack, args.rows, wait_seconds=1800, alive=alive, interval=2.0))
+        total = time.time() - started
+        peaks = [peak_rss_mb(worker.process.pid) for worker in workers]
+    pipeline = asyncio.run(span(stack))
+    rate = args.rows / pipeline
+    print(
+        f"pipeline: {args.rows:,} rows recorded + events published in {pipeline:.1f} s "
+        f"= {rate:,.0f} rows/s (from worker start: {total:.1f} s)"
+    )
+    print(f"ratio pipeline/ceiling: {rate / (args.rows / ceiling):.3f}")
+    memory = ", ".join(f"{peak:.0f}" for peak in peaks)
+    print(f"workers: {args.workers}; peak memory (VmHWM) MiB: {memory}; logs under {folder}")
+
+
+if __name__ == "__main__":
+    main()
