@@ -187,6 +187,13 @@ class PaymentRecord(BaseModel):
         }
 
 
+def utc_text(value: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z`` (naive values are UTC already)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def payment_id_for(reference_number: str) -> uuid.UUID:
     """The payment_id of ``reference_number`` (a UUIDv5, so any node can compute it)."""
     return uuid.uuid5(PAYMENT_ID_NAMESPACE, reference_number)
@@ -225,7 +232,7 @@ class RecordedPayment(BaseModel):
 
     @field_serializer("payment_date", when_used="json")
     def _date_utc(self, value: datetime) -> str:
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return utc_text(value)
 
 
 class PaymentRecordedEvent(BaseModel):
@@ -239,7 +246,7 @@ class PaymentRecordedEvent(BaseModel):
 
     @field_serializer("timestamp", when_used="json")
     def _timestamp_utc(self, value: datetime) -> str:
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return utc_text(value)
 
     @classmethod
     def for_record(cls, record: PaymentRecord, recorded_at: datetime) -> PaymentRecordedEvent:

@@ -16,8 +16,8 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
-from app.codecs import encode_event
-from app.models import KnownReference, PaymentRecord, PaymentRecordedEvent
+from app.codecs import encode_event_for
+from app.models import KnownReference, PaymentRecord
 
 CLAIM_REFERENCES = """
 INSERT INTO payment_service.payment_references
@@ -188,19 +188,18 @@ class PaymentStore:
                         json.dumps(record.metadata, separators=(",", ":")),
                     )
                 )
-                event = PaymentRecordedEvent.for_record(record, recorded_at)
-                payload = encode_event(event)
+                payload = encode_event_for(record, recorded_at)
                 key = record.loan_account_number.encode()
                 outbox.append(
                     (
-                        event.event_id,
+                        record.event_id,
                         record.payment_id,
                         self.events_topic,
                         record.loan_account_number,
                         payload.decode(),
                     )
                 )
-                result.events.append(OutgoingEvent(event.event_id, key, payload))
+                result.events.append(OutgoingEvent(record.event_id, key, payload))
             await connection.copy_records_to_table(
                 "payments", schema_name="payment_service", columns=PAYMENT_COLUMNS, records=payments
             )

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +18,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.database import connect_options
+from app.models import utc_text
 from app.settings import Settings
 
 COUNTS = """
@@ -74,12 +74,6 @@ def _freeze(value: Any) -> Hashable:
     if isinstance(value, list):
         return tuple(_freeze(item) for item in value)
     return value  # type: ignore[no-any-return]
-
-
-def _utc_text(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _loads(text: str | bytes) -> Any:
@@ -229,7 +223,7 @@ async def reconcile(
                     row["loan_account_number"],
                     row["cif"],
                     row["amount"],
-                    _utc_text(row["payment_date"]),
+                    utc_text(row["payment_date"]),
                     row["payment_channel"],
                     row["source"],
                     metadata,

@@ -63,7 +63,7 @@ class Store(Protocol):
 
 
 class ReferenceTable(Protocol):
-    def get(self, reference: str) -> KnownReference | None: ...
+    def get(self, event: Any, reference: str) -> KnownReference | None: ...
     async def put_many(self, entries: Sequence[tuple[Any, str, KnownReference]]) -> None: ...
 
 
@@ -128,11 +128,11 @@ class Recorder:
         # 2. the table, for the first occurrence of each reference
         known: dict[str, KnownReference] = {}
         candidates: dict[str, PaymentRecord] = {}
-        for _, record in records:
+        for item, record in records:
             reference = record.reference_number
             if reference in known or reference in candidates:
                 continue
-            hit = self.references.get(reference)
+            hit = self.references.get(item.event, reference)
             if hit is not None:
                 known[reference] = hit
                 report.table_hits += 1

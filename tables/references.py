@@ -79,9 +79,15 @@ class References:
             **table_kwargs,
         )
 
-    def get(self, reference: str) -> KnownReference | None:
-        """What the table knows about ``reference`` (None: ask Postgres)."""
-        value = self.table.get(reference.encode())
+    def get(self, event: EventT[Any], reference: str) -> KnownReference | None:
+        """What the table knows about ``reference`` (None: ask Postgres).
+
+        Read from the store under ``event``: RocksDB then looks in that event's
+        partition only, instead of probing every partition's database.
+        """
+        store: Any = self.table.data
+        with event_context(event):
+            value = store.get(reference.encode())
         return None if value is None else decode_known(value)
 
     async def put_many(self, entries: Sequence[tuple[EventT[Any], str, KnownReference]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.codecs import decode_event, decode_record, encode_event, encode_record
+from app.codecs import (
+    decode_event,
+    decode_record,
+    encode_event,
+    encode_event_for,
+    encode_record,
+)
 from app.exceptions import UndecodableRecord
 from app.models import (
     DateWindow,
@@ -161,3 +168,20 @@ def test_event_has_the_plan_shape_and_an_exact_number() -> None:
     assert decoded.payment.amount == Decimal("1234567890123.45")
     assert decoded.event_id == payment.event_id
     assert decoded.payment.id == payment.payment_id
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"amount": "0.10", "payment_channel": None, "metadata": {}},
+        {"amount": "9999999999999.99", "metadata": {"ünï": ["c", 1.5, None, {"deep": True}]}},
+        {"reference_number": "RÉF/✓ 1", "payment_date": "2026-11-27T10:00:00.123456+05:30"},
+    ],
+)
+def test_the_fast_event_encoding_equals_the_model(changes: dict[str, Any]) -> None:
+    payment = record(**changes)
+    model = encode_event(PaymentRecordedEvent.for_record(payment, NOW))
+    fast = encode_event_for(payment, NOW)
+    assert json.loads(fast) == json.loads(model)
+    assert decode_event(fast) == decode_event(model)

@@ -86,7 +86,7 @@ class FakeTable:
         self.data: dict[str, KnownReference] = {}
         self.writes: list[tuple[Any, str]] = []
 
-    def get(self, reference: str) -> KnownReference | None:
+    def get(self, event: Any, reference: str) -> KnownReference | None:
         return self.data.get(reference)
 
     async def put_many(self, entries: Sequence[tuple[Any, str, KnownReference]]) -> None:
