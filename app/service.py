@@ -17,7 +17,7 @@ from app import commands
 from app.database import Database
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
-from app.kafka_transport import Transport
+from app.kafka_transport import Transport, route_acks_through_the_consumer
 from app.models import DateWindow
 from app.publisher import Publisher
 from app.redis_connection import RedisConnection
@@ -62,6 +62,7 @@ class PaymentService(faust.App):
             "autodiscover": False,
         }
         options.update(overrides)
+        route_acks_through_the_consumer()
         super().__init__(settings.kafka_client_id, **options)
         self.settings = settings
         self.database = Database(settings)

@@ -44,6 +44,9 @@ TRUNCATE public.payment_staging, payment_service.payments, payment_service.payme
          payment_service.outbox, payment_service.staging_process_log
 """
 
+#: A drain that records nothing new for this long is stuck, not slow.
+STALL_SECONDS = 120.0
+
 DRAIN_FIGURES = """
 SELECT (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS backlog,
        (SELECT count(*) FROM payment_service.payments) AS rows,
@@ -225,10 +228,15 @@ async def wait_drained(
     """Wait until the backlog is empty, ``expected_rows`` payments exist and the outbox is sent."""
     deadline = time.monotonic() + wait_seconds
     figures: dict[str, int] = {}
+    progress = (-1, time.monotonic())
     while time.monotonic() < deadline:
         if alive is not None:
             alive()
         figures = await drain_figures(stack)
+        if figures["rows"] != progress[0]:
+            progress = (figures["rows"], time.monotonic())
+        elif time.monotonic() - progress[1] > STALL_SECONDS:
+            raise AssertionError(f"no new rows for {STALL_SECONDS:.0f} s: {figures}")
         if figures["backlog"] == 0 and figures["rows"] >= expected_rows and figures["unsent"] == 0:
             if settle_seconds:
                 await asyncio.sleep(settle_seconds)
