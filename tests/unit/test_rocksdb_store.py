@@ -24,15 +24,3 @@ def test_rocksdb_opens_with_the_service_options(tmp_path: Path) -> None:
         assert reopened[b"REF-1"] == b"fingerprint|payment-id"
     finally:
         reopened.close()
-
-
-def test_the_service_routes_every_ack_through_its_consumer() -> None:
-    """The offset fixes (app/kafka_transport.py) need Faust's pure-Python stream iterator."""
-    import faust.streams
-
-    from app.kafka_transport import Consumer
-    from app.service import create_app
-
-    app = create_app(Settings(), store="memory://")
-    assert faust.streams._CStreamIterator is None  # type: ignore[attr-defined]
-    assert app.transport.Consumer is Consumer
