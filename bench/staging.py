@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import tempfile
 import time
-import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from app.models import FINGERPRINT_FIELDS, PAYMENT_ID_NAMESPACE
+from app.models import fingerprint_of, payment_id_for
+from app.payment_store import PAYMENT_COLUMNS
 from tests.pipeline import app_env, fresh_pipeline, make_load, run_id, stage, wait_drained
 from tests.stack import Stack, native_stack, native_stack_env, run_worker
 
@@ -34,15 +34,25 @@ SELECT extract(epoch FROM (SELECT max(sent_at) FROM payment_service.outbox)
 """
 
 
-async def copy_ceiling(stack: Stack, rows: list[tuple]) -> float:
-    """Seconds for one COPY of ``rows`` into payment_references and payments (then emptied)."""
+async def copy_ceiling(stack: Stack, rows: list[tuple[Any, ...]]) -> float:
+    """Seconds for one COPY of ``rows`` into payment_references and payments (then emptied).
+
+    The ids and fingerprints are computed before the clock starts: the ceiling is
+    the database's part alone.
+    """
     references = []
     payments = []
     for reference, account, cif, amount, payment_date, channel, metadata in rows:
-        payment_id = uuid.uuid5(PAYMENT_ID_NAMESPACE, reference)
-        fields = (reference, account, cif, f"{amount:.2f}", payment_date.isoformat(), channel or "")
-        fingerprint = hashlib.sha256("\x1f".join(fields).encode()).hexdigest()
-        references.append((reference, payment_id, payment_date, fingerprint))
+        payment_id = payment_id_for(reference)
+        defining = {
+            "reference_number": reference,
+            "loan_account_number": account,
+            "cif": cif,
+            "amount": f"{amount:.2f}",
+            "payment_date": payment_date.isoformat(),
+            "payment_channel": channel or "",
+        }
+        references.append((reference, payment_id, payment_date, fingerprint_of(defining)))
         payments.append(
             (
                 payment_id,
@@ -56,7 +66,6 @@ async def copy_ceiling(stack: Stack, rows: list[tuple]) -> float:
                 metadata,
             )
         )
-    assert len(fields) == len(FINGERPRINT_FIELDS)
     connection = await asyncpg.connect(**stack.db_connect_kwargs())
     try:
         started = time.perf_counter()
@@ -70,17 +79,7 @@ async def copy_ceiling(stack: Stack, rows: list[tuple]) -> float:
             await connection.copy_records_to_table(
                 "payments",
                 schema_name="payment_service",
-                columns=(
-                    "id",
-                    "reference_number",
-                    "loan_account_number",
-                    "cif",
-                    "amount",
-                    "payment_date",
-                    "payment_channel",
-                    "source",
-                    "metadata",
-                ),
+                columns=PAYMENT_COLUMNS,
                 records=payments,
             )
         elapsed = time.perf_counter() - started
