@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from app.codecs import encode_dead_letter, encode_record
 from app.models import DateWindow, DeadLetter, PaymentRecord, field_errors
-from app.payment_store import KNOWN_REFERENCES
+from app.payment_store import KNOWN_REFERENCES, naive_utc
 from app.publisher import Message
 from app.topics import DLQ, INTAKE
 
@@ -258,8 +258,8 @@ class StagingPoller:
                 summary.duplicates,
                 len(summary.errors),
                 "completed",
-                _naive(started),
-                _naive(datetime.now(UTC)),
+                naive_utc(started),
+                naive_utc(datetime.now(UTC)),
                 json.dumps(summary.errors) if summary.errors else None,
             )
         log.debug(
@@ -288,13 +288,9 @@ class StagingPoller:
                     0,
                     0,
                     "failed",
-                    _naive(started),
-                    _naive(datetime.now(UTC)),
+                    naive_utc(started),
+                    naive_utc(datetime.now(UTC)),
                     json.dumps({"error": repr(exc), "attempts": self.max_retries + 1}),
                 )
         except Exception as log_exc:
             log.error("staging: could not log the failed batch either: %r", log_exc)
-
-
-def _naive(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None)
