@@ -249,19 +249,8 @@ class StagingPoller:
                 self.publisher.publish(INTAKE, outgoing), self.publisher.publish(DLQ, letters)
             )
             await connection.execute(MARK_PROCESSED, [row["id"] for row in rows])
-            await connection.execute(
-                LOG_BATCH,
-                summary.first_id,
-                summary.last_id,
-                summary.total,
-                summary.published,
-                summary.duplicates,
-                len(summary.errors),
-                "completed",
-                naive_utc(started),
-                naive_utc(datetime.now(UTC)),
-                json.dumps(summary.errors) if summary.errors else None,
-            )
+            details = summary.errors or None
+            await _log_batch(connection, summary, "completed", started, details)
         log.debug(
             "staging: ids %d-%d: %d rows, %d published, %d duplicates, %d invalid",
             summary.first_id,
@@ -279,18 +268,31 @@ class StagingPoller:
                 first = await connection.fetchval(
                     "SELECT min(id) FROM public.payment_staging WHERE NOT processed"
                 )
-                await connection.execute(
-                    LOG_BATCH,
-                    first or 0,
-                    first or 0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    "failed",
-                    naive_utc(started),
-                    naive_utc(datetime.now(UTC)),
-                    json.dumps({"error": repr(exc), "attempts": self.max_retries + 1}),
-                )
+                empty = BatchSummary(first_id=first or 0, last_id=first or 0)
+                details = {"error": repr(exc), "attempts": self.max_retries + 1}
+                await _log_batch(connection, empty, "failed", started, details)
         except Exception as log_exc:
             log.error("staging: could not log the failed batch either: %r", log_exc)
+
+
+async def _log_batch(
+    connection: asyncpg.Connection,
+    summary: BatchSummary,
+    status: str,
+    started: datetime,
+    details: Any,
+) -> None:
+    """One ``staging_process_log`` row for ``summary``."""
+    await connection.execute(
+        LOG_BATCH,
+        summary.first_id,
+        summary.last_id,
+        summary.total,
+        summary.published,
+        summary.duplicates,
+        len(summary.errors),
+        status,
+        naive_utc(started),
+        naive_utc(datetime.now(UTC)),
+        None if details is None else json.dumps(details),
+    )

@@ -282,6 +282,10 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def assert_alive(self) -> None:
+        """Fail with the end of the worker's log if its process has exited."""
+        assert self.process.poll() is None, self.log()[-4000:]
+
 
 @contextlib.contextmanager
 def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 
 from app.codecs import decode_dead_letter, decode_event
 from app.topics import DLQ, EVENTS_DEFAULT
 from tests.pipeline import (
     app_env,
-    fresh_pipeline,
     make_load,
     read_topic,
     reconcile,
@@ -25,14 +23,7 @@ from tests.pipeline import (
     wait_consumed,
     wait_drained,
 )
-from tests.stack import Stack, Worker, run_worker
-
-
-def _alive(worker: Worker) -> Any:
-    def check() -> None:
-        assert worker.process.poll() is None, worker.log()[-4000:]
-
-    return check
+from tests.stack import Stack, run_worker
 
 
 async def _rows(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -43,17 +34,11 @@ async def _rows(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
         await connection.close()
 
 
-@pytest.fixture
-def run(stack: Stack) -> str:
-    asyncio.run(fresh_pipeline(stack))
-    return run_id()
-
-
 def test_ten_thousand_staged_rows_record_exactly(stack: Stack, run: str, tmp_path: Path) -> None:
     load = make_load(10_000, f"T{run}")
     asyncio.run(stage(stack, load.rows))
     with run_worker(stack, tmp_path, **app_env(run)) as worker:
-        asyncio.run(wait_drained(stack, load.created, wait_seconds=240, alive=_alive(worker)))
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=240, alive=worker.assert_alive))
         asyncio.run(wait_consumed(stack, run))
 
     counts = asyncio.run(
@@ -133,10 +118,10 @@ def test_known_references_stay_duplicates_even_when_only_postgres_knows(
     data.mkdir()
     asyncio.run(stage(stack, load.rows))
     with run_worker(stack, data, **app_env(run)) as worker:
-        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=_alive(worker)))
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=worker.assert_alive))
         # Again, while the table has them: every row is a duplicate.
         asyncio.run(stage(stack, load.rows))
-        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=_alive(worker)))
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=worker.assert_alive))
 
     # A new worker with no RocksDB state (a new app id, so no changelog either):
     # only Postgres knows the references. Sent straight to the intake topic, past

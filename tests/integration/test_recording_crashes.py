@@ -7,18 +7,15 @@ import signal
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from agents.record_payments import FAULT_EXIT_CODE
 from app.topics import EVENTS_DEFAULT
 from tests.pipeline import (
     app_env,
     drain_figures,
-    fresh_pipeline,
     make_load,
     read_topic,
     reconcile,
-    run_id,
     stage,
     wait_consumed,
     wait_drained,
@@ -31,12 +28,6 @@ SELECT (SELECT count(*) FROM payment_service.payments) AS rows,
        (SELECT count(*) FROM payment_service.payment_references) AS refs,
        (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS unprocessed
 """
-
-
-@pytest.fixture
-def run(stack: Stack) -> str:
-    asyncio.run(fresh_pipeline(stack))
-    return run_id()
 
 
 async def _integrity(stack: Stack) -> asyncpg.Record:
@@ -57,7 +48,7 @@ def test_sigkill_mid_load_loses_nothing_and_records_nothing_twice(
     with run_worker(stack, tmp_path, **env) as worker:
 
         def midway() -> bool:
-            assert worker.process.poll() is None, worker.log()[-3000:]
+            worker.assert_alive()
             rows = asyncio.run(drain_figures(stack))["rows"]
             return rows >= 5_000
 
@@ -68,8 +59,7 @@ def test_sigkill_mid_load_loses_nothing_and_records_nothing_twice(
     assert at_kill["rows"] < load.created, "the kill came too late to test anything"
 
     with run_worker(stack, tmp_path, **env) as worker:
-        alive = lambda: None if worker.process.poll() is None else pytest.fail(worker.log()[-3000:])  # noqa: E731
-        asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=alive))
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=worker.assert_alive))
         asyncio.run(wait_consumed(stack, run, wait_seconds=120))
 
     figures = asyncio.run(_integrity(stack))
@@ -99,8 +89,7 @@ def test_death_between_commit_and_publish_is_repaired_by_the_relay(
     assert asyncio.run(read_topic(stack, EVENTS_DEFAULT)) == []
 
     with run_worker(stack, tmp_path, **env) as worker:
-        alive = lambda: None if worker.process.poll() is None else pytest.fail(worker.log()[-3000:])  # noqa: E731
-        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=alive))
+        asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=worker.assert_alive))
         asyncio.run(wait_consumed(stack, run, wait_seconds=60))
         assert "outbox relay: published" in worker.log()
 
