@@ -18,13 +18,16 @@ in the middle of a staging load (tests/integration/test_recording_crashes.py):
    answers after it), the skipped range is recorded as a "gap" and committed over
    as if it held nothing. On our topics (no compaction, no transactions) every
    offset holds a record, so we never record such gaps.
-
-5. **No commit yet means no check.** For a partition whose committed offset is 0
-   or absent, Faust skips the head-gap check entirely and commits the first run
-   of acks, wherever it starts.
+5. **No commit yet means no check, and no seek.** For a partition whose committed
+   offset is 0 or absent, Faust skips the head-gap check and commits the first run
+   of acks, wherever it starts; and aiokafka does not seek it, so a partition that
+   stays assigned across a rebalance resumes where its fetcher had got to, past
+   records fetched in the old generation and never processed. (A second worker
+   joining a fresh group lost ~800 records per partition this way.)
 
 The fix for all five is the same invariant: commit only a run of acked offsets
-that starts at the committed offset. When the head of a partition stays missing
+that starts at the committed offset, and start a partition that has none at the
+beginning of its log. When the head of a partition stays missing
 for HEAD_GAP_GRACE_SECONDS, seek back to the committed offset so the records are
 fetched and processed again (at-least-once; the record agent's dedup absorbs the
 repeats). Every repair is logged as a warning.
@@ -76,19 +79,23 @@ class Consumer(driver.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        # Faust keeps "committed" as None for a partition whose committed offset is
-        # 0 or absent (``offset if offset else None``), and then commits whatever
-        # run of acks comes first: if the first records after an assignment were
-        # dropped, it commits past them (fix 5, seen as lost records when a second
-        # worker joined a fresh group). The position after seeking to the committed
-        # offset is exactly where processing must resume: use it.
-        for tp in self.assignment():
-            if self._committed_offset.get(tp) is None and self.app.topics.acks_enabled_for(
-                tp.topic
-            ):
-                position = await self.position(tp)
-                if position is not None:
-                    self._committed_offset[tp] = position
+        # aiokafka seeks only partitions with a committed offset above 0, and Faust
+        # keeps "committed" as None for the others. A partition that stayed assigned
+        # across a rebalance then resumes wherever the fetcher had got to, past
+        # records it fetched in the old generation and never processed, and Faust
+        # commits the first run of acks from there (fix 5: a second worker joining a
+        # fresh group lost ~800 records per partition). Without a commit, processing
+        # starts at the beginning of the log: seek there and count it as committed.
+        unstarted = [
+            tp
+            for tp in self.assignment()
+            if not self._committed_offset.get(tp) and self.app.topics.acks_enabled_for(tp.topic)
+        ]
+        if unstarted:
+            starts = await self.earliest_offsets(*unstarted)
+            await self.seek_wait(starts)
+            self._committed_offset.update(starts)
+            log.info("no committed offsets yet; starting from the log start: %s", _describe(starts))
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         # Faust reads a jump in offsets as "no records there" (compaction,
@@ -135,6 +142,12 @@ class Consumer(driver.Consumer):
         self._repairs.discard(repair)
         if not repair.cancelled() and repair.exception() is not None:
             log.error("seeking back to refetch unprocessed records failed: %r", repair.exception())
+
+
+def _describe(offsets: Any) -> str:
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(offsets.items())
+    )
 
 
 class Transport(driver.Transport):

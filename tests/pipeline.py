@@ -217,6 +217,23 @@ async def drain_figures(stack: Stack) -> dict[str, int]:
     return dict(row)
 
 
+INTEGRITY = """
+SELECT (SELECT count(*) FROM payment_service.payments) AS rows,
+       (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS distinct_refs,
+       (SELECT count(*) FROM payment_service.payment_references) AS refs,
+       (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS unprocessed
+"""
+
+
+async def integrity(stack: Stack) -> dict[str, int]:
+    """Rows, distinct references among them, references, and unprocessed staging rows."""
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        return dict(await connection.fetchrow(INTEGRITY))
+    finally:
+        await connection.close()
+
+
 async def wait_drained(
     stack: Stack,
     expected_rows: int,
@@ -305,6 +322,19 @@ async def read_topic(stack: Stack, topic: str) -> list[tuple[bytes | None, bytes
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
         return messages
+    finally:
+        await consumer.stop()
+
+
+async def topic_size(stack: Stack, topic: str) -> int:
+    """How many records ``topic`` holds (the sum of its partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        consumer._client.add_topic(topic)
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum((await consumer.end_offsets(partitions)).values())
     finally:
         await consumer.stop()
 

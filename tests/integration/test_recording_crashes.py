@@ -6,13 +6,12 @@ import asyncio
 import signal
 from pathlib import Path
 
-import asyncpg
-
 from agents.record_payments import FAULT_EXIT_CODE
 from app.topics import EVENTS_DEFAULT
 from tests.pipeline import (
     app_env,
     drain_figures,
+    integrity,
     make_load,
     read_topic,
     reconcile,
@@ -21,21 +20,6 @@ from tests.pipeline import (
     wait_drained,
 )
 from tests.stack import Stack, run_worker, wait_for
-
-INTEGRITY = """
-SELECT (SELECT count(*) FROM payment_service.payments) AS rows,
-       (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS distinct_refs,
-       (SELECT count(*) FROM payment_service.payment_references) AS refs,
-       (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS unprocessed
-"""
-
-
-async def _integrity(stack: Stack) -> asyncpg.Record:
-    connection = await asyncpg.connect(**stack.db_connect_kwargs())
-    try:
-        return await connection.fetchrow(INTEGRITY)
-    finally:
-        await connection.close()
 
 
 def test_sigkill_mid_load_loses_nothing_and_records_nothing_twice(
@@ -62,8 +46,8 @@ def test_sigkill_mid_load_loses_nothing_and_records_nothing_twice(
         asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=worker.assert_alive))
         asyncio.run(wait_consumed(stack, run, wait_seconds=120))
 
-    figures = asyncio.run(_integrity(stack))
-    assert dict(figures) == {
+    figures = asyncio.run(integrity(stack))
+    assert figures == {
         "rows": load.created,
         "distinct_refs": load.created,
         "refs": load.created,

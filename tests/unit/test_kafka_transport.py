@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator, Mapping
+
 import faust.streams
+import pytest
+from faust.types import TP
 
 from app.kafka_transport import Consumer
 from app.service import create_app
 from app.settings import Settings
+from app.topics import INTAKE
 
 
 def test_the_service_routes_every_ack_through_its_consumer() -> None:
@@ -14,3 +20,70 @@ def test_the_service_routes_every_ack_through_its_consumer() -> None:
     app = create_app(Settings(), store="memory://")
     assert faust.streams._CStreamIterator is None  # type: ignore[attr-defined]
     assert app.transport.Consumer is Consumer
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop for the app (Faust binds to the current loop) and the test, then closed."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def _offline_consumer(
+    committed: dict[TP, int | None], log_start: int, assigned: set[TP]
+) -> tuple[Consumer, list[dict[TP, int]]]:
+    """The service's consumer with its broker calls replaced by fakes; also the seeks it made."""
+    app = create_app(Settings(), store="memory://")
+    app.topics.acking_topics.add(INTAKE)  # as when the record agent subscribes
+    consumer = app.consumer
+    assert isinstance(consumer, Consumer)
+    seeks: list[dict[TP, int]] = []
+
+    async def seek_to_committed() -> Mapping[TP, int]:
+        return committed  # type: ignore[return-value]  # aiokafka answers None for no commit
+
+    async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+        return {tp: log_start for tp in partitions}
+
+    async def seek_wait(partitions: Mapping[TP, int]) -> None:
+        seeks.append(dict(partitions))
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
+    consumer.seek_wait = seek_wait  # type: ignore[method-assign]
+    consumer.assignment = lambda: assigned  # type: ignore[method-assign]
+    consumer._thread.thread_loop.close()  # the consumer's thread never starts offline
+    return consumer, seeks
+
+
+def test_a_partition_without_a_commit_starts_at_the_log_start(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Without a commit, aiokafka does not seek and Faust does not check the head:
+    # a partition kept across a rebalance resumed past records it never processed.
+    fresh, zero, started = TP(INTAKE, 0), TP(INTAKE, 1), TP(INTAKE, 2)
+    consumer, seeks = _offline_consumer(
+        {fresh: None, zero: 0, started: 500}, log_start=7, assigned={fresh, zero, started}
+    )
+    loop.run_until_complete(consumer.perform_seek())
+
+    assert seeks == [{fresh: 7, zero: 7}]
+    assert {tp: consumer._committed_offset[tp] for tp in (fresh, zero, started)} == {
+        fresh: 7,
+        zero: 7,
+        started: 500,
+    }
+
+
+def test_nothing_commits_past_an_unprocessed_head(loop: asyncio.AbstractEventLoop) -> None:
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: None}, log_start=0, assigned={tp})
+    loop.run_until_complete(consumer.perform_seek())
+
+    consumer._acked[tp] = [3, 4, 5]  # offsets 0..2 fetched before a seek, never processed
+    assert consumer._new_offset(tp) is None
+    consumer._acked[tp] = [0, 1, 2, 3, 4, 5]
+    assert consumer._new_offset(tp) == 6
