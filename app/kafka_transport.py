@@ -27,10 +27,13 @@ in the middle of a staging load (tests/integration/test_recording_crashes.py):
 
 The fix for all five is the same invariant: commit only a run of acked offsets
 that starts at the committed offset, and start a partition that has none at the
-beginning of its log. When the head of a partition stays missing
-for HEAD_GAP_GRACE_SECONDS, seek back to the committed offset so the records are
-fetched and processed again (at-least-once; the record agent's dedup absorbs the
-repeats). Every repair is logged as a warning.
+beginning of its log. After every seek, records of that partition are let
+through only from the offset sought: whatever arrives first from a fetch issued
+before the seek is dropped before Faust can count it as read (the cause of 2).
+When the head of a partition still stays missing for HEAD_GAP_GRACE_SECONDS,
+seek back to the committed offset so the records are fetched and processed
+again (at-least-once; the record agent's dedup absorbs the repeats). Every
+repair is logged as a warning.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from faust import streams as faust_streams
@@ -60,7 +64,10 @@ def route_acks_through_the_consumer() -> None:
 
 #: How long the head of a partition may stay unacked before we fetch it again.
 #: Longer than a batch normally takes, so a slow batch is not mistaken for a loss.
+#: Doubled after each repair of the same partition (the refetched records queue
+#: behind what is already buffered), up to HEAD_GAP_GRACE_MAX_SECONDS.
 HEAD_GAP_GRACE_SECONDS = 15.0
+HEAD_GAP_GRACE_MAX_SECONDS = 120.0
 
 
 class Consumer(driver.Consumer):
@@ -69,7 +76,10 @@ class Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_gap_since: dict[Any, float] = {}
+        self._head_gap_grace: dict[Any, float] = {}
         self._repairs: set[asyncio.Future[None]] = set()
+        #: partition -> the offset that must come next after a seek (see getmany).
+        self._resume_at: dict[Any, int] = {}
 
     def ack(self, message: Any) -> bool:
         app = self.app
@@ -86,16 +96,34 @@ class Consumer(driver.Consumer):
         # commits the first run of acks from there (fix 5: a second worker joining a
         # fresh group lost ~800 records per partition). Without a commit, processing
         # starts at the beginning of the log: seek there and count it as committed.
-        unstarted = [
-            tp
-            for tp in self.assignment()
-            if not self._committed_offset.get(tp) and self.app.topics.acks_enabled_for(tp.topic)
-        ]
+        acking = [tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
+        unstarted = [tp for tp in acking if not self._committed_offset.get(tp)]
         if unstarted:
             starts = await self.earliest_offsets(*unstarted)
             await self.seek_wait(starts)
             self._committed_offset.update(starts)
             log.info("no committed offsets yet; starting from the log start: %s", _describe(starts))
+        # Table changelogs are read through this consumer too, from their own
+        # positions: only the acked topics resume at their committed offsets.
+        self._resume_at = {
+            tp: offset for tp in acking if (offset := self._committed_offset.get(tp)) is not None
+        }
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109  # Faust's signature
+        """Faust's fetch loop, minus records fetched before the latest seek of their partition.
+
+        Such a record would move Faust's read offset past the records the seek
+        asked for, and Faust would then drop those as already read (fix 2).
+        """
+        resume_at = self._resume_at
+        async for tp, message in super().getmany(timeout):
+            if resume_at:
+                wanted = resume_at.get(tp)
+                if wanted is not None:
+                    if message.offset != wanted:
+                        continue  # from before the seek; the records sought follow
+                    del resume_at[tp]
+            yield tp, message
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         # Faust reads a jump in offsets as "no records there" (compaction,
@@ -117,15 +145,18 @@ class Consumer(driver.Consumer):
             self._repair_head_gap(tp, committed, min(acked))  # fixes 2 and 3
             return None
         self._head_gap_since.pop(tp, None)
+        self._head_gap_grace.pop(tp, None)
         offset: int | None = super()._new_offset(tp)
         return offset
 
     def _repair_head_gap(self, tp: Any, committed: int, first_acked: int) -> None:
         now = time.monotonic()
         since = self._head_gap_since.setdefault(tp, now)
-        if now - since < HEAD_GAP_GRACE_SECONDS:
+        grace = self._head_gap_grace.get(tp, HEAD_GAP_GRACE_SECONDS)
+        if now - since < grace:
             return
         self._head_gap_since.pop(tp, None)
+        self._head_gap_grace[tp] = min(2 * grace, HEAD_GAP_GRACE_MAX_SECONDS)
         log.warning(
             "%s: offsets %d..%d were never processed although later ones were; "
             "seeking back to %d to fetch them again (repeats are deduplicated)",
@@ -134,6 +165,7 @@ class Consumer(driver.Consumer):
             first_acked - 1,
             committed,
         )
+        self._resume_at[tp] = committed
         repair = asyncio.ensure_future(self.seek(tp, committed))
         self._repairs.add(repair)
         repair.add_done_callback(self._repair_done)

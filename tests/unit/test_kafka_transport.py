@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import SimpleNamespace
+from typing import Any
 
 import faust.streams
 import pytest
+from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
 from app.kafka_transport import Consumer
@@ -87,3 +90,30 @@ def test_nothing_commits_past_an_unprocessed_head(loop: asyncio.AbstractEventLoo
     assert consumer._new_offset(tp) is None
     consumer._acked[tp] = [0, 1, 2, 3, 4, 5]
     assert consumer._new_offset(tp) == 6
+
+
+def test_after_a_seek_records_fetched_before_it_are_dropped(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fetch issued before the seek answers after it (offsets 50, 51): letting
+    # those through made Faust count 5..49 as read and drop them when they came.
+    intake, changelog = TP(INTAKE, 0), TP("payments-references-changelog", 0)
+    consumer, _ = _offline_consumer({intake: 5}, log_start=0, assigned={intake, changelog})
+    loop.run_until_complete(consumer.perform_seek())
+    fetched = [(intake, 50), (intake, 51), (changelog, 9), (intake, 5), (intake, 6), (intake, 50)]
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for tp, offset in fetched:
+            yield tp, SimpleNamespace(offset=offset)
+
+    monkeypatch.setattr(driver.Consumer, "getmany", getmany)
+
+    async def delivered() -> list[tuple[TP, int]]:
+        return [(tp, message.offset) async for tp, message in consumer.getmany(timeout=1)]
+
+    assert loop.run_until_complete(delivered()) == [
+        (changelog, 9),
+        (intake, 5),
+        (intake, 6),
+        (intake, 50),
+    ]
