@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import unicodedata
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -51,8 +51,12 @@ FINGERPRINT_FIELDS = (
 )
 
 
+#: Unicode's control characters (category Cc): C0, DEL and C1.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _no_control_characters(value: str) -> str:
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    if _CONTROL_CHARACTER.search(value):
         raise ValueError("must not contain control characters")
     return value
 

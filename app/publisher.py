@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
 from app.exceptions import PublishFailed
@@ -31,6 +32,7 @@ class Publisher(Service):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -56,35 +58,70 @@ class Publisher(Service):
 
     async def publish(
         self, topic: str, messages: Sequence[Message], partitions: Sequence[int] | None = None
-    ) -> list[Any]:
+    ) -> dict[int, int]:
         """Send every message and wait for all acks; raise :class:`PublishFailed` otherwise.
 
-        Sends are not awaited one by one: they go into the producer's batches
-        together and the acks are gathered at the end. ``partitions`` (one per
-        message) overrides the key's partition. Returns each message's metadata.
+        Messages go out as one record batch per partition (aiokafka's batch API),
+        not one send and one future each: per-message sends were a tenth of the
+        record agent's time (bench/staging). Order within a partition is kept.
+        ``partitions`` (one per message) overrides the key's partition, which is
+        otherwise the Java client's (murmur2 of the key), as Faust and Kafka's
+        tools compute it. Returns the last offset written in each partition.
         """
         if not messages:
-            return []
+            return {}
         producer = self._producer
         if producer is None:
             raise PublishFailed("the publisher is not started")
-        deliveries: list[asyncio.Future[Any]] = []
+        deliveries: list[tuple[asyncio.Future[Any], int]] = []
         try:
-            send = producer.send
             if partitions is None:
-                for key, value in messages:
-                    deliveries.append(await send(topic, value, key=key))
-            else:
-                for (key, value), partition in zip(messages, partitions, strict=True):
-                    deliveries.append(await send(topic, value, key=key, partition=partition))
+                partitions = await self._partitions_for_keys(producer, topic, messages)
+            by_partition: dict[int, list[Message]] = {}
+            for message, partition in zip(messages, partitions, strict=True):
+                by_partition.setdefault(partition, []).append(message)
+            for partition, group in by_partition.items():
+                for batch, count in _batches(producer, group):
+                    delivery = await producer.send_batch(batch, topic, partition=partition)
+                    deliveries.append((delivery, count))
         except KafkaError as exc:
-            await asyncio.gather(*deliveries, return_exceptions=True)
+            await asyncio.gather(*(delivery for delivery, _ in deliveries), return_exceptions=True)
             raise PublishFailed(f"Kafka refused a send to {topic}: {exc!r}") from exc
-        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        results = await asyncio.gather(
+            *(delivery for delivery, _ in deliveries), return_exceptions=True
+        )
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             raise PublishFailed(
-                f"Kafka did not acknowledge {len(failures)} of {len(messages)} "
-                f"messages to {topic}: {failures[0]!r}"
+                f"Kafka did not acknowledge {len(failures)} of {len(deliveries)} "
+                f"batches to {topic}: {failures[0]!r}"
             ) from failures[0]
-        return results
+        last: dict[int, int] = {}
+        for (_, count), metadata in zip(deliveries, results, strict=True):
+            assert not isinstance(metadata, BaseException)  # failures raised above
+            end = metadata.offset + count - 1
+            last[metadata.partition] = max(end, last.get(metadata.partition, end))
+        return last
+
+    async def _partitions_for_keys(
+        self, producer: AIOKafkaProducer, topic: str, messages: Sequence[Message]
+    ) -> list[int]:
+        everyone = sorted(await producer.partitions_for(topic))
+        choose = self._partitioner
+        return [choose(key, everyone, everyone) for key, _ in messages]
+
+
+def _batches(producer: AIOKafkaProducer, messages: list[Message]) -> Iterator[tuple[Any, int]]:
+    """Record batches holding ``messages`` in order, each with its message count."""
+    batch, count = producer.create_batch(), 0
+    for key, value in messages:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            if count == 0:
+                raise ValueError(f"a message of {len(value)} bytes does not fit in a batch")
+            yield batch, count
+            batch, count = producer.create_batch(), 0
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a message of {len(value)} bytes does not fit in a batch")
+        count += 1
+    if count:
+        yield batch, count

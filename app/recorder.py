@@ -6,9 +6,9 @@ The order within a batch is the invariant-keeping order of DESIGN.md:
 2. the ``references`` table answers the references it knows (a hit means committed);
 3. the rest go to Postgres in ONE transaction (claim references, payments rows,
    outbox rows), which also answers the references that were already taken;
-4. after the commit: publish the events and the dead letters, wait for the acks,
-   mark the outbox rows sent;
-5. only then write the table.
+4. after the commit: publish the events and the dead letters and write the
+   table (a table entry needs only the commit), wait for the acks, then mark
+   the outbox rows sent.
 
 Until :meth:`Recorder.handle` returns, no offset of the batch is committed, so a
 crash anywhere replays the batch and Postgres' primary key absorbs the replay.
@@ -180,7 +180,8 @@ class Recorder:
         if conflicts:
             await self._conflicts(conflicts, known, created, report, now)
 
-        # 4. publish events and dead letters together, then mark the events sent
+        # 4. publish events and dead letters, and 5. write the table (it needs only
+        # the commit), at once; then mark the events sent.
         events: list[Message] = [(event.key, event.payload) for event in result.events]
         letters: list[Message] = [
             (
@@ -189,12 +190,6 @@ class Recorder:
             )
             for letter in report.dead_letters
         ]
-        await self._retrying("publish", lambda: self._publish(events, letters))
-        if result.events:
-            event_ids = [event.event_id for event in result.events]
-            await self._retrying("mark outbox sent", lambda: self.store.mark_sent(event_ids))
-
-        # 5. the table learns only what Postgres has committed
         first_event: dict[str, Any] = {}
         for item, record in records:
             first_event.setdefault(record.reference_number, item.event)
@@ -202,9 +197,13 @@ class Recorder:
             (first_event[reference], reference, known[reference])
             for reference in (*created, *result.existing)
         ]
-        await self._retrying(
-            "write the references table", lambda: self.references.put_many(entries)
+        await asyncio.gather(
+            self._retrying("publish", lambda: self._publish(events, letters)),
+            self._retrying("write the references table", lambda: self.references.put_many(entries)),
         )
+        if result.events:
+            event_ids = [event.event_id for event in result.events]
+            await self._retrying("mark outbox sent", lambda: self.store.mark_sent(event_ids))
         return report
 
     def _decode(self, item: Incoming, now: datetime, report: BatchReport) -> PaymentRecord | None:

@@ -113,9 +113,6 @@ class References:
             messages.append((key, value))
             partitions.append(event.message.partition)
         topic = self.table.changelog_topic.get_topic_name()
-        sent = await self.publisher.publish(topic, messages, partitions)
-        last: dict[int, int] = {}
-        for metadata in sent:
-            last[metadata.partition] = max(metadata.offset, last.get(metadata.partition, -1))
+        last = await self.publisher.publish(topic, messages, partitions)
         for partition, offset in last.items():
             store.set_persisted_offset(TP(topic, partition), offset)
