@@ -19,7 +19,6 @@ from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
 from app.models import DateWindow
-from app.process_pool import ProcessPool
 from app.publisher import Publisher
 from app.redis_connection import RedisConnection
 from app.settings import Settings
@@ -70,9 +69,7 @@ class PaymentService(faust.App):
         self.redis = RedisConnection(settings)
         self.kafka_probe = KafkaProbe(settings)
         self.publisher = Publisher(settings)
-        self.helpers = ProcessPool(settings.staging_helper_processes)
-        dependencies = (self.database, self.redis, self.kafka_probe, self.publisher, self.helpers)
-        for dependency in dependencies:
+        for dependency in (self.database, self.redis, self.kafka_probe, self.publisher):
             self.add_dependency(dependency)
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
         self.date_window = DateWindow(
