@@ -27,6 +27,7 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
+from pydantic_core import PydanticSerializationError, to_json
 
 #: Largest serialized metadata object accepted.
 METADATA_MAX_BYTES = 16 * 1024
@@ -152,14 +153,16 @@ class PaymentRecord(BaseModel):
     @classmethod
     def _metadata_fits(cls, value: dict[str, Any]) -> dict[str, Any]:
         try:
-            text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        except (ValueError, TypeError, RecursionError):
+            text = to_json(value)
+            if b"NaN" in text or b"Infinity" in text:  # or just in a string: look closer
+                json.dumps(value, allow_nan=False)
+        except (ValueError, TypeError, RecursionError, PydanticSerializationError):
             raise ValueError(
                 "must be a JSON object of finite numbers, strings, lists and objects"
             ) from None
-        if len(text.encode()) > METADATA_MAX_BYTES:
+        if len(text) > METADATA_MAX_BYTES:
             raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
-        if "\\u0000" in text:
+        if b"\\u0000" in text:
             # Postgres jsonb refuses NUL characters: stop them here with a clear error.
             raise ValueError("must not contain NUL characters")
         return value

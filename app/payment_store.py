@@ -8,16 +8,16 @@ in with COPY, never one INSERT per row.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import asyncpg
+from pydantic_core import to_json
 
 from app.codecs import encode_event_for
-from app.models import KnownReference, PaymentRecord
+from app.models import KnownReference, PaymentRecord, utc_text
 
 CLAIM_REFERENCES = """
 INSERT INTO payment_service.payment_references
@@ -150,7 +150,7 @@ class PaymentStore:
             return result
         await self.ensure_partitions(records)
         by_reference = {record.reference_number: record for record in records}
-        recorded_at = datetime.now(UTC)
+        recorded_text = utc_text(datetime.now(UTC))
         async with self.pool.acquire() as connection, connection.transaction():
             claimed = await connection.fetch(
                 CLAIM_REFERENCES,
@@ -185,10 +185,10 @@ class PaymentStore:
                         naive_utc(record.payment_date),
                         record.payment_channel,
                         record.source,
-                        json.dumps(record.metadata, separators=(",", ":")),
+                        to_json(record.metadata).decode(),
                     )
                 )
-                payload = encode_event_for(record, recorded_at)
+                payload = encode_event_for(record, recorded_text)
                 key = record.loan_account_number.encode()
                 outbox.append(
                     (

@@ -93,11 +93,17 @@ def test_a_valid_record_is_normalised() -> None:
         ({"metadata": {"blob": "x" * 17_000}}, "metadata"),
         ({"metadata": {"nul": "a\x00b"}}, "metadata"),
         ({"metadata": {"nan": float("nan")}}, "metadata"),
+        ({"metadata": {"deep": [{"x": float("-inf")}]}}, "metadata"),
         ({"source": "email"}, "source"),
     ],
 )
 def test_each_rule_names_its_field(changes: dict[str, Any], field: str) -> None:
     assert field in errors_for(**changes)
+
+
+def test_metadata_may_say_nan_and_infinity_in_words() -> None:
+    words = {"note": "NaN", "plan": ["Infinity", "-Infinity"]}
+    assert record(metadata=words).metadata == words
 
 
 def test_the_largest_amount_and_the_window_edges_are_accepted() -> None:
