@@ -1,9 +1,10 @@
 """Publishing outbox rows a crash left unsent (DESIGN.md invariant 2).
 
-The record agent publishes its events right after the commit and marks them
-sent. If the worker dies in between, the rows stay unsent; this relay sends
-them with the same bytes (hence the same event_id) and marks them. It leaves
-young rows alone, since those are normally the agent's own and in flight.
+The record agent publishes its events right after the commit and then deletes
+their outbox rows: the outbox holds only what Kafka may not have. If the worker
+dies in between, the rows stay; this relay sends them with the same bytes (hence
+the same event_id) and deletes them. It leaves young rows alone, since those are
+normally the agent's own and in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 CLAIM_UNSENT = """
 SELECT event_id, topic, message_key, payload::text AS payload
 FROM payment_service.outbox
-WHERE sent_at IS NULL AND created_at < now() - make_interval(secs => $1)
+WHERE created_at < now() - make_interval(secs => $1)
 ORDER BY created_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED

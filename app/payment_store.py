@@ -45,10 +45,8 @@ ORDER BY reference_number, created_at
 
 ENSURE_PARTITION = "SELECT payment_service.ensure_payment_partition($1::date)"
 
-MARK_SENT = """
-UPDATE payment_service.outbox SET sent_at = now()
-WHERE event_id = ANY($1::uuid[]) AND sent_at IS NULL
-"""
+#: Kafka has these events: the outbox keeps only what is still unsent.
+MARK_SENT = "DELETE FROM payment_service.outbox WHERE event_id = ANY($1::uuid[])"
 
 PAYMENT_COLUMNS = (
     "id",
@@ -209,6 +207,6 @@ class PaymentStore:
         return result
 
     async def mark_sent(self, event_ids: Sequence[uuid.UUID]) -> None:
-        """Note that these events reached Kafka, so the relay leaves them alone."""
+        """These events reached Kafka: delete their outbox rows, so the relay leaves them alone."""
         if event_ids:
             await self.pool.execute(MARK_SENT, list(event_ids))
