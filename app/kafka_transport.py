@@ -78,8 +78,8 @@ class Consumer(driver.Consumer):
         self._head_gap_since: dict[Any, float] = {}
         self._head_gap_grace: dict[Any, float] = {}
         self._repairs: set[asyncio.Future[None]] = set()
-        #: partition -> the offset that must come next after a seek (see getmany).
-        self._resume_at: dict[Any, int] = {}
+        #: partition -> (the offset that must come next after a seek, since when); see getmany.
+        self._resume_at: dict[Any, tuple[int, float]] = {}
 
     def ack(self, message: Any) -> bool:
         app = self.app
@@ -105,24 +105,37 @@ class Consumer(driver.Consumer):
             log.info("no committed offsets yet; starting from the log start: %s", _describe(starts))
         # Table changelogs are read through this consumer too, from their own
         # positions: only the acked topics resume at their committed offsets.
-        self._resume_at = {
-            tp: offset for tp in acking if (offset := self._committed_offset.get(tp)) is not None
-        }
+        now = time.monotonic()
+        self._resume_at.clear()
+        self._resume_at.update(
+            (tp, (offset, now))
+            for tp in acking
+            if (offset := self._committed_offset.get(tp)) is not None
+        )
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109  # Faust's signature
         """Faust's fetch loop, minus records fetched before the latest seek of their partition.
 
         Such a record would move Faust's read offset past the records the seek
-        asked for, and Faust would then drop those as already read (fix 2).
+        asked for, and Faust would then drop those as already read (fix 2). If
+        the offset sought does not come within HEAD_GAP_GRACE_SECONDS, records
+        flow again as they come (the head-gap repair then seeks once more):
+        waiting for ever would stall the partition.
         """
         resume_at = self._resume_at
         async for tp, message in super().getmany(timeout):
-            if resume_at:
-                wanted = resume_at.get(tp)
-                if wanted is not None:
-                    if message.offset != wanted:
+            if resume_at and tp in resume_at:
+                wanted, since = resume_at[tp]
+                if message.offset != wanted:
+                    if time.monotonic() - since < HEAD_GAP_GRACE_SECONDS:
                         continue  # from before the seek; the records sought follow
-                    del resume_at[tp]
+                    log.warning(
+                        "%s: offset %d did not come after seeking to it; taking %d",
+                        tp,
+                        wanted,
+                        message.offset,
+                    )
+                del resume_at[tp]
             yield tp, message
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
@@ -165,8 +178,9 @@ class Consumer(driver.Consumer):
             first_acked - 1,
             committed,
         )
-        self._resume_at[tp] = committed
-        repair = asyncio.ensure_future(self.seek(tp, committed))
+        self._resume_at[tp] = (committed, now)
+        # In the consumer's own thread, as Faust seeks after a rebalance.
+        repair = asyncio.ensure_future(self.seek_wait({tp: committed}))
         self._repairs.add(repair)
         repair.add_done_callback(self._repair_done)
 

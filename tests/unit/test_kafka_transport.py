@@ -12,6 +12,7 @@ import pytest
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
+from app import kafka_transport
 from app.kafka_transport import Consumer
 from app.service import create_app
 from app.settings import Settings
@@ -117,3 +118,23 @@ def test_after_a_seek_records_fetched_before_it_are_dropped(
         (intake, 6),
         (intake, 50),
     ]
+
+
+def test_a_seek_whose_offset_never_comes_does_not_stall_the_partition(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    intake = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({intake: 5}, log_start=0, assigned={intake})
+    loop.run_until_complete(consumer.perform_seek())
+    monkeypatch.setattr(kafka_transport, "HEAD_GAP_GRACE_SECONDS", 0.0)
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in (50, 51):
+            yield intake, SimpleNamespace(offset=offset)
+
+    monkeypatch.setattr(driver.Consumer, "getmany", getmany)
+
+    async def delivered() -> list[int]:
+        return [message.offset async for _, message in consumer.getmany(timeout=1)]
+
+    assert loop.run_until_complete(delivered()) == [50, 51]
