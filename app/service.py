@@ -46,6 +46,9 @@ class PaymentService(faust.App):
             # We never route requests between workers, so it need not be reachable.
             "canonical_url": f"http://{settings.worker_id}.payment-service",
             "topic_partitions": INTAKE_PARTITIONS,
+            # A standby consumes every changelog record of the partitions it stands by for:
+            # with two workers that doubled the records each one handled (bench/staging).
+            "table_standby_replicas": settings.table_standby_replicas,
             "topic_replication_factor": settings.kafka_replication_factor,
             "producer_acks": -1,
             # The record agent takes batches: let the consumer hand over enough records

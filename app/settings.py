@@ -178,6 +178,15 @@ class Settings(BaseSettings):
         description="Block cache per table partition; 12 partitions share the machine.",
     )
     rocksdb_write_buffer_mb: int = Field(4, ge=1)
+    table_standby_replicas: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Workers that keep a standby copy of each references-table partition. Each copy "
+            "consumes the whole changelog; the table is a cache in front of Postgres, so 0 only "
+            "makes a takeover replay the partition's changelog first."
+        ),
+    )
 
     fault_point: Literal["", "after_commit"] = Field(
         "",
