@@ -234,6 +234,15 @@ async def integrity(stack: Stack) -> dict[str, int]:
         await connection.close()
 
 
+def assert_recorded_once(stack: Stack, run: str, created: int) -> None:
+    """``created`` payments, each once, no staging row left, and ``reconcile`` exits 0."""
+    figures = asyncio.run(integrity(stack))
+    expected = {"rows": created, "distinct_refs": created, "refs": created, "unprocessed": 0}
+    assert figures == expected, figures
+    code, report = reconcile(stack, run)
+    assert code == 0, report
+
+
 async def wait_drained(
     stack: Stack,
     expected_rows: int,
