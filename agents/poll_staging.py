@@ -26,6 +26,7 @@ def register(app: PaymentService) -> None:
                 batch_size=settings.staging_batch_size,
                 max_retries=settings.staging_max_retries,
                 window=app.date_window,
+                helpers=app.helpers,
             )
         await poller.drain()
 

@@ -19,6 +19,7 @@ from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
 from app.models import DateWindow
+from app.process_pool import ProcessPool
 from app.publisher import Publisher
 from app.redis_connection import RedisConnection
 from app.settings import Settings
@@ -72,7 +73,9 @@ class PaymentService(faust.App):
         self.redis = RedisConnection(settings)
         self.kafka_probe = KafkaProbe(settings)
         self.publisher = Publisher(settings)
-        for dependency in (self.database, self.redis, self.kafka_probe, self.publisher):
+        self.helpers = ProcessPool(settings.staging_helper_processes)
+        dependencies = (self.database, self.redis, self.kafka_probe, self.publisher, self.helpers)
+        for dependency in dependencies:
             self.add_dependency(dependency)
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
         self.date_window = DateWindow(

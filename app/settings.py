@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     staging_batch_size: int = Field(1000, ge=1, le=100_000)
     staging_interval_seconds: float = Field(30, gt=0)
     staging_max_retries: int = Field(3, ge=0)
+    staging_helper_processes: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="Helper processes that check and encode staging rows (0: in the worker).",
+    )
     webhook_timeout_ms: int = Field(5000, ge=1)
     payment_date_min: date = Field(
         date(2000, 1, 1), description="Earliest payment_date accepted (inclusive)."
