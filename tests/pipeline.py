@@ -26,18 +26,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from app.staging import ROW_COLUMNS
 from app.topics import DLQ, EVENTS_DEFAULT, INTAKE
 from tests.stack import ROOT, Stack, read_topics_conf
 
-STAGING_COLUMNS = (
-    "reference_number",
-    "loan_account_number",
-    "cif",
-    "amount",
-    "payment_date",
-    "payment_channel",
-    "metadata",
-)
+#: What the ETL writes: the poller's columns without the generated id.
+STAGING_COLUMNS = ROW_COLUMNS[1:]
 
 EMPTY_TABLES = """
 TRUNCATE public.payment_staging, payment_service.payments, payment_service.payment_references,
