@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +98,47 @@ async def span(stack: Stack) -> float:
         await connection.close()
 
 
+def cpu_seconds_by_role(workers: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the broker, Postgres and the workers.
+
+    A worker's helper processes count as the worker's.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    seconds: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[pid], names[pid] = int(fields[1]), name
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / tick
+
+    def role(pid: int) -> str | None:
+        if names[pid] == "java":
+            return "broker"
+        if names[pid] == "postgres":
+            return "postgres"
+        while pid > 1:
+            if pid in workers:
+                return "workers"
+            pid = parents.get(pid, 1)
+        return None
+
+    totals = {"workers": 0.0, "postgres": 0.0, "broker": 0.0}
+    for pid, spent in seconds.items():
+        owner = role(pid)
+        if owner is not None:
+            totals[owner] += spent
+    return totals
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -131,6 +173,7 @@ def main() -> None:
         DB_POOL_MAX="20",
     )
     folder = Path(tempfile.mkdtemp(prefix="bench-staging-"))
+    cpu_before = cpu_seconds_by_role([])
     started = time.time()
     with contextlib.ExitStack() as running:
         workers = []
@@ -152,12 +195,19 @@ def main() -> None:
         pipeline = asyncio.run(span(stack))
         total = time.time() - started
         peaks = [peak_rss_mb(worker.process.pid) for worker in workers]
+        cpu_after = cpu_seconds_by_role([worker.process.pid for worker in workers])
     rate = args.rows / pipeline
     print(
         f"pipeline: {args.rows:,} rows recorded + events published in {pipeline:.1f} s "
         f"= {rate:,.0f} rows/s (from worker start: {total:.1f} s)"
     )
     print(f"ratio pipeline/ceiling: {rate / (args.rows / ceiling):.3f}")
+    used = {name: spent - cpu_before[name] for name, spent in cpu_after.items()}
+    cpu = ", ".join(
+        f"{name} {spent:.0f} s ({spent / args.rows * 1e6:.0f} µs/row)"
+        for name, spent in used.items()
+    )
+    print(f"CPU from worker start to drained: {cpu}")
     memory = ", ".join(f"{peak:.0f}" for peak in peaks)
     print(f"workers: {args.workers}; peak memory (VmHWM) MiB: {memory}; logs under {folder}")
 

@@ -138,3 +138,62 @@ def test_a_seek_whose_offset_never_comes_does_not_stall_the_partition(
         return [message.offset async for _, message in consumer.getmany(timeout=1)]
 
     assert loop.run_until_complete(delivered()) == [50, 51]
+
+
+def _drain(consumer: Consumer, fetched: list[int], deliver: Any, loop: Any) -> None:
+    """Run the consumer's fetch loop over one fetch of intake offsets ``fetched``."""
+    tp = TP(INTAKE, 0)
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in fetched:
+            yield tp, SimpleNamespace(offset=offset, topic=INTAKE, tp=tp)
+        fetcher._stopped.set()
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = deliver
+    loop.run_until_complete(asyncio.wait_for(consumer._drain_messages(fetcher), 5))
+
+
+def test_records_are_handed_over_directly_when_nothing_can_block(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Faust raced every hand-over against "flow suspended" with four tasks.
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    loop.run_until_complete(consumer.perform_seek())
+    consumer.app.flow_control.resume()  # as once partitions are assigned
+    races: list[Any] = []
+    consumer.wait_first = lambda *coros, **kw: races.append(coros)  # type: ignore[method-assign,assignment,return-value]
+    delivered: list[int] = []
+
+    async def deliver(message: Any) -> None:
+        delivered.append(message.offset)
+
+    _drain(consumer, [5, 6, 4, 7], deliver, loop)
+
+    assert delivered == [5, 6, 7]  # 4 is behind the read offset: already read
+    assert races == []
+    assert consumer._read_offset[tp] == 7
+
+
+def test_a_hand_over_that_would_block_is_raced_against_suspended_flow(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # While flow is suspended (a rebalance), Faust's hand-over waits for it to
+    # resume: awaiting it directly would stall the fetch loop for the whole rebalance.
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    loop.run_until_complete(consumer.perform_seek())
+    consumer.stop_flow()
+    resumed = asyncio.Event()
+    started: list[int] = []
+
+    async def deliver(message: Any) -> None:
+        started.append(message.offset)
+        await resumed.wait()  # what Faust's flow control does while suspended
+
+    _drain(consumer, [5, 6], deliver, loop)
+
+    assert started == [5, 6]  # both raced and abandoned; the loop went on
+    assert consumer._read_offset[tp] == 6
