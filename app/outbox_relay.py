@@ -1,10 +1,10 @@
 """Publishing outbox rows a crash left unsent (DESIGN.md invariant 2).
 
-The record agent publishes its events right after the commit and then deletes
-their outbox rows: the outbox holds only what Kafka may not have. If the worker
-dies in between, the rows stay; this relay sends them with the same bytes (hence
-the same event_id) and deletes them. It leaves young rows alone, since those are
-normally the agent's own and in flight.
+The record agent writes one outbox row per batch (its events as arrays), publishes
+the events right after the commit and then deletes the row: the outbox holds only
+what Kafka may not have. If the worker dies in between, the row stays; this relay
+sends its events with the same bytes (hence the same event_id) and deletes it. It
+leaves young rows alone, since those are normally the agent's own and in flight.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from app.publisher import Message
 log = logging.getLogger(__name__)
 
 CLAIM_UNSENT = """
-SELECT event_id, topic, message_key, payload::text AS payload
+SELECT batch_id, topic, message_keys, payloads
 FROM payment_service.outbox
 WHERE created_at < now() - make_interval(secs => $1)
 ORDER BY created_at
@@ -29,7 +29,8 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-RELAY_BATCH = 1000
+#: Outbox rows (agent batches, up to RECORD_BATCH_SIZE events each) per transaction.
+RELAY_BATCH = 10
 
 
 class OutboxRelay:
@@ -41,28 +42,27 @@ class OutboxRelay:
         self.min_age_seconds = min_age_seconds
 
     async def relay(self) -> int:
-        """Relay batches until none is left; return how many events were sent."""
+        """Relay outbox rows until none is left; return how many events were sent."""
         sent = 0
         while True:
             count = await self.relay_once()
-            sent += count
-            if count < RELAY_BATCH:
+            if count == 0:
                 break
+            sent += count
         if sent:
             log.warning("outbox relay: published %d events a crash had left unsent", sent)
         return sent
 
     async def relay_once(self) -> int:
+        """Send the events of up to RELAY_BATCH outbox rows; return how many events."""
         async with self.pool.acquire() as connection, connection.transaction():
             rows = await connection.fetch(CLAIM_UNSENT, self.min_age_seconds, RELAY_BATCH)
             if not rows:
                 return 0
             by_topic: dict[str, list[Message]] = defaultdict(list)
             for row in rows:
-                by_topic[row["topic"]].append(
-                    (row["message_key"].encode(), row["payload"].encode())
-                )
+                by_topic[row["topic"]] += zip(row["message_keys"], row["payloads"], strict=True)
             for topic, messages in by_topic.items():
                 await self.publisher.publish(topic, messages)
-            await connection.execute(MARK_SENT, [row["event_id"] for row in rows])
-        return len(rows)
+            await connection.execute(MARK_SENT, [row["batch_id"] for row in rows])
+        return sum(len(messages) for messages in by_topic.values())

@@ -2,8 +2,8 @@
 
 Idempotency is the primary key of ``payment_references``: a batch first claims
 its references with ``ON CONFLICT DO NOTHING RETURNING``, and only the claimed
-ones get a ``payments`` row and an outbox row, in the same transaction. Rows go
-in with COPY, never one INSERT per row.
+ones get a ``payments`` row, in the same transaction as one outbox row holding
+the batch's events. Rows go in with COPY, never one INSERT per row.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ ORDER BY reference_number, created_at
 
 ENSURE_PARTITION = "SELECT payment_service.ensure_payment_partition($1::date)"
 
-#: Kafka has these events: the outbox keeps only what is still unsent.
-MARK_SENT = "DELETE FROM payment_service.outbox WHERE event_id = ANY($1::uuid[])"
+#: Kafka has these batches' events: the outbox keeps only what is still unsent.
+MARK_SENT = "DELETE FROM payment_service.outbox WHERE batch_id = ANY($1::uuid[])"
 
 PAYMENT_COLUMNS = (
     "id",
@@ -59,7 +59,7 @@ PAYMENT_COLUMNS = (
     "source",
     "metadata",
 )
-OUTBOX_COLUMNS = ("event_id", "payment_id", "topic", "message_key", "payload")
+OUTBOX_COLUMNS = ("batch_id", "topic", "event_ids", "message_keys", "payloads")
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ class RecordResult:
     created: list[PaymentRecord] = field(default_factory=list)
     events: list[OutgoingEvent] = field(default_factory=list)
     existing: dict[str, KnownReference] = field(default_factory=dict)
+    #: The outbox rows holding ``events`` (one per transaction), to delete once they are sent.
+    outbox_batches: list[uuid.UUID] = field(default_factory=list)
 
 
 def naive_utc(value: datetime) -> datetime:
@@ -171,7 +173,6 @@ class PaymentStore:
             if not result.created:
                 return result
             payments = []
-            outbox = []
             for record in result.created:
                 payments.append(
                     (
@@ -186,27 +187,31 @@ class PaymentStore:
                         to_json(record.metadata).decode(),
                     )
                 )
-                payload = encode_event_for(record, recorded_text)
-                key = record.loan_account_number.encode()
-                outbox.append(
-                    (
+                result.events.append(
+                    OutgoingEvent(
                         record.event_id,
-                        record.payment_id,
-                        self.events_topic,
-                        record.loan_account_number,
-                        payload.decode(),
+                        record.loan_account_number.encode(),
+                        encode_event_for(record, recorded_text),
                     )
                 )
-                result.events.append(OutgoingEvent(record.event_id, key, payload))
+            batch_id = uuid.uuid4()
+            outbox = (
+                batch_id,
+                self.events_topic,
+                [event.event_id for event in result.events],
+                [event.key for event in result.events],
+                [event.payload for event in result.events],
+            )
             await connection.copy_records_to_table(
                 "payments", schema_name="payment_service", columns=PAYMENT_COLUMNS, records=payments
             )
             await connection.copy_records_to_table(
-                "outbox", schema_name="payment_service", columns=OUTBOX_COLUMNS, records=outbox
+                "outbox", schema_name="payment_service", columns=OUTBOX_COLUMNS, records=[outbox]
             )
+            result.outbox_batches.append(batch_id)
         return result
 
-    async def mark_sent(self, event_ids: Sequence[uuid.UUID]) -> None:
-        """These events reached Kafka: delete their outbox rows, so the relay leaves them alone."""
-        if event_ids:
-            await self.pool.execute(MARK_SENT, list(event_ids))
+    async def mark_sent(self, batch_ids: Sequence[uuid.UUID]) -> None:
+        """These batches' events reached Kafka: delete their outbox rows."""
+        if batch_ids:
+            await self.pool.execute(MARK_SENT, list(batch_ids))

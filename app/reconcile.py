@@ -26,7 +26,7 @@ SELECT
   (SELECT count(*) FROM payment_service.payment_references) AS "references",
   (SELECT count(*) FROM payment_service.payments) AS rows,
   (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS distinct_row_refs,
-  (SELECT count(*) FROM payment_service.outbox) AS unsent_outbox
+  (SELECT coalesce(sum(cardinality(event_ids)), 0) FROM payment_service.outbox) AS unsent_outbox
 """
 
 ALL_PAYMENTS = """

@@ -5,10 +5,11 @@ The order within a batch is the invariant-keeping order of DESIGN.md:
 1. decode and check each record (bad ones become dead letters);
 2. the ``references`` table answers the references it knows (a hit means committed);
 3. the rest go to Postgres in ONE transaction (claim references, payments rows,
-   outbox rows), which also answers the references that were already taken;
+   an outbox row with their events), which also answers the references that
+   were already taken;
 4. after the commit: publish the events and the dead letters and write the
-   table (a table entry needs only the commit), wait for the acks, then mark
-   the outbox rows sent.
+   table (a table entry needs only the commit), wait for the acks, then delete
+   the outbox rows (the outbox holds only unsent events).
 
 Until :meth:`Recorder.handle` returns, no offset of the batch is committed, so a
 crash anywhere replays the batch and Postgres' primary key absorbs the replay.
@@ -59,7 +60,7 @@ RETRY_MAX_SECONDS = 5.0
 class Store(Protocol):
     async def record(self, records: Sequence[PaymentRecord]) -> RecordResult: ...
     async def stored_fields(self, references: Sequence[str]) -> dict[str, dict[str, str]]: ...
-    async def mark_sent(self, event_ids: Sequence[Any]) -> None: ...
+    async def mark_sent(self, batch_ids: Sequence[Any]) -> None: ...
 
 
 class ReferenceTable(Protocol):
@@ -201,9 +202,9 @@ class Recorder:
             self._retrying("publish", lambda: self._publish(events, letters)),
             self._retrying("write the references table", lambda: self.references.put_many(entries)),
         )
-        if result.events:
-            event_ids = [event.event_id for event in result.events]
-            await self._retrying("mark outbox sent", lambda: self.store.mark_sent(event_ids))
+        if result.outbox_batches:
+            batches = result.outbox_batches
+            await self._retrying("mark outbox sent", lambda: self.store.mark_sent(batches))
         return report
 
     def _decode(self, item: Incoming, now: datetime, report: BatchReport) -> PaymentRecord | None:
@@ -276,6 +277,7 @@ class Recorder:
                 merged.created += single.created
                 merged.events += single.events
                 merged.existing.update(single.existing)
+                merged.outbox_batches += single.outbox_batches
             return merged
 
     async def _conflicts(

@@ -44,7 +44,7 @@ STALL_SECONDS = 120.0
 DRAIN_FIGURES = """
 SELECT (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS backlog,
        (SELECT count(*) FROM payment_service.payments) AS rows,
-       (SELECT count(*) FROM payment_service.outbox) AS unsent
+       (SELECT coalesce(sum(cardinality(event_ids)), 0) FROM payment_service.outbox) AS unsent
 """
 
 

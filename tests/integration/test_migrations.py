@@ -197,3 +197,31 @@ async def test_partition_creation_is_safe_under_concurrency(
             )
         )
         assert set(names) == {"payments_2031_05"}
+
+
+async def test_unsent_events_survive_the_move_to_one_outbox_row_per_batch(
+    connection: asyncpg.Connection,
+) -> None:
+    # A worker upgraded while a crash had left events unsent must still relay them.
+    before = [m for m in discover() if m.version < "0005"]
+    await migrate(connection, before)
+    events = [(uuid.uuid4(), f"LN{n}", f'{{"n": {n}}}') for n in range(3)]
+    for event_id, key, payload in events:
+        await connection.execute(
+            "INSERT INTO payment_service.outbox (event_id, payment_id, topic, message_key, payload)"
+            " VALUES ($1, $2, 'payment.events', $3, $4)",
+            event_id,
+            uuid.uuid4(),
+            key,
+            payload,
+        )
+    await migrate(connection)
+
+    rows = await connection.fetch(
+        "SELECT topic, event_ids, message_keys, payloads FROM payment_service.outbox"
+    )
+    assert len(rows) == 1
+    assert rows[0]["topic"] == "payment.events"
+    assert sorted(
+        zip(rows[0]["event_ids"], rows[0]["message_keys"], rows[0]["payloads"], strict=True)
+    ) == sorted((e, k.encode(), p.encode()) for e, k, p in events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -46,6 +47,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.references: dict[str, KnownReference] = {}
         self.rows: dict[str, PaymentRecord] = {}
+        self.outbox: dict[uuid.UUID, list[Any]] = {}
         self.sent: list[Any] = []
         self.transactions = 0
         self.fail_next: list[BaseException] = []
@@ -72,13 +74,18 @@ class FakeStore:
                     event.event_id, record.loan_account_number.encode(), encode_event(event)
                 )
             )
+        if result.events:
+            batch_id = uuid.uuid4()
+            self.outbox[batch_id] = [event.event_id for event in result.events]
+            result.outbox_batches.append(batch_id)
         return result
 
     async def stored_fields(self, references: Sequence[str]) -> dict[str, dict[str, str]]:
         return {ref: self.rows[ref].defining_fields() for ref in references if ref in self.rows}
 
-    async def mark_sent(self, event_ids: Sequence[Any]) -> None:
-        self.sent += list(event_ids)
+    async def mark_sent(self, batch_ids: Sequence[Any]) -> None:
+        for batch_id in batch_ids:
+            self.sent += self.outbox.pop(batch_id)
 
 
 class FakeTable:
