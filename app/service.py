@@ -23,9 +23,11 @@ from app.process_pool import ProcessPool
 from app.publisher import Publisher
 from app.redis_connection import RedisConnection
 from app.settings import Settings
+from app.signatures import Verifier
 from app.staging import StagingPoller
 from app.topics import INTAKE_PARTITIONS
 from tables.references import References
+from web import webhooks
 from web.health import HealthView
 
 
@@ -91,7 +93,9 @@ class PaymentService(faust.App):
         self.record_payments = record_payments.register(self)
         poll_staging.register(self)
         relay_outbox.register(self)
+        self.verifier = Verifier(settings)
         self.page("/health")(HealthView)
+        webhooks.register(self)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
 

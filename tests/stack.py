@@ -279,6 +279,35 @@ class Worker:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout: float = 30
+    ) -> tuple[int, dict[str, str], bytes]:
+        """POST ``body``; return the status, headers and body, whatever the status."""
+        request = urllib.request.Request(  # noqa: S310  # our own worker on loopback
+            self.base_url + path,
+            data=body,
+            headers={"Content-Type": "application/json", **headers},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def wait_web(self, timeout: float = 60) -> None:
+        """Wait until the worker's web server answers (any status)."""
+
+        def answers() -> bool:
+            self.assert_alive()
+            try:
+                self.get("/health", timeout=2)
+            except OSError:
+                return False
+            return True
+
+        wait_for(answers, timeout=timeout, what="the worker's web server")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

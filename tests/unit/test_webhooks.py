@@ -1,0 +1,189 @@
+"""Webhook bodies → canonical records, and Standard Webhooks signatures (offline)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.channels import CHANNELS, GENERIC, Channel
+from app.models import DateWindow, PaymentRecord
+from app.settings import Settings
+from app.signatures import Verifier
+from app.webhooks import Rejected, parse_body, record_for
+from tests.webhook_client import signed
+
+NOW = datetime.now(UTC)
+WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
+DOCS = Path(__file__).parents[2] / "docs" / "webhooks.md"
+
+
+def documented_example(channel: str) -> dict[str, Any]:
+    """The example body docs/webhooks.md shows for ``channel``."""
+    match = re.search(rf"```json {channel}\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    assert match is not None, f"docs/webhooks.md has no example for {channel}"
+    return dict(json.loads(match.group(1)))
+
+
+def convert(channel: Channel, body: Any) -> PaymentRecord:
+    raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
+    return record_for(channel, parse_body(raw), webhook_id="msg_1", received_at=NOW, window=WINDOW)
+
+
+def rejection(channel: Channel, body: Any) -> Rejected:
+    with pytest.raises(Rejected) as caught:
+        convert(channel, body)
+    return caught.value
+
+
+def fields(rejected: Rejected) -> list[str]:
+    return [error.field for error in rejected.errors]
+
+
+def test_the_documented_examples_become_records() -> None:
+    generic = convert(GENERIC, documented_example("generic"))
+    assert generic.amount == Decimal("1500000.50")
+    assert (generic.source, generic.source_id) == ("webhook", "msg_1")
+
+    transfer = convert(CHANNELS["bank_transfer"], documented_example("bank_transfer"))
+    assert transfer.reference_number == "E2E-20261127-000123"
+    assert transfer.amount == Decimal("1500000.00")
+    assert transfer.payment_date == datetime(2026, 11, 27, tzinfo=UTC)
+    assert transfer.payment_channel == "bank_transfer"
+    assert transfer.metadata["currency"] == "VND"
+
+    card = convert(CHANNELS["card"], documented_example("card"))
+    assert card.reference_number == "ch_3QxYz2026A"
+    assert card.amount == Decimal("250000")  # VND has no minor unit
+    assert card.payment_date == datetime(2026, 11, 27, 9, 45, 10, tzinfo=UTC)
+    assert card.metadata["card"] == {"brand": "visa", "last4": "4242"}
+
+
+def test_a_json_number_amount_stays_exact() -> None:
+    body = documented_example("generic") | {"amount": 0.1}
+    raw = json.dumps(body).replace('"amount": 0.1', '"amount": 100.10').encode()
+    assert convert(GENERIC, raw).amount == Decimal("100.10")
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "amount"),
+    [
+        (12345, "USD", Decimal("123.45")),
+        (500, "JPY", Decimal("500")),
+        (1230, "KWD", Decimal("1.23")),
+    ],
+)
+def test_card_minor_units_follow_the_currency(minor: int, currency: str, amount: Decimal) -> None:
+    body = documented_example("card") | {"amount_minor": minor, "currency": currency}
+    assert convert(CHANNELS["card"], body).amount == amount
+
+
+def test_a_third_decimal_is_refused_under_the_senders_field_name() -> None:
+    body = documented_example("card") | {"amount_minor": 1234, "currency": "BHD"}  # 1.234
+    assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
+
+
+def test_bank_transfer_amounts_must_be_decimal_strings() -> None:
+    body = documented_example("bank_transfer") | {"amount": 1500000.0}
+    rejected = rejection(CHANNELS["bank_transfer"], body)
+    assert (rejected.status, fields(rejected)) == (422, ["amount"])
+
+
+def test_payment_rules_apply_to_every_channel_with_the_bodys_field_names() -> None:
+    body = documented_example("bank_transfer") | {"end_to_end_id": "  ", "value_date": "1999-12-31"}
+    rejected = rejection(CHANNELS["bank_transfer"], body)
+    assert (rejected.status, rejected.error) == (422, "invalid_payment")
+    assert sorted(fields(rejected)) == ["end_to_end_id", "value_date"]
+
+
+def test_unknown_fields_are_refused() -> None:
+    rejected = rejection(GENERIC, documented_example("generic") | {"amout": 1})
+    assert (rejected.status, fields(rejected)) == (422, ["amout"])
+    # and a sender cannot choose the record's source
+    assert fields(rejection(GENERIC, documented_example("generic") | {"source": "staging"})) == [
+        "source"
+    ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b'{"amount": NaN}',
+        b'{"amount": 1, "amount": 2}',
+        b"\xff\xfe",
+        b"[" * 100_000,
+    ],
+)
+def test_bodies_that_are_not_plain_json_get_400(raw: bytes) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_body(raw)
+    assert (caught.value.status, caught.value.error) == (400, "invalid_json")
+
+
+def test_a_body_that_is_not_an_object_gets_422() -> None:
+    assert rejection(GENERIC, [1, 2]).status == 422
+
+
+SECRET_A = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_B = "whsec_" + "dGhlIG5ldyBzZWNyZXQgYWZ0ZXIgcm90YXRpb24="
+SECRET_CARD = "whsec_" + "Y2FyZCBwcm9jZXNzb3IgY2hhbm5lbCBzZWNyZXQ="
+
+
+@pytest.fixture
+def verifier() -> Verifier:
+    settings = Settings(
+        webhook_secret=f"{SECRET_A},{SECRET_B}",  # type: ignore[arg-type]  # parsed from text
+        webhook_channel_secrets={"card": [SECRET_CARD]},  # type: ignore[dict-item]
+    )
+    return Verifier(settings)
+
+
+BODY = b'{"reference_number": "R1"}'
+
+
+def test_either_secret_of_a_rotation_verifies(verifier: Verifier) -> None:
+    assert verifier.verify("generic", BODY, signed(SECRET_A, BODY))
+    assert verifier.verify("generic", BODY, signed(SECRET_B, BODY))
+
+
+def test_a_channel_secret_replaces_the_default_for_that_channel(verifier: Verifier) -> None:
+    assert verifier.verify("card", BODY, signed(SECRET_CARD, BODY))
+    assert not verifier.verify("card", BODY, signed(SECRET_A, BODY))
+    assert verifier.verify("bank_transfer", BODY, signed(SECRET_A, BODY))
+
+
+def test_tampering_and_wrong_secrets_are_refused(verifier: Verifier) -> None:
+    headers = signed(SECRET_A, BODY)
+    flipped = bytes([BODY[0] ^ 0x01]) + BODY[1:]
+    assert not verifier.verify("generic", flipped, headers)
+    assert not verifier.verify("generic", BODY, signed(SECRET_CARD, BODY))
+    assert not verifier.verify("generic", BODY, headers | {"webhook-id": "msg_2"})
+    assert not verifier.verify("generic", BODY, headers | {"webhook-signature": "v1,junk"})
+    assert not verifier.verify("generic", BODY, headers | {"webhook-signature": "nonsense"})
+    assert not verifier.verify("generic", b"\xff" + BODY, headers)
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert not verifier.verify("generic", BODY, {k: v for k, v in headers.items() if k != name})
+
+
+@pytest.mark.parametrize(
+    ("offset", "accepted"), [(-299, True), (299, True), (-301, False), (301, False)]
+)
+def test_timestamps_are_accepted_within_five_minutes(
+    verifier: Verifier, offset: int, accepted: bool
+) -> None:
+    assert verifier.verify("generic", BODY, signed(SECRET_A, BODY, offset=offset)) is accepted
+
+
+def test_a_junk_timestamp_is_refused(verifier: Verifier) -> None:
+    headers = signed(SECRET_A, BODY) | {"webhook-timestamp": "yesterday"}
+    assert not verifier.verify("generic", BODY, headers)
+
+
+def test_without_any_secret_everything_is_refused() -> None:
+    assert not Verifier(Settings()).verify("generic", BODY, signed(SECRET_A, BODY))
