@@ -117,6 +117,8 @@ def register(app: PaymentService) -> Any:
                         UNEXPECTED_ERROR_PAUSE_SECONDS,
                     )
                     await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
+            # Committed and published: web views waiting for these may answer now.
+            await app.decisions.post(report.decisions, report.committed)
             progress.add(report, len(batch), time.perf_counter() - started)
             if report.dead_letters:
                 log.info(

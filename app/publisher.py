@@ -81,6 +81,15 @@ class Publisher(Service):
             for message, partition in zip(messages, partitions, strict=True):
                 by_partition.setdefault(partition, []).append(message)
             for partition, group in by_partition.items():
+                if len(group) == 1:
+                    # A lone message joins the partition's open batch. Its own batch would
+                    # queue behind every other pending one, and aiokafka's add_batch runs
+                    # out of time fast when many wait (200 concurrent webhooks for one key
+                    # got KafkaTimeoutError within a second).
+                    key, value = group[0]
+                    delivery = await producer.send(topic, value, key=key, partition=partition)
+                    deliveries.append((delivery, 1))
+                    continue
                 for batch, count in _batches(producer, group):
                     delivery = await producer.send_batch(batch, topic, partition=partition)
                     deliveries.append((delivery, count))

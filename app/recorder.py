@@ -89,6 +89,8 @@ class BatchReport:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     table_hits: int = 0
     postgres_answers: int = 0
+    #: Every reference of the batch now committed in Postgres, as recorded.
+    committed: dict[str, KnownReference] = field(default_factory=dict)
 
     def count(self, outcome: str) -> int:
         return sum(1 for decision in self.decisions if decision.outcome == outcome)
@@ -180,6 +182,7 @@ class Recorder:
             )
         if conflicts:
             await self._conflicts(conflicts, known, created, report, now)
+        report.committed = known
 
         # 4. publish events and dead letters, and 5. write the table (it needs only
         # the commit), at once; then mark the events sent.

@@ -11,6 +11,9 @@ from app.settings import Settings
 
 #: Redis is a cache and a guard here, never the authority: fail fast, then fall back.
 SOCKET_TIMEOUT_SECONDS = 1.0
+#: Connections per worker; a request waits up to SOCKET_TIMEOUT_SECONDS for a free one
+#: (redis-py's default pool refuses at once: 200 concurrent webhooks got MaxConnectionsError).
+MAX_CONNECTIONS = 64
 
 
 class RedisConnection(Service):
@@ -29,14 +32,17 @@ class RedisConnection(Service):
 
     async def on_start(self) -> None:
         if self._client is None:
-            self._client = redis.Redis(
+            pool = redis.BlockingConnectionPool(
                 host=self.settings.redis_host,
                 port=self.settings.redis_port,
                 socket_timeout=SOCKET_TIMEOUT_SECONDS,
                 socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
                 retry_on_timeout=False,
                 health_check_interval=30,
+                max_connections=MAX_CONNECTIONS,
+                timeout=SOCKET_TIMEOUT_SECONDS,
             )
+            self._client = redis.Redis(connection_pool=pool)
 
     async def on_stop(self) -> None:
         client, self._client = self._client, None

@@ -15,6 +15,7 @@ import faust
 from agents import poll_staging, record_payments, relay_outbox
 from app import commands
 from app.database import Database
+from app.decisions import DecisionBoard
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
@@ -76,7 +77,15 @@ class PaymentService(faust.App):
         self.kafka_probe = KafkaProbe(settings)
         self.publisher = Publisher(settings)
         self.helpers = ProcessPool(settings.staging_helper_processes)
-        dependencies = (self.database, self.redis, self.kafka_probe, self.publisher, self.helpers)
+        self.decisions = DecisionBoard(self.redis)
+        dependencies = (
+            self.database,
+            self.redis,
+            self.kafka_probe,
+            self.publisher,
+            self.helpers,
+            self.decisions,
+        )
         for dependency in dependencies:
             self.add_dependency(dependency)
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)

@@ -8,14 +8,23 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
+#: Standard Webhooks' tolerance either way, in seconds.
+TOLERANCE = 300
+
 
 def signed(secret: str, body: bytes, *, offset: int = 0, msg_id: str = "msg_1") -> dict[str, str]:
-    """Standard Webhooks headers signed ``offset`` seconds away from now (whole seconds,
-    rounded towards now, so that ±299 stays within 300 s however long the check takes)."""
-    now = time.time()
-    at = datetime.fromtimestamp(math.ceil(now) + offset if offset < 0 else int(now) + offset, UTC)
+    """Standard Webhooks headers signed ``offset`` seconds away from now.
+
+    Timestamps are whole seconds: an offset inside the tolerance is rounded
+    towards now and one outside it away from now, so that ±299 stays inside and
+    ±301 outside however the second boundaries fall.
+    """
+    exact = time.time() + offset
+    inside = abs(offset) < TOLERANCE
+    stamp = math.floor(exact) if (offset > 0) == inside else math.ceil(exact)
+    at = datetime.fromtimestamp(stamp, UTC)
     return {
         "webhook-id": msg_id,
-        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-timestamp": str(stamp),
         "webhook-signature": Webhook(secret).sign(msg_id, at, body.decode()),
     }

@@ -1,16 +1,21 @@
 """POST /api/v1/payments/webhook[/{channel}]: signed payment notices into ``payment.intake``.
 
-The order is the guard order of the issue: channel, signature (401 before the
-body is even parsed), body (400/422), then the record goes to the intake topic
-keyed by its reference and the answer waits for the broker's acknowledgement:
-no 2xx before the record is durable (503 with Retry-After when Kafka does not
-acknowledge in time).
+The order: channel (404), signature (401, before the body is even parsed),
+body (400/422), the replay window (the same webhook-id answers what it was
+answered; with another body, 409), the hot cache (a reference committed with
+the same fields is a duplicate at once), then the record goes to the intake
+topic keyed by its reference. No 2xx before the broker has it (503 with
+Retry-After otherwise); then the view waits for the record agent's decision
+(app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
+conflict 409, or 202 accepted when the decision is still pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -18,7 +23,9 @@ from faust.web import Request, Response, View
 
 from app.channels import CHANNELS, GENERIC, Channel
 from app.codecs import encode_record
+from app.decisions import Answer
 from app.exceptions import PublishFailed
+from app.models import PaymentRecord
 from app.topics import INTAKE
 from app.webhooks import Rejected, parse_body, record_for
 
@@ -43,30 +50,76 @@ class WebhookView(View):
 
     async def _accept(self, request: Request, channel_name: str | None) -> Response:
         app = cast("PaymentService", self.app)
+        board = app.decisions
         channel = _channel(channel_name)
         raw = await request.read()
         headers = request.headers
         if not app.verifier.verify(channel.name, raw, headers):
             raise Rejected(401, "unauthorized", "missing or invalid webhook signature")
+        webhook_id = headers["webhook-id"]
         record = record_for(
             channel,
             parse_body(raw),
-            webhook_id=headers["webhook-id"],
+            webhook_id=webhook_id,
             received_at=datetime.now(UTC),
             window=app.date_window,
         )
+        deadline = time.monotonic() + app.settings.webhook_timeout_ms / 1000
+        body_hash = hashlib.sha256(raw).hexdigest()
+        claim = await board.claim(webhook_id, body_hash)
+        if claim.state == "reused":
+            raise Rejected(
+                409, "webhook_id_reused", "this webhook-id came before with another body"
+            )
+        if claim.answer is not None:
+            return self._answer(claim.answer, replay=True)
+        if claim.state in ("claimed", "published"):
+            # The same notice is in flight in another request: answer what it gets.
+            answer = await board.decision(webhook_id, _left(deadline))
+            if answer is None and claim.state == "claimed":
+                raise Rejected(
+                    503, "in_progress", "an earlier delivery of this webhook is being stored"
+                )
+            return self._answer(answer or _accepted(record), replay=True)
+
+        checked = claim.state == "new"
+        if checked and await board.known_fingerprint(record.reference_number) == record.fingerprint:
+            # Committed within the replay window with the same fields: a duplicate.
+            answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
+            await board.settle(webhook_id, body_hash, "decided", answer)
+            return self._answer(answer)
+
         message = (record.reference_number.encode(), encode_record(record))
         try:
-            await asyncio.wait_for(
-                app.publisher.publish(INTAKE, [message]),
-                timeout=app.settings.webhook_timeout_ms / 1000,
-            )
+            await asyncio.wait_for(app.publisher.publish(INTAKE, [message]), _left(deadline))
         except (PublishFailed, TimeoutError) as exc:
-            log.warning("webhook %s: intake publish failed: %r", headers["webhook-id"], exc)
+            log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
+            if checked:
+                await board.release(webhook_id)
             raise Rejected(
                 503, "unavailable", "the payment could not be stored; retry later"
             ) from None
-        return self.json({"status": "accepted", "payment_id": str(record.payment_id)}, status=202)
+        if not checked:
+            return self._answer(_accepted(record))  # Redis away: no decision will come
+        await board.settle(webhook_id, body_hash, "published")
+        answer = await board.decision(webhook_id, _left(deadline))
+        if answer is None:
+            return self._answer(_accepted(record))
+        await board.settle(webhook_id, body_hash, "decided", answer)
+        return self._answer(answer)
+
+    def _answer(self, answer: Answer, *, replay: bool = False) -> Response:
+        headers = {"Idempotent-Replay": "true"} if replay else None
+        return self.json(answer.body, status=answer.status, headers=headers)
+
+
+def _accepted(record: PaymentRecord) -> Answer:
+    """Durable in Kafka, decision still pending."""
+    return Answer(202, {"status": "accepted", "payment_id": str(record.payment_id)})
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
 
 
 def _channel(name: str | None) -> Channel:

@@ -4,41 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
+import aiohttp
+import asyncpg
 import pytest
 
 from app.models import payment_id_for
-from app.topics import INTAKE
+from app.topics import EVENTS_DEFAULT, INTAKE
 from tests.pipeline import app_env, fresh_pipeline, read_topic
-from tests.stack import Stack, Worker, run_worker
+from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
 
 OLD = "whsec_" + "b2xkIHNlY3JldCBiZWZvcmUgdGhlIHJvdGF0aW9u"
 NEW = "whsec_" + "bmV3IHNlY3JldCBhZnRlciB0aGUgcm90YXRpb24h"
 CARD = "whsec_" + "Y2FyZCBwcm9jZXNzb3IgY2hhbm5lbCBzZWNyZXQ="
 WEBHOOK = "/api/v1/payments/webhook"
+#: Webhook ids and references of this run: the replay window in Redis outlives a test run.
+RUN = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
 def worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     asyncio.run(fresh_pipeline(stack))
-    env = app_env("webhooks", WEBHOOK_SECRET=f"{OLD},{NEW}", WEBHOOK_SECRET_CARD=CARD)
+    env = app_env(f"webhooks-{RUN}", WEBHOOK_SECRET=f"{OLD},{NEW}", WEBHOOK_SECRET_CARD=CARD)
     with run_worker(stack, tmp_path_factory.mktemp("webhooks"), **env) as worker:
         worker.wait_web()
+        wait_for(lambda: decides(worker), timeout=90, interval=1, what="synchronous answers")
         yield worker
 
 
-def generic(reference: str) -> bytes:
-    return json.dumps(
-        {
-            "reference_number": reference,
-            "loan_account_number": "LN0001234",
-            "cif": "C000987",
-            "amount": 150.25,
-            "payment_date": "2026-11-27",
-        }
-    ).encode()
+def decides(worker: Worker) -> bool:
+    """True once a new notice is answered 201: the record agent owns its partitions."""
+    reference = f"WARM-{uuid.uuid4().hex[:12]}"
+    body = generic(reference)
+    status, _, _ = worker.post(WEBHOOK, body, signed(OLD, body, msg_id=reference))
+    return status == 201
+
+
+def generic(reference: str, **changes: Any) -> bytes:
+    body = {
+        "reference_number": reference,
+        "loan_account_number": "LN0001234",
+        "cif": "C000987",
+        "amount": 150.25,
+        "payment_date": "2026-11-27",
+    }
+    return json.dumps(body | changes).encode()
 
 
 def card(reference: str) -> bytes:
@@ -66,74 +79,75 @@ def send(worker: Worker, path: str, body: bytes, headers: dict[str, str]) -> int
 def test_signature_matrix_and_only_accepted_notices_reach_the_intake(
     stack: Stack, worker: Worker
 ) -> None:
-    body = generic("SIG-valid-old")
-    flipped = bytearray(generic("SIG-flipped"))
-    good_for_flipped = signed(OLD, bytes(flipped), msg_id="m-flipped")
+    body = generic(f"SIG-{RUN}-valid-old")
+    flipped = bytearray(generic(f"SIG-{RUN}-flipped"))
+    good_for_flipped = signed(OLD, bytes(flipped), msg_id=f"{RUN}-m-flipped")
     flipped[20] ^= 0x01
     cases: dict[str, tuple[str, bytes, dict[str, str], int]] = {
-        "valid, old secret": (WEBHOOK, body, signed(OLD, body, msg_id="m1"), 202),
+        "valid, old secret": (WEBHOOK, body, signed(OLD, body, msg_id=f"{RUN}-m1"), 201),
         "valid, new secret": (
             WEBHOOK,
-            generic("SIG-valid-new"),
-            signed(NEW, generic("SIG-valid-new"), msg_id="m2"),
-            202,
+            generic(f"SIG-{RUN}-valid-new"),
+            signed(NEW, generic(f"SIG-{RUN}-valid-new"), msg_id=f"{RUN}-m2"),
+            201,
         ),
         "one flipped bit": (WEBHOOK, bytes(flipped), good_for_flipped, 401),
         "wrong secret": (
             WEBHOOK,
-            generic("SIG-wrong"),
-            signed(CARD, generic("SIG-wrong"), msg_id="m3"),
+            generic(f"SIG-{RUN}-wrong"),
+            signed(CARD, generic(f"SIG-{RUN}-wrong"), msg_id=f"{RUN}-m3"),
             401,
         ),
         "-299 s": (
             WEBHOOK,
-            generic("SIG-minus-299"),
-            signed(OLD, generic("SIG-minus-299"), offset=-299, msg_id="m4"),
-            202,
+            generic(f"SIG-{RUN}-minus-299"),
+            signed(OLD, generic(f"SIG-{RUN}-minus-299"), offset=-299, msg_id=f"{RUN}-m4"),
+            201,
         ),
         "+299 s": (
             WEBHOOK,
-            generic("SIG-plus-299"),
-            signed(OLD, generic("SIG-plus-299"), offset=299, msg_id="m5"),
-            202,
+            generic(f"SIG-{RUN}-plus-299"),
+            signed(OLD, generic(f"SIG-{RUN}-plus-299"), offset=299, msg_id=f"{RUN}-m5"),
+            201,
         ),
         "-301 s": (
             WEBHOOK,
-            generic("SIG-minus-301"),
-            signed(OLD, generic("SIG-minus-301"), offset=-301, msg_id="m6"),
+            generic(f"SIG-{RUN}-minus-301"),
+            signed(OLD, generic(f"SIG-{RUN}-minus-301"), offset=-301, msg_id=f"{RUN}-m6"),
             401,
         ),
         "+301 s": (
             WEBHOOK,
-            generic("SIG-plus-301"),
-            signed(OLD, generic("SIG-plus-301"), offset=301, msg_id="m7"),
+            generic(f"SIG-{RUN}-plus-301"),
+            signed(OLD, generic(f"SIG-{RUN}-plus-301"), offset=301, msg_id=f"{RUN}-m7"),
             401,
         ),
         "junk timestamp": (
             WEBHOOK,
-            generic("SIG-junk-ts"),
-            signed(OLD, generic("SIG-junk-ts"), msg_id="m8") | {"webhook-timestamp": "soon"},
+            generic(f"SIG-{RUN}-junk-ts"),
+            signed(OLD, generic(f"SIG-{RUN}-junk-ts"), msg_id=f"{RUN}-m8")
+            | {"webhook-timestamp": "soon"},
             401,
         ),
         "card, its own secret": (
             f"{WEBHOOK}/card",
-            card("SIG-card-own"),
-            signed(CARD, card("SIG-card-own"), msg_id="m9"),
-            202,
+            card(f"SIG-{RUN}-card-own"),
+            signed(CARD, card(f"SIG-{RUN}-card-own"), msg_id=f"{RUN}-m9"),
+            201,
         ),
         "card, the default secret": (
             f"{WEBHOOK}/card",
-            card("SIG-card-default"),
-            signed(OLD, card("SIG-card-default"), msg_id="m10"),
+            card(f"SIG-{RUN}-card-default"),
+            signed(OLD, card(f"SIG-{RUN}-card-default"), msg_id=f"{RUN}-m10"),
             401,
         ),
     }
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
-        missing = generic(f"SIG-missing-{name}")
+        missing = generic(f"SIG-{RUN}-missing-{name}")
         cases[f"missing {name}"] = (
             WEBHOOK,
             missing,
-            without(signed(OLD, missing, msg_id=f"m-{name}"), name),
+            without(signed(OLD, missing, msg_id=f"{RUN}-m-{name}"), name),
             401,
         )
 
@@ -145,12 +159,12 @@ def test_signature_matrix_and_only_accepted_notices_reach_the_intake(
     accepted = {
         json.loads(data)["reference_number" if path == WEBHOOK else "id"]
         for path, data, _, expected in cases.values()
-        if expected == 202
+        if expected == 201
     }
     on_intake = {
         json.loads(value)["reference_number"]
         for _, value in asyncio.run(read_topic(stack, INTAKE))
-        if json.loads(value)["reference_number"].startswith("SIG-")
+        if json.loads(value)["reference_number"].startswith(f"SIG-{RUN}-")
     }
     assert on_intake == accepted
 
@@ -158,18 +172,20 @@ def test_signature_matrix_and_only_accepted_notices_reach_the_intake(
 def test_an_accepted_notice_answers_its_payment_id_and_reaches_the_intake_as_sent(
     stack: Stack, worker: Worker
 ) -> None:
-    body = card("ACC-card-1")
-    status, _, answer = worker.post(f"{WEBHOOK}/card", body, signed(CARD, body, msg_id="acc-1"))
+    body = card(f"ACC-{RUN}")
+    status, _, answer = worker.post(
+        f"{WEBHOOK}/card", body, signed(CARD, body, msg_id=f"acc-{RUN}")
+    )
 
-    assert status == 202, answer
+    assert status == 201, answer
     assert json.loads(answer) == {
-        "status": "accepted",
-        "payment_id": str(payment_id_for("ACC-card-1")),
+        "status": "created",
+        "payment_id": str(payment_id_for(f"ACC-{RUN}")),
     }
     records = [
         json.loads(value)
         for key, value in asyncio.run(read_topic(stack, INTAKE))
-        if key == b"ACC-card-1"
+        if key == f"ACC-{RUN}".encode()
     ]
     assert len(records) == 1
     assert {
@@ -177,7 +193,7 @@ def test_an_accepted_notice_answers_its_payment_id_and_reaches_the_intake_as_sen
     } == {
         "amount": "150.25",
         "source": "webhook",
-        "source_id": "acc-1",
+        "source_id": f"acc-{RUN}",
         "payment_channel": "card",
     }
 
@@ -200,7 +216,109 @@ def test_an_accepted_notice_answers_its_payment_id_and_reaches_the_intake_as_sen
 def test_client_errors_are_4xx_with_a_reason_and_reach_nothing(
     stack: Stack, worker: Worker, path: str, body: bytes, status: int, error: str
 ) -> None:
-    answer_status, _, answer = worker.post(path, body, signed(OLD, body, msg_id=f"err-{error}"))
+    answer_status, _, answer = worker.post(
+        path, body, signed(OLD, body, msg_id=f"err-{error}-{RUN}")
+    )
 
     assert (answer_status, json.loads(answer)["error"]) == (status, error)
     assert not [value for _, value in asyncio.run(read_topic(stack, INTAKE)) if b'"ERR-' in value]
+
+
+def answer(worker: Worker, body: bytes, msg_id: str, path: str = WEBHOOK) -> tuple[int, Any, str]:
+    """(status, JSON body, Idempotent-Replay header) of one signed POST."""
+    status, headers, raw = worker.post(path, body, signed(OLD, body, msg_id=msg_id))
+    return status, json.loads(raw), headers.get("Idempotent-Replay", "")
+
+
+def test_created_then_duplicate_then_conflict_name_the_differing_fields(worker: Worker) -> None:
+    reference = f"OUT-{uuid.uuid4().hex[:10]}"
+    payment_id = str(payment_id_for(reference))
+
+    created = answer(worker, generic(reference), f"{reference}-1")
+    duplicate = answer(worker, generic(reference), f"{reference}-2")
+    conflict = answer(worker, generic(reference, amount=150.26), f"{reference}-3")
+
+    assert created == (201, {"status": "created", "payment_id": payment_id}, "")
+    assert duplicate == (200, {"status": "duplicate", "payment_id": payment_id}, "")
+    assert conflict == (
+        409,
+        {"status": "conflict", "payment_id": payment_id, "differing_fields": ["amount"]},
+        "",
+    )
+
+
+def test_a_replayed_webhook_id_gets_its_answer_again_and_adds_nothing(
+    stack: Stack, worker: Worker
+) -> None:
+    reference = f"RPL-{uuid.uuid4().hex[:10]}"
+    first = answer(worker, generic(reference), reference)
+    again = answer(worker, generic(reference), reference)
+    other_body = answer(worker, generic(reference, amount=9.99), reference)
+
+    assert first[:2] == (201, {"status": "created", "payment_id": str(payment_id_for(reference))})
+    assert again == (*first[:2], "true")
+    assert (other_body[0], other_body[1]["error"]) == (409, "webhook_id_reused")
+    on_intake = [
+        key for key, _ in asyncio.run(read_topic(stack, INTAKE)) if key == reference.encode()
+    ]
+    assert len(on_intake) == 1
+
+
+def test_two_hundred_concurrent_copies_of_one_new_payment_create_it_once(
+    stack: Stack, worker: Worker
+) -> None:
+    reference = f"RACE-{uuid.uuid4().hex[:10]}"
+    body = generic(reference)
+
+    async def post_all() -> list[tuple[int, dict[str, Any]]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def post(n: int) -> tuple[int, dict[str, Any]]:
+                headers = signed(OLD, body, msg_id=f"{reference}-{n}")
+                async with session.post(worker.base_url + WEBHOOK, data=body, headers=headers) as r:
+                    return r.status, await r.json()
+
+            return await asyncio.gather(*(post(n) for n in range(200)))
+
+    answers = asyncio.run(post_all())
+
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200] * 199 + [201], statuses
+    assert {body["payment_id"] for _, body in answers} == {str(payment_id_for(reference))}
+    rows, events = asyncio.run(recorded(stack, reference))
+    assert (rows, events) == (1, 1)
+
+
+async def recorded(stack: Stack, reference: str) -> tuple[int, int]:
+    """(payments rows, payment.events events) for ``reference``."""
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        rows = await connection.fetchval(
+            "SELECT count(*) FROM payment_service.payments WHERE reference_number = $1", reference
+        )
+    finally:
+        await connection.close()
+    events = [
+        value
+        for _, value in await read_topic(stack, EVENTS_DEFAULT)
+        if json.loads(value)["payment"]["reference_number"] == reference
+    ]
+    return rows, len(events)
+
+
+def test_without_redis_webhooks_are_still_recorded(stack: Stack, worker: Worker) -> None:
+    if not stack.native:
+        pytest.skip("stopping Redis needs scripts/stack")
+    references = [f"NORED-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    stack.script("down", "redis")
+    try:
+        answers = [answer(worker, generic(reference), reference) for reference in references]
+    finally:
+        stack.script("up", "redis")
+
+    assert [(status, body["status"]) for status, body, _ in answers] == [(202, "accepted")] * 3
+    wait_for(
+        lambda: all(asyncio.run(recorded(stack, r)) == (1, 1) for r in references),
+        timeout=60,
+        what="the notices accepted without Redis to be recorded",
+    )

@@ -1,0 +1,230 @@
+"""Webhook answers through Redis: decisions, the replay window and the hot reference cache.
+
+The record agent decides a webhook's record after its Postgres commit, in
+another process than the web view that holds the request (any worker of the
+group may own the reference's partition). After the commit it writes each
+webhook decision under the webhook id and announces it on one pub/sub channel;
+every worker's board listens there and wakes the view waiting for that id.
+The key is read once after subscribing, so a decision that came before the
+view began to wait is not missed. A decision that never comes in time (Redis
+away, a rebalance) leaves the view to answer 202: the record is durable.
+
+Redis is a cache and a guard here, never the authority: when it is away,
+nothing is lost, answers are 202 instead of synchronous, and a warning says so.
+
+Keys (all expire after ANSWER_TTL_SECONDS):
+- ``payments:webhook:{id}`` — the replay window: the body's SHA-256, the state
+  (claimed → published → decided) and, once decided, the answer;
+- ``payments:decision:{id}`` — what the agent decided for the record of that id;
+- ``payments:reference:{reference}`` — the fingerprint of a committed reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mode import Service
+from redis.exceptions import RedisError
+
+from app.models import Decision, KnownReference
+from app.redis_connection import RedisConnection
+
+log = logging.getLogger(__name__)
+
+#: How long an answer, a decision and a cached reference are kept (the replay window).
+ANSWER_TTL_SECONDS = 24 * 3600
+#: How long a claimed webhook id waits for its publish before another request may take it.
+CLAIM_TTL_SECONDS = 60
+
+DECISIONS_CHANNEL = "payments:decisions"
+
+#: HTTP status of each outcome.
+STATUS_OF = {"created": 201, "duplicate": 200, "conflict": 409}
+
+
+def webhook_key(webhook_id: str) -> str:
+    return f"payments:webhook:{webhook_id}"
+
+
+def decision_key(webhook_id: str) -> str:
+    return f"payments:decision:{webhook_id}"
+
+
+def reference_key(reference: str) -> str:
+    return f"payments:reference:{reference}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a webhook request is told: an HTTP status and a JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+    def encode(self) -> str:
+        return json.dumps({"status": self.status, "body": self.body})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Answer:
+        value = json.loads(raw)
+        return cls(int(value["status"]), dict(value["body"]))
+
+    @classmethod
+    def of(cls, decision: Decision) -> Answer:
+        body: dict[str, Any] = {"status": decision.outcome, "payment_id": str(decision.payment_id)}
+        if decision.outcome == "conflict":
+            body["differing_fields"] = list(decision.differing_fields)
+        return cls(STATUS_OF[decision.outcome], body)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the replay window says of a webhook id.
+
+    ``new``: this request has it; ``replay``: decided before, ``answer`` is what
+    was said; ``claimed``/``published``: an earlier request with the same body is
+    still in flight; ``reused``: the id came before with another body;
+    ``unchecked``: Redis is away.
+    """
+
+    state: str
+    answer: Answer | None = None
+
+
+class DecisionBoard(Service):
+    """One per worker: the agent posts decisions here; web views wait for them."""
+
+    def __init__(self, redis: RedisConnection, **kwargs: Any) -> None:
+        self.redis = redis
+        self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
+        super().__init__(**kwargs)
+
+    # --- the record agent's side ---------------------------------------------------
+
+    async def post(
+        self, decisions: Iterable[Decision], committed: Mapping[str, KnownReference]
+    ) -> None:
+        """Store and announce webhook decisions; cache committed references. Never raises."""
+        webhook = [decision for decision in decisions if decision.source == "webhook"]
+        try:
+            async with self.redis.client.pipeline(transaction=False) as pipe:
+                for reference, known in committed.items():
+                    pipe.set(reference_key(reference), known.fingerprint, ex=ANSWER_TTL_SECONDS)
+                for decision in webhook:
+                    answer = Answer.of(decision).encode()
+                    # The first decision for an id stands: a redelivered record is
+                    # decided again as a duplicate of itself.
+                    pipe.set(
+                        decision_key(decision.source_id), answer, ex=ANSWER_TTL_SECONDS, nx=True
+                    )
+                    pipe.publish(DECISIONS_CHANNEL, json.dumps([decision.source_id, answer]))
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "could not post %d webhook decisions to Redis (%r): their senders get 202",
+                len(webhook),
+                exc,
+            )
+
+    # --- the web view's side -------------------------------------------------------
+
+    async def decision(self, webhook_id: str, timeout: float) -> Answer | None:  # noqa: ASYNC109
+        """The decision for ``webhook_id``, or None if none comes within ``timeout`` seconds."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(webhook_id, []).append(future)
+        try:
+            stored = await self.redis.client.get(decision_key(webhook_id))
+            if stored is not None:
+                return Answer.decode(stored)
+            return await asyncio.wait_for(future, timeout)
+        except (TimeoutError, RedisError, OSError):
+            return None
+        finally:
+            waiters = self._waiting.get(webhook_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiting.pop(webhook_id, None)
+
+    async def claim(self, webhook_id: str, body_hash: str) -> Claim:
+        """Take ``webhook_id`` for this request, or say what an earlier request made of it."""
+        key = webhook_key(webhook_id)
+        mine = json.dumps({"body": body_hash, "state": "claimed"})
+        try:
+            if await self.redis.client.set(key, mine, nx=True, ex=CLAIM_TTL_SECONDS):
+                return Claim("new")
+            stored = await self.redis.client.get(key)
+        except (RedisError, OSError) as exc:
+            log.warning("webhook %s: Redis unavailable (%r); no replay check", webhook_id, exc)
+            return Claim("unchecked")
+        if stored is None:  # expired between the two calls: a stale claim
+            return await self.claim(webhook_id, body_hash)
+        earlier = json.loads(stored)
+        if earlier["body"] != body_hash:
+            return Claim("reused")
+        if earlier["state"] == "decided":
+            return Claim("replay", Answer.decode(earlier["answer"]))
+        return Claim(earlier["state"])  # "claimed" or "published": still deciding
+
+    async def settle(
+        self, webhook_id: str, body_hash: str, state: str, answer: Answer | None = None
+    ) -> None:
+        """Record how far the request for ``webhook_id`` got ("published", "decided")."""
+        value: dict[str, Any] = {"body": body_hash, "state": state}
+        if answer is not None:
+            value["answer"] = answer.encode()
+        try:
+            await self.redis.client.set(
+                webhook_key(webhook_id), json.dumps(value), ex=ANSWER_TTL_SECONDS
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("webhook %s: could not store its state in Redis (%r)", webhook_id, exc)
+
+    async def release(self, webhook_id: str) -> None:
+        """Forget a claim whose record never reached Kafka, so a retry is not refused."""
+        try:
+            await self.redis.client.delete(webhook_key(webhook_id))
+        except (RedisError, OSError) as exc:
+            log.warning("webhook %s: could not release its claim (%r)", webhook_id, exc)
+
+    async def known_fingerprint(self, reference: str) -> str | None:
+        """The fingerprint Redis holds for a committed ``reference``: None if none or Redis away."""
+        try:
+            value = await self.redis.client.get(reference_key(reference))
+        except (RedisError, OSError):
+            return None
+        return None if value is None else value if isinstance(value, str) else value.decode()
+
+    @Service.task
+    async def _listen(self) -> None:
+        """Wake the views waiting for decisions announced on DECISIONS_CHANNEL (reconnects)."""
+        pause = 0.5
+        while not self.should_stop:
+            try:
+                async with self.redis.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(DECISIONS_CHANNEL)
+                    pause = 0.5
+                    while not self.should_stop:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self._deliver(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("decision listener: Redis unavailable (%r); retrying", exc)
+                await self.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            webhook_id, encoded = json.loads(data)
+            answer = Answer.decode(encoded)
+        except (ValueError, KeyError, TypeError):
+            log.warning("decision listener: ignoring a malformed message %r", data[:200])
+            return
+        for future in self._waiting.get(webhook_id, ()):
+            if not future.done():
+                future.set_result(answer)
