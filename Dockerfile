@@ -7,6 +7,7 @@ COPY agents ./agents
 COPY tables ./tables
 COPY web ./web
 COPY migrations ./migrations
+COPY docs/openapi.yaml ./docs/openapi.yaml
 RUN pip install --no-cache-dir -c requirements.lock . \
  && useradd --system --home-dir /var/lib/payment-service --create-home payments
 USER payments

@@ -16,6 +16,7 @@ from agents import poll_staging, record_payments, relay_outbox
 from app import commands
 from app.database import Database
 from app.decisions import DecisionBoard
+from app.guards import Guards
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
@@ -103,6 +104,7 @@ class PaymentService(faust.App):
         poll_staging.register(self)
         relay_outbox.register(self)
         self.verifier = Verifier(settings)
+        self.guards = Guards(settings, self.redis)
         self.page("/health")(HealthView)
         webhooks.register(self)
         self.command()(commands.migrate)

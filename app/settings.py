@@ -220,6 +220,11 @@ class Settings(BaseSettings):
         default_factory=list, description="CIDRs; empty allows every address."
     )
     webhook_rate_limit_per_source: float = Field(0, ge=0, description="Requests/s; 0 = off.")
+    webhook_trusted_proxies: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs of proxies whose X-Forwarded-For names the client; empty trusts none.",
+    )
+    webhook_max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies get 413.")
 
     @field_validator("log_level", "node_env", mode="before")
     @classmethod
@@ -240,7 +245,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"each broker must be host:port, got {broker!r}")
         return brokers
 
-    @field_validator("webhook_ip_allowlist", mode="before")
+    @field_validator("webhook_ip_allowlist", "webhook_trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> Any:
         value = _split_commas(value)

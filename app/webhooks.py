@@ -39,6 +39,8 @@ class Rejected(Exception):
     error: str
     message: str
     errors: list[FieldError] = field(default_factory=list)
+    #: Seconds for the Retry-After header (429, 503).
+    retry: int | None = None
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.error, "message": self.message}

@@ -1,10 +1,11 @@
 """POST /api/v1/payments/webhook[/{channel}]: signed payment notices into ``payment.intake``.
 
-The order: channel (404), signature (401, before the body is even parsed),
-body (400/422), the replay window (the same webhook-id answers what it was
-answered; with another body, 409), the hot cache (a reference committed with
-the same fields is a duplicate at once), then the record goes to the intake
-topic keyed by its reference. No 2xx before the broker has it (503 with
+The order: channel (404), the guards of app/guards.py (403 allowlist, 429 rate
+limit), the body size (413, before it is read), the signature (401, before the
+body is parsed), the body (400/422), the replay window (the same webhook-id
+answers what it was answered; with another body, 409), the hot cache (a
+reference committed with the same fields is a duplicate at once); then the
+record goes to the intake topic keyed by its reference. No 2xx before the broker has it (503 with
 Retry-After otherwise); then the view waits for the record agent's decision
 (app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
 conflict 409, or 202 accepted when the decision is still pending.
@@ -17,8 +18,10 @@ import hashlib
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from aiohttp import web
 from faust.web import Request, Response, View
 
 from app.channels import CHANNELS, GENERIC, Channel
@@ -45,15 +48,23 @@ class WebhookView(View):
         try:
             return await self._accept(request, channel)
         except Rejected as rejected:
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if rejected.status == 503 else {}
+            headers = {} if rejected.retry is None else {"Retry-After": str(rejected.retry)}
             return self.json(rejected.body(), status=rejected.status, headers=headers)
 
     async def _accept(self, request: Request, channel_name: str | None) -> Response:
         app = cast("PaymentService", self.app)
         board = app.decisions
         channel = _channel(channel_name)
-        raw = await request.read()
-        headers = request.headers
+        http = cast(web.Request, request)  # Faust's aiohttp driver hands over aiohttp's request
+        headers = http.headers
+        client = app.guards.client(http.remote, headers.get("X-Forwarded-For"))
+        if not app.guards.allowed(client):
+            log.info("webhook from %s refused: not in WEBHOOK_IP_ALLOWLIST", client)
+            raise Rejected(403, "forbidden", "this address may not send webhooks")
+        wait = await app.guards.retry_after(client)
+        if wait is not None:
+            raise Rejected(429, "rate_limited", "too many requests from this address", retry=wait)
+        raw = await _read_body(http, app.settings.webhook_max_body_bytes)
         if not app.verifier.verify(channel.name, raw, headers):
             raise Rejected(401, "unauthorized", "missing or invalid webhook signature")
         webhook_id = headers["webhook-id"]
@@ -78,7 +89,10 @@ class WebhookView(View):
             answer = await board.decision(webhook_id, _left(deadline))
             if answer is None and claim.state == "claimed":
                 raise Rejected(
-                    503, "in_progress", "an earlier delivery of this webhook is being stored"
+                    503,
+                    "in_progress",
+                    "an earlier delivery of this webhook is being stored",
+                    retry=RETRY_AFTER_SECONDS,
                 )
             return self._answer(answer or _accepted(record), replay=True)
 
@@ -97,7 +111,10 @@ class WebhookView(View):
             if checked:
                 await board.release(webhook_id)
             raise Rejected(
-                503, "unavailable", "the payment could not be stored; retry later"
+                503,
+                "unavailable",
+                "the payment could not be stored; retry later",
+                retry=RETRY_AFTER_SECONDS,
             ) from None
         if not checked:
             return self._answer(_accepted(record))  # Redis away: no decision will come
@@ -111,6 +128,21 @@ class WebhookView(View):
     def _answer(self, answer: Answer, *, replay: bool = False) -> Response:
         headers = {"Idempotent-Replay": "true"} if replay else None
         return self.json(answer.body, status=answer.status, headers=headers)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes without buffering more than that."""
+    too_large = Rejected(413, "too_large", f"the body must be at most {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+    return b"".join(chunks)
 
 
 def _accepted(record: PaymentRecord) -> Answer:
@@ -132,6 +164,17 @@ def _channel(name: str | None) -> Channel:
     return channel
 
 
+#: The OpenAPI document of these endpoints, kept in the repository and served as it is.
+OPENAPI = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
+
+
+class OpenApiView(View):
+    """GET /api/v1/openapi.yaml."""
+
+    async def get(self, request: Request) -> Response:
+        return self.bytes(OPENAPI.read_bytes(), content_type="application/yaml")
+
+
 class ChannelWebhookView(WebhookView):
     """The same view under the channel path (Faust keeps one path per view class)."""
 
@@ -140,3 +183,4 @@ def register(app: Any) -> None:
     """Route both webhook paths."""
     app.page("/api/v1/payments/webhook")(WebhookView)
     app.page("/api/v1/payments/webhook/{channel}")(ChannelWebhookView)
+    app.page("/api/v1/openapi.yaml")(OpenApiView)

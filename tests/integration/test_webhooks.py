@@ -322,3 +322,73 @@ def test_without_redis_webhooks_are_still_recorded(stack: Stack, worker: Worker)
         timeout=60,
         what="the notices accepted without Redis to be recorded",
     )
+
+
+# --- guards: a worker of its own, behind a "proxy" on loopback ------------------------
+
+PROXY_CLIENTS = "198.51.100.0/24"
+
+
+@pytest.fixture(scope="module")
+def guarded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    env = app_env(
+        f"guards-{RUN}",
+        WEBHOOK_SECRET=OLD,
+        WEBHOOK_IP_ALLOWLIST=f"127.0.0.1/32,{PROXY_CLIENTS}",
+        WEBHOOK_TRUSTED_PROXIES="127.0.0.1/32",
+        WEBHOOK_RATE_LIMIT_PER_SOURCE="5",
+        WEBHOOK_MAX_BODY_BYTES="2048",
+    )
+    with run_worker(stack, tmp_path_factory.mktemp("guards"), **env) as worker:
+        worker.wait_web()
+        yield worker
+
+
+def from_client(worker: Worker, address: str, body: bytes = b"{}") -> tuple[int, dict[str, str]]:
+    status, headers, _ = worker.post(
+        WEBHOOK, body, signed(OLD, body, msg_id=uuid.uuid4().hex) | {"X-Forwarded-For": address}
+    )
+    return status, headers
+
+
+def test_addresses_outside_the_allowlist_get_403_before_anything_else(guarded: Worker) -> None:
+    assert from_client(guarded, "203.0.113.7")[0] == 403
+    # A client cannot talk its way in: only the hop the trusted proxy saw counts.
+    assert from_client(guarded, "198.51.100.9, 203.0.113.7")[0] == 403
+    assert from_client(guarded, "198.51.100.10")[0] == 422  # allowed; the body is then checked
+
+
+def test_a_noisy_source_is_rate_limited_and_another_is_not(guarded: Worker) -> None:
+    noisy = [from_client(guarded, "198.51.100.20") for _ in range(20)]
+    quiet = [from_client(guarded, "198.51.100.21") for _ in range(3)]
+
+    limited = [headers for status, headers in noisy if status == 429]
+    assert len(limited) >= 10  # at most 2 windows of 5 in so short a burst
+    assert all(int(headers["Retry-After"]) >= 1 for headers in limited)
+    assert [status for status, _ in quiet] == [422] * 3
+
+
+def test_a_body_over_the_limit_gets_413_unread(guarded: Worker) -> None:
+    large = b'{"metadata": "' + b"x" * 2100 + b'"}'
+    assert from_client(guarded, "198.51.100.30", large)[0] == 413
+    fits = b'{"metadata": "' + b"x" * 1900 + b'"}'
+    assert from_client(guarded, "198.51.100.31", fits)[0] == 422
+
+
+def test_a_chunked_body_over_the_limit_gets_413(guarded: Worker) -> None:
+    large = b'{"metadata": "' + b"x" * 5000 + b'"}'
+    headers = signed(OLD, large, msg_id=uuid.uuid4().hex)
+
+    async def post() -> int:
+        async def chunks() -> Any:
+            for start in range(0, len(large), 1000):
+                yield large[start : start + 1000]
+
+        url = guarded.base_url + WEBHOOK
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=chunks(), headers=headers) as response,
+        ):
+            return response.status
+
+    assert asyncio.run(post()) == 413

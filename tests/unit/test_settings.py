@@ -50,6 +50,8 @@ def test_defaults_match_the_plan() -> None:
         "webhook_channel_secrets": {},
         "webhook_ip_allowlist": [],
         "webhook_rate_limit_per_source": 0,
+        "webhook_trusted_proxies": [],
+        "webhook_max_body_bytes": 65536,
     }
     actual = {name: getattr(settings, name) for name in plan}
     assert actual == plan
