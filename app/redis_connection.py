@@ -6,6 +6,9 @@ from typing import Any
 
 import redis.asyncio as redis
 from mode import Service
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.settings import Settings
 
@@ -41,6 +44,11 @@ class RedisConnection(Service):
                 health_check_interval=30,
                 max_connections=MAX_CONNECTIONS,
                 timeout=SOCKET_TIMEOUT_SECONDS,
+                # After a Redis restart every pooled connection is dead: a command that
+                # finds one reconnects once instead of failing (health said "redis: error"
+                # long after Redis was back, one stale connection at a time).
+                retry=Retry(NoBackoff(), retries=1),
+                retry_on_error=[RedisConnectionError],
             )
             self._client = redis.Redis(connection_pool=pool)
 

@@ -324,6 +324,36 @@ def test_without_redis_webhooks_are_still_recorded(stack: Stack, worker: Worker)
     )
 
 
+def test_without_kafka_the_answer_is_503_with_retry_after_and_recovers(
+    stack: Stack, worker: Worker
+) -> None:
+    if not stack.native:
+        pytest.skip("stopping Kafka needs scripts/stack")
+    reference = f"NOKAFKA-{uuid.uuid4().hex[:10]}"
+    stack.script("down", "kafka")
+    try:
+        status, headers, raw = worker.post(
+            WEBHOOK, generic(reference), signed(OLD, generic(reference), msg_id=reference)
+        )
+    finally:
+        stack.script("up", "kafka")
+
+    assert (status, json.loads(raw)["error"]) == (503, "unavailable")
+    assert int(headers["Retry-After"]) >= 1
+    # The sender retries (same id: the failed claim was released) and is recorded.
+    wait_for(
+        lambda: answer(worker, generic(reference), reference)[0] in (201, 202),
+        timeout=120,
+        interval=2,
+        what="a retry after Kafka is back to be accepted",
+    )
+    wait_for(
+        lambda: asyncio.run(recorded(stack, reference)) == (1, 1),
+        timeout=120,
+        what="the retried notice to be recorded once",
+    )
+
+
 # --- guards: a worker of its own, behind a "proxy" on loopback ------------------------
 
 PROXY_CLIENTS = "198.51.100.0/24"
