@@ -5,17 +5,18 @@ another process than the web view that holds the request (any worker of the
 group may own the reference's partition). After the commit it writes each
 webhook decision under the webhook id and announces it on one pub/sub channel;
 every worker's board listens there and wakes the view waiting for that id.
-The key is read once after subscribing, so a decision that came before the
-view began to wait is not missed. A decision that never comes in time (Redis
+The view registers its wait before it publishes, so the announcement cannot
+come first; a replay reads the stored decision instead. A decision that never comes in time (Redis
 away, a rebalance) leaves the view to answer 202: the record is durable.
 
 Redis is a cache and a guard here, never the authority: when it is away,
 nothing is lost, answers are 202 instead of synchronous, and a warning says so.
 
 Keys (all expire after ANSWER_TTL_SECONDS):
-- ``payments:webhook:{id}`` — the replay window: the body's SHA-256, the state
-  (claimed → published → decided) and, once decided, the answer;
-- ``payments:decision:{id}`` — what the agent decided for the record of that id;
+- ``payments:webhook:{id}`` — the replay window: the SHA-256 of the body first
+  sent under the id;
+- ``payments:decision:{id}`` — the answer for that id: what the agent decided
+  for its record (or the hot cache's duplicate); the first one stands;
 - ``payments:references:{YYYY-MM-DD}`` — a hash of the references webhooks
   carried that were committed that day (UTC) → their fingerprints; kept two
   days, so the last 24 h are always in today's or yesterday's. One HSET per
@@ -42,13 +43,15 @@ log = logging.getLogger(__name__)
 
 #: How long an answer, a decision and a cached reference are kept (the replay window).
 ANSWER_TTL_SECONDS = 24 * 3600
-#: How long a claimed webhook id waits for its publish before another request may take it.
-CLAIM_TTL_SECONDS = 60
 
 DECISIONS_CHANNEL = "payments:decisions"
 
 #: HTTP status of each outcome.
 STATUS_OF = {"created": 201, "duplicate": 200, "conflict": 409}
+
+
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode()
 
 
 def webhook_key(webhook_id: str) -> str:
@@ -88,16 +91,17 @@ class Answer:
 
 @dataclass(frozen=True)
 class Claim:
-    """What the replay window says of a webhook id.
+    """What Redis says of a webhook id and its reference, in one round trip.
 
-    ``new``: this request has it; ``replay``: decided before, ``answer`` is what
-    was said; ``claimed``/``published``: an earlier request with the same body is
-    still in flight; ``reused``: the id came before with another body;
-    ``unchecked``: Redis is away.
+    ``state``: ``new`` (this request has the id), ``seen`` (an earlier request
+    with the same body had it: ``answer`` is its decision if one was made),
+    ``reused`` (the id came with another body) or ``unchecked`` (Redis away).
+    ``fingerprint`` is what the hot cache holds for the reference, if anything.
     """
 
     state: str
     answer: Answer | None = None
+    fingerprint: str | None = None
 
 
 class DecisionBoard(Service):
@@ -151,57 +155,54 @@ class DecisionBoard(Service):
 
     # --- the web view's side -------------------------------------------------------
 
-    async def decision(self, webhook_id: str, timeout: float) -> Answer | None:  # noqa: ASYNC109
-        """The decision for ``webhook_id``, or None if none comes within ``timeout`` seconds."""
+    def expect(self, webhook_id: str) -> asyncio.Future[Answer]:
+        """A future the decision for ``webhook_id`` will resolve; call before publishing.
+
+        Registered before the record can reach the agent, so the announcement
+        cannot come first. Call :meth:`forget` when done with it.
+        """
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(webhook_id, []).append(future)
-        try:
-            stored = await self.redis.client.get(decision_key(webhook_id))
-            if stored is not None:
-                return Answer.decode(stored)
-            return await asyncio.wait_for(future, timeout)
-        except (TimeoutError, RedisError, OSError):
-            return None
-        finally:
-            waiters = self._waiting.get(webhook_id, [])
-            if future in waiters:
-                waiters.remove(future)
-            if not waiters:
-                self._waiting.pop(webhook_id, None)
+        return future
 
-    async def claim(self, webhook_id: str, body_hash: str) -> Claim:
-        """Take ``webhook_id`` for this request, or say what an earlier request made of it."""
+    def forget(self, webhook_id: str, future: asyncio.Future[Answer]) -> None:
+        waiters = self._waiting.get(webhook_id, [])
+        if future in waiters:
+            waiters.remove(future)
+        if not waiters:
+            self._waiting.pop(webhook_id, None)
+
+    async def claim(self, webhook_id: str, body_hash: str, reference: str) -> Claim:
+        """Take ``webhook_id`` for this body, or say what came before; read the hot cache too."""
         key = webhook_key(webhook_id)
-        mine = json.dumps({"body": body_hash, "state": "claimed"})
+        today = datetime.now(UTC).date()
         try:
-            if await self.redis.client.set(key, mine, nx=True, ex=CLAIM_TTL_SECONDS):
-                return Claim("new")
-            stored = await self.redis.client.get(key)
+            async with self.redis.client.pipeline(transaction=False) as pipe:
+                pipe.set(key, body_hash, nx=True, ex=ANSWER_TTL_SECONDS)
+                pipe.get(key)
+                pipe.get(decision_key(webhook_id))
+                pipe.hget(references_key(today), reference)
+                pipe.hget(references_key(today - timedelta(days=1)), reference)
+                taken, stored, decided, *cached = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("webhook %s: Redis unavailable (%r); no replay check", webhook_id, exc)
             return Claim("unchecked")
-        if stored is None:  # expired between the two calls: a stale claim
-            return await self.claim(webhook_id, body_hash)
-        earlier = json.loads(stored)
-        if earlier["body"] != body_hash:
+        fingerprint = next((_text(value) for value in cached if value is not None), None)
+        if taken:
+            return Claim("new", fingerprint=fingerprint)
+        if stored is not None and _text(stored) != body_hash:
             return Claim("reused")
-        if earlier["state"] == "decided":
-            return Claim("replay", Answer.decode(earlier["answer"]))
-        return Claim(earlier["state"])  # "claimed" or "published": still deciding
+        answer = None if decided is None else Answer.decode(decided)
+        return Claim("seen", answer, fingerprint)
 
-    async def settle(
-        self, webhook_id: str, body_hash: str, state: str, answer: Answer | None = None
-    ) -> None:
-        """Record how far the request for ``webhook_id`` got ("published", "decided")."""
-        value: dict[str, Any] = {"body": body_hash, "state": state}
-        if answer is not None:
-            value["answer"] = answer.encode()
+    async def remember(self, webhook_id: str, answer: Answer) -> None:
+        """Keep an answer given without the agent (the hot cache's), for replays."""
         try:
             await self.redis.client.set(
-                webhook_key(webhook_id), json.dumps(value), ex=ANSWER_TTL_SECONDS
+                decision_key(webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
             )
         except (RedisError, OSError) as exc:
-            log.warning("webhook %s: could not store its state in Redis (%r)", webhook_id, exc)
+            log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
 
     async def release(self, webhook_id: str) -> None:
         """Forget a claim whose record never reached Kafka, so a retry is not refused."""
@@ -209,19 +210,6 @@ class DecisionBoard(Service):
             await self.redis.client.delete(webhook_key(webhook_id))
         except (RedisError, OSError) as exc:
             log.warning("webhook %s: could not release its claim (%r)", webhook_id, exc)
-
-    async def known_fingerprint(self, reference: str) -> str | None:
-        """The fingerprint Redis holds for a committed ``reference``: None if none or Redis away."""
-        today = datetime.now(UTC).date()
-        try:
-            async with self.redis.client.pipeline(transaction=False) as pipe:
-                pipe.hget(references_key(today), reference)
-                pipe.hget(references_key(today - timedelta(days=1)), reference)
-                found = await pipe.execute()
-        except (RedisError, OSError):
-            return None
-        value = next((value for value in found if value is not None), None)
-        return None if value is None else value if isinstance(value, str) else value.decode()
 
     @Service.task
     async def _listen(self) -> None:

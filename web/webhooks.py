@@ -2,10 +2,11 @@
 
 The order: channel (404), the guards of app/guards.py (403 allowlist, 429 rate
 limit), the body size (413, before it is read), the signature (401, before the
-body is parsed), the body (400/422), the replay window (the same webhook-id
-answers what it was answered; with another body, 409), the hot cache (a
-reference committed with the same fields is a duplicate at once); then the
-record goes to the intake topic keyed by its reference. No 2xx before the broker has it (503 with
+body is parsed), the body (400/422); then one Redis round trip for the replay
+window (the same webhook-id answers what it was answered; with another body,
+409) and the hot cache (a reference committed with the same fields is a
+duplicate at once); then the record goes to the intake topic keyed by its
+reference. No 2xx before the broker has it (503 with
 Retry-After otherwise); then the view waits for the record agent's decision
 (app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
 conflict 409, or 202 accepted when the decision is still pending.
@@ -77,53 +78,46 @@ class WebhookView(View):
         )
         deadline = time.monotonic() + app.settings.webhook_timeout_ms / 1000
         body_hash = hashlib.sha256(raw).hexdigest()
-        claim = await board.claim(webhook_id, body_hash)
+        claim = await board.claim(webhook_id, body_hash, record.reference_number)
         if claim.state == "reused":
             raise Rejected(
                 409, "webhook_id_reused", "this webhook-id came before with another body"
             )
+        replay = claim.state == "seen"
         if claim.answer is not None:
             return self._answer(claim.answer, replay=True)
-        if claim.state in ("claimed", "published"):
-            # The same notice is in flight in another request: answer what it gets.
-            answer = await board.decision(webhook_id, _left(deadline))
-            if answer is None and claim.state == "claimed":
-                raise Rejected(
-                    503,
-                    "in_progress",
-                    "an earlier delivery of this webhook is being stored",
-                    retry=RETRY_AFTER_SECONDS,
-                )
-            return self._answer(answer or _accepted(record), replay=True)
-
-        checked = claim.state == "new"
-        if checked and await board.known_fingerprint(record.reference_number) == record.fingerprint:
+        if claim.fingerprint == record.fingerprint:
             # Committed within the replay window with the same fields: a duplicate.
             answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
-            await board.settle(webhook_id, body_hash, "decided", answer)
-            return self._answer(answer)
+            await board.remember(webhook_id, answer)
+            return self._answer(answer, replay=replay)
 
-        message = (record.reference_number.encode(), encode_record(record))
+        # A replay still undecided is published again: its first delivery may have
+        # died before Kafka had it, and the reference's dedup absorbs a repeat.
+        decided = board.expect(webhook_id)
         try:
-            await asyncio.wait_for(app.publisher.publish(INTAKE, [message]), _left(deadline))
-        except (PublishFailed, TimeoutError) as exc:
-            log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
-            if checked:
-                await board.release(webhook_id)
-            raise Rejected(
-                503,
-                "unavailable",
-                "the payment could not be stored; retry later",
-                retry=RETRY_AFTER_SECONDS,
-            ) from None
-        if not checked:
-            return self._answer(_accepted(record))  # Redis away: no decision will come
-        await board.settle(webhook_id, body_hash, "published")
-        answer = await board.decision(webhook_id, _left(deadline))
-        if answer is None:
-            return self._answer(_accepted(record))
-        await board.settle(webhook_id, body_hash, "decided", answer)
-        return self._answer(answer)
+            message = (record.reference_number.encode(), encode_record(record))
+            try:
+                await asyncio.wait_for(app.publisher.publish(INTAKE, [message]), _left(deadline))
+            except (PublishFailed, TimeoutError) as exc:
+                log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
+                if claim.state == "new":
+                    await board.release(webhook_id)
+                raise Rejected(
+                    503,
+                    "unavailable",
+                    "the payment could not be stored; retry later",
+                    retry=RETRY_AFTER_SECONDS,
+                ) from None
+            if claim.state == "unchecked":
+                return self._answer(_accepted(record))  # Redis away: no decision will come
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(decided), _left(deadline))
+            except TimeoutError:
+                answer = _accepted(record)
+            return self._answer(answer, replay=replay)
+        finally:
+            board.forget(webhook_id, decided)
 
     def _answer(self, answer: Answer, *, replay: bool = False) -> Response:
         headers = {"Idempotent-Replay": "true"} if replay else None
