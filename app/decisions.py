@@ -3,11 +3,12 @@
 The record agent decides a webhook's record after its Postgres commit, in
 another process than the web view that holds the request (any worker of the
 group may own the reference's partition). After the commit it writes each
-webhook decision under the webhook id and announces it on one pub/sub channel;
-every worker's board listens there and wakes the view waiting for that id.
-The view registers its wait before it publishes, so the announcement cannot
-come first; a replay reads the stored decision instead. A decision that never comes in time (Redis
-away, a rebalance) leaves the view to answer 202: the record is durable.
+webhook decision under the webhook id and announces the batch's decisions in
+one message on one pub/sub channel; every worker's board listens there and
+wakes the views waiting for those ids. A view registers its wait before it
+publishes, so the announcement cannot come first; a replay reads the stored
+decision instead. A decision that never comes in time (Redis away, a
+rebalance) leaves the view to answer 202: the record is durable.
 
 Redis is a cache and a guard here, never the authority: when it is away,
 nothing is lost, answers are 202 instead of synchronous, and a warning says so.
