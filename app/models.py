@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,9 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticSerializationError, to_json
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 #: Largest serialized metadata object accepted.
 METADATA_MAX_BYTES = 16 * 1024
@@ -82,6 +85,14 @@ class DateWindow:
 
     earliest: date
     max_future: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> DateWindow:
+        """The window PAYMENT_DATE_MIN and PAYMENT_DATE_MAX_FUTURE_DAYS describe."""
+        return cls(
+            earliest=settings.payment_date_min,
+            max_future=timedelta(days=settings.payment_date_max_future_days),
+        )
 
     def check(self, payment_date: datetime, now: datetime | None = None) -> str | None:
         """Why ``payment_date`` is outside the window, or None when it is inside."""

@@ -45,7 +45,7 @@ class ProcessPool(Service):
             self._executor = ProcessPoolExecutor(
                 max_workers=self.size,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent,
+                initializer=exit_with_parent,
                 initargs=(os.getpid(),),
             )
         try:
@@ -63,8 +63,8 @@ class ProcessPool(Service):
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """In each helper: exit when the worker is gone (a SIGKILL leaves no one to stop us)."""
+def exit_with_parent(parent: int) -> None:
+    """In a child process: exit when the worker is gone (a SIGKILL leaves no one to stop us)."""
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -29,8 +29,9 @@ Message = tuple[bytes | None, bytes]
 class Publisher(Service):
     """Sends batches of keyed messages and returns once the broker has them all."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, name: str = "publisher", **kwargs: Any) -> None:
         self.settings = settings
+        self.name = name
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         super().__init__(**kwargs)
@@ -40,7 +41,7 @@ class Publisher(Service):
             return
         producer = AIOKafkaProducer(
             bootstrap_servers=",".join(self.settings.kafka_brokers),
-            client_id=f"{self.settings.kafka_client_id}-publisher",
+            client_id=f"{self.settings.kafka_client_id}-{self.name}",
             acks="all",
             enable_idempotence=True,
             # A few ms of linger turns a batch of sends into a few produce requests.

@@ -8,7 +8,6 @@ timers that Faust adds on first start.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import faust
@@ -31,6 +30,7 @@ from app.staging import StagingPoller
 from app.topics import INTAKE_PARTITIONS
 from tables.references import References
 from web import webhooks
+from web.front import Fronts
 from web.health import HealthView
 
 
@@ -91,11 +91,10 @@ class PaymentService(faust.App):
         )
         for dependency in dependencies:
             self.add_dependency(dependency)
+        if settings.webhook_processes:
+            self.add_dependency(Fronts(settings))
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
-        self.date_window = DateWindow(
-            earliest=settings.payment_date_min,
-            max_future=timedelta(days=settings.payment_date_max_future_days),
-        )
+        self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
         # Each table write queues a changelog record in Faust's producer buffer, and
         # Faust stalls *every incoming message* while that buffer holds more than

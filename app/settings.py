@@ -225,6 +225,15 @@ class Settings(BaseSettings):
         description="CIDRs of proxies whose X-Forwarded-For names the client; empty trusts none.",
     )
     webhook_max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies get 413.")
+    webhook_processes: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Processes that also serve the webhook endpoints, on WEBHOOK_PORT (0: none).",
+    )
+    webhook_port: int | None = Field(
+        None, ge=1, le=65535, description="The port the WEBHOOK_PROCESSES share (SO_REUSEPORT)."
+    )
 
     @field_validator("log_level", "node_env", mode="before")
     @classmethod
@@ -298,6 +307,14 @@ class Settings(BaseSettings):
     def _no_faults_in_production(self) -> Settings:
         if self.fault_point and self.node_env == "production":
             raise ValueError("FAULT_POINT is for tests and must be empty when NODE_ENV=production")
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_port(self) -> Settings:
+        if self.webhook_processes and self.webhook_port is None:
+            raise ValueError("WEBHOOK_PORT is required when WEBHOOK_PROCESSES is more than 0")
+        if self.webhook_port == self.port:
+            raise ValueError(f"WEBHOOK_PORT must differ from PORT ({self.port})")
         return self
 
     @model_validator(mode="after")

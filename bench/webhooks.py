@@ -101,7 +101,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duplicates", type=float, default=0.1, help="share of repeats")
+    parser.add_argument(
+        "--webhook-processes",
+        type=int,
+        default=2,
+        help="WEBHOOK_PROCESSES (0: the worker's own web server answers)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a worker setting"
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
 
     stack = native_stack(native_stack_env())
     run = run_id()
@@ -110,14 +120,23 @@ def main() -> None:
     warmup = make_requests(500, 0, f"{run}w")
     requests = make_requests(args.requests, args.duplicates, run)
     folder = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
-    env = app_env(run, WEBHOOK_SECRET=SECRET, LOG_LEVEL="warning", DB_POOL_MAX="20")
+    defaults = {"WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "warning", "DB_POOL_MAX": "20"}
+    front_port = free_port()
+    if args.webhook_processes:
+        defaults |= {
+            "WEBHOOK_PROCESSES": str(args.webhook_processes),
+            "WEBHOOK_PORT": str(front_port),
+        }
+    env = app_env(run, **(defaults | settings))
     with run_worker(stack, folder, **env) as worker:
         worker.wait_web()
         url = worker.base_url + WEBHOOK
+        if args.webhook_processes:
+            url = f"http://127.0.0.1:{front_port}{WEBHOOK}"
 
         def decides() -> bool:
             body, headers = make_requests(1, 0, uuid.uuid4().hex[:8])[0]
-            return worker.post(WEBHOOK, body, headers)[0] == 201
+            return _post(url, body, headers) == 201
 
         wait_for(decides, timeout=120, interval=1, what="synchronous answers")
         asyncio.run(drive(url, warmup, args.concurrency))
@@ -137,6 +156,20 @@ def main() -> None:
         ceiling_process.terminate()
         ceiling_process.wait(timeout=10)
     print(f"ratio service/ceiling: {service / ceiling:.3f}; worker log under {folder}")
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    async def post() -> int:
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(url, data=body, headers=headers) as response,
+            ):
+                return response.status
+        except aiohttp.ClientError:
+            return 0
+
+    return asyncio.run(post())
 
 
 def _answers(url: str) -> bool:

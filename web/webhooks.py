@@ -18,9 +18,10 @@ import asyncio
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aiohttp import web
 from faust.web import Request, Response, View
@@ -34,7 +35,13 @@ from app.topics import INTAKE
 from app.webhooks import Rejected, parse_body, record_for
 
 if TYPE_CHECKING:
+    from app.decisions import DecisionBoard
+    from app.guards import Guards
+    from app.models import DateWindow
+    from app.publisher import Publisher
     from app.service import PaymentService
+    from app.settings import Settings
+    from app.signatures import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -42,86 +49,111 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 
 
+class Ingress(Protocol):
+    """What answering a webhook needs: the worker's app, or a front process (web/front.py)."""
+
+    settings: Settings
+    decisions: DecisionBoard
+    guards: Guards
+    verifier: Verifier
+    publisher: Publisher
+    date_window: DateWindow
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A webhook request's answer: status, JSON body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str | None) -> Reply:
+    """The whole request, in the order of the module doc; never raises for client input."""
+    try:
+        return await _accept(ingress, http, channel_name)
+    except Rejected as rejected:
+        headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
+        return Reply(rejected.status, rejected.body(), headers)
+
+
+async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None) -> Reply:
+    board = ingress.decisions
+    channel = _channel(channel_name)
+    headers = http.headers
+    client = ingress.guards.client(http.remote, headers.get("X-Forwarded-For"))
+    if not ingress.guards.allowed(client):
+        log.info("webhook from %s refused: not in WEBHOOK_IP_ALLOWLIST", client)
+        raise Rejected(403, "forbidden", "this address may not send webhooks")
+    wait = await ingress.guards.retry_after(client)
+    if wait is not None:
+        raise Rejected(429, "rate_limited", "too many requests from this address", retry=wait)
+    raw = await _read_body(http, ingress.settings.webhook_max_body_bytes)
+    if not ingress.verifier.verify(channel.name, raw, headers):
+        raise Rejected(401, "unauthorized", "missing or invalid webhook signature")
+    webhook_id = headers["webhook-id"]
+    record = record_for(
+        channel,
+        parse_body(raw),
+        webhook_id=webhook_id,
+        received_at=datetime.now(UTC),
+        window=ingress.date_window,
+    )
+    deadline = time.monotonic() + ingress.settings.webhook_timeout_ms / 1000
+    body_hash = hashlib.sha256(raw).hexdigest()
+    claim = await board.claim(webhook_id, body_hash, record.reference_number)
+    if claim.state == "reused":
+        raise Rejected(409, "webhook_id_reused", "this webhook-id came before with another body")
+    replay = claim.state == "seen"
+    if claim.answer is not None:
+        return _reply(claim.answer, replay=True)
+    if claim.fingerprint == record.fingerprint:
+        # Committed within the replay window with the same fields: a duplicate.
+        answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
+        await board.remember(webhook_id, answer)
+        return _reply(answer, replay=replay)
+
+    # A replay still undecided is published again: its first delivery may have
+    # died before Kafka had it, and the reference's dedup absorbs a repeat.
+    decided = board.expect(webhook_id)
+    try:
+        message = (record.reference_number.encode(), encode_record(record))
+        try:
+            await asyncio.wait_for(ingress.publisher.publish(INTAKE, [message]), _left(deadline))
+        except (PublishFailed, TimeoutError) as exc:
+            log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
+            if claim.state == "new":
+                await board.release(webhook_id)
+            raise Rejected(
+                503,
+                "unavailable",
+                "the payment could not be stored; retry later",
+                retry=RETRY_AFTER_SECONDS,
+            ) from None
+        if claim.state == "unchecked":
+            return _reply(_accepted(record))  # Redis away: no decision will come
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(decided), _left(deadline))
+        except TimeoutError:
+            answer = _accepted(record)
+        return _reply(answer, replay=replay)
+    finally:
+        board.forget(webhook_id, decided)
+
+
+def _reply(answer: Answer, *, replay: bool = False) -> Reply:
+    return Reply(answer.status, answer.body, {"Idempotent-Replay": "true"} if replay else None)
+
+
 class WebhookView(View):
     """One view for the generic body (no channel in the path) and each channel's own."""
 
     async def post(self, request: Request, channel: str | None = None) -> Response:
-        try:
-            return await self._accept(request, channel)
-        except Rejected as rejected:
-            headers = {} if rejected.retry is None else {"Retry-After": str(rejected.retry)}
-            return self.json(rejected.body(), status=rejected.status, headers=headers)
-
-    async def _accept(self, request: Request, channel_name: str | None) -> Response:
         app = cast("PaymentService", self.app)
-        board = app.decisions
-        channel = _channel(channel_name)
-        http = cast(web.Request, request)  # Faust's aiohttp driver hands over aiohttp's request
-        headers = http.headers
-        client = app.guards.client(http.remote, headers.get("X-Forwarded-For"))
-        if not app.guards.allowed(client):
-            log.info("webhook from %s refused: not in WEBHOOK_IP_ALLOWLIST", client)
-            raise Rejected(403, "forbidden", "this address may not send webhooks")
-        wait = await app.guards.retry_after(client)
-        if wait is not None:
-            raise Rejected(429, "rate_limited", "too many requests from this address", retry=wait)
-        raw = await _read_body(http, app.settings.webhook_max_body_bytes)
-        if not app.verifier.verify(channel.name, raw, headers):
-            raise Rejected(401, "unauthorized", "missing or invalid webhook signature")
-        webhook_id = headers["webhook-id"]
-        record = record_for(
-            channel,
-            parse_body(raw),
-            webhook_id=webhook_id,
-            received_at=datetime.now(UTC),
-            window=app.date_window,
-        )
-        deadline = time.monotonic() + app.settings.webhook_timeout_ms / 1000
-        body_hash = hashlib.sha256(raw).hexdigest()
-        claim = await board.claim(webhook_id, body_hash, record.reference_number)
-        if claim.state == "reused":
-            raise Rejected(
-                409, "webhook_id_reused", "this webhook-id came before with another body"
-            )
-        replay = claim.state == "seen"
-        if claim.answer is not None:
-            return self._answer(claim.answer, replay=True)
-        if claim.fingerprint == record.fingerprint:
-            # Committed within the replay window with the same fields: a duplicate.
-            answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
-            await board.remember(webhook_id, answer)
-            return self._answer(answer, replay=replay)
-
-        # A replay still undecided is published again: its first delivery may have
-        # died before Kafka had it, and the reference's dedup absorbs a repeat.
-        decided = board.expect(webhook_id)
-        try:
-            message = (record.reference_number.encode(), encode_record(record))
-            try:
-                await asyncio.wait_for(app.publisher.publish(INTAKE, [message]), _left(deadline))
-            except (PublishFailed, TimeoutError) as exc:
-                log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
-                if claim.state == "new":
-                    await board.release(webhook_id)
-                raise Rejected(
-                    503,
-                    "unavailable",
-                    "the payment could not be stored; retry later",
-                    retry=RETRY_AFTER_SECONDS,
-                ) from None
-            if claim.state == "unchecked":
-                return self._answer(_accepted(record))  # Redis away: no decision will come
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(decided), _left(deadline))
-            except TimeoutError:
-                answer = _accepted(record)
-            return self._answer(answer, replay=replay)
-        finally:
-            board.forget(webhook_id, decided)
-
-    def _answer(self, answer: Answer, *, replay: bool = False) -> Response:
-        headers = {"Idempotent-Replay": "true"} if replay else None
-        return self.json(answer.body, status=answer.status, headers=headers)
+        # Faust's aiohttp driver hands over aiohttp's request.
+        reply = await answer_webhook(app, cast(web.Request, request), channel)
+        return self.json(reply.body, status=reply.status, headers=reply.headers)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

@@ -139,6 +139,22 @@ def test_pool_bounds_are_checked_together(monkeypatch: pytest.MonkeyPatch) -> No
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"WEBHOOK_PROCESSES": "2"}, "WEBHOOK_PORT is required when WEBHOOK_PROCESSES"),
+        ({"WEBHOOK_PROCESSES": "2", "PORT": "3004", "WEBHOOK_PORT": "3004"}, "must differ"),
+    ],
+)
+def test_webhook_processes_need_a_port_of_their_own(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message):
+        load_settings()
+
+
 @pytest.mark.parametrize("variable", ["WEBHOOK_SECRET", "WEBHOOK_SECRET_CARDS"])
 def test_a_malformed_secret_is_named_but_never_echoed(
     monkeypatch: pytest.MonkeyPatch, variable: str

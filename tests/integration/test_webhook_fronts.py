@@ -1,0 +1,162 @@
+"""WEBHOOK_PROCESSES on the real stack: fronts answer like the worker, restart, end with it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.pipeline import app_env, fresh_pipeline
+from tests.stack import Stack, Worker, free_port, run_worker, wait_for
+from tests.webhook_client import signed
+
+SECRET = "whsec_" + "ZnJvbnQgcHJvY2Vzc2VzIHNpZ25pbmcgc2VjcmV0IQ=="
+WEBHOOK = "/api/v1/payments/webhook"
+RUN = uuid.uuid4().hex[:8]
+LISTENING = re.compile(r"webhook front (\d+) \(pid (\d+)\) listening")
+
+
+def fronts_env(port: int, run: str) -> dict[str, str]:
+    return app_env(run, WEBHOOK_SECRET=SECRET, WEBHOOK_PROCESSES="2", WEBHOOK_PORT=str(port))
+
+
+def listening(worker: Worker) -> dict[int, int]:
+    """Front index → pid of its latest start, from the worker's log."""
+    return {int(index): int(pid) for index, pid in LISTENING.findall(worker.log())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def notice(reference: str, **changes: Any) -> tuple[bytes, dict[str, str]]:
+    body = {
+        "reference_number": reference,
+        "loan_account_number": "LN0001234",
+        "cif": "C000987",
+        "amount": 99.5,
+        "payment_date": "2026-11-27",
+    } | changes
+    raw = json.dumps(body).encode()
+    return raw, signed(SECRET, raw, msg_id=f"{reference}-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture(scope="module")
+def fronts(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The worker's fronts, as a Worker whose base URL is WEBHOOK_PORT."""
+    asyncio.run(fresh_pipeline(stack))
+    port = free_port()
+    env = fronts_env(port, f"fronts-{RUN}")
+    with run_worker(stack, tmp_path_factory.mktemp("fronts"), **env) as worker:
+        wait_for(lambda: len(listening(worker)) == 2, timeout=60, what="two webhook fronts")
+        front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
+
+        def decides() -> bool:
+            return front.post(WEBHOOK, *notice(f"WARM-{uuid.uuid4().hex[:10]}"))[0] == 201
+
+        wait_for(decides, timeout=90, interval=1, what="synchronous answers through a front")
+        yield front
+
+
+def test_fronts_answer_created_duplicate_and_conflict(fronts: Worker) -> None:
+    reference = f"FR-{RUN}-outcomes"
+    status, _, created = fronts.post(WEBHOOK, *notice(reference))
+    assert status == 201, created
+    payment_id = json.loads(created)["payment_id"]
+    status, _, duplicate = fronts.post(WEBHOOK, *notice(reference))
+    assert (status, json.loads(duplicate)) == (
+        200,
+        {"status": "duplicate", "payment_id": payment_id},
+    )
+    status, _, conflict = fronts.post(WEBHOOK, *notice(reference, amount=100.5))
+    assert status == 409
+    assert json.loads(conflict)["differing_fields"] == ["amount"]
+    status, _, unsigned = fronts.post(WEBHOOK, b"{}", {})
+    assert status == 401, unsigned
+
+
+def test_concurrent_copies_across_fronts_create_one_payment(stack: Stack, fronts: Worker) -> None:
+    reference = f"FR-{RUN}-race"
+
+    async def race() -> list[tuple[int, dict[str, Any]]]:
+        # One connection per request: the kernel spreads them over both fronts.
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> tuple[int, dict[str, Any]]:
+                body, headers = notice(reference)
+                async with session.post(fronts.base_url + WEBHOOK, data=body, headers=headers) as r:
+                    return r.status, await r.json()
+
+            return await asyncio.gather(*(one() for _ in range(100)))
+
+    answers = asyncio.run(race())
+    statuses = Counter(status for status, _ in answers)
+    assert statuses == {201: 1, 200: 99}, statuses
+    assert len({body["payment_id"] for _, body in answers}) == 1
+
+    async def rows() -> int:
+        connection = await asyncpg.connect(**stack.db_connect_kwargs())
+        try:
+            count: int = await connection.fetchval(
+                "SELECT count(*) FROM payment_service.payments WHERE reference_number = $1",
+                reference,
+            )
+            return count
+        finally:
+            await connection.close()
+
+    assert asyncio.run(rows()) == 1
+
+
+def test_a_front_that_dies_is_started_again(fronts: Worker) -> None:
+    before = listening(fronts)
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(
+        lambda: listening(fronts).get(0) not in (None, before[0]),
+        timeout=30,
+        what="front 0 started again",
+    )
+    assert f"webhook front 0 (pid {before[0]}) exited with code -9; starting it again" in (
+        fronts.log()
+    )
+    assert listening(fronts)[1] == before[1]  # the other front was left alone
+    assert alive(before[1])
+    for n in range(5):
+        status, _, body = fronts.post(WEBHOOK, *notice(f"FR-{RUN}-after-restart-{n}"))
+        assert status == 201, body
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_fronts_end_with_their_worker(stack: Stack, tmp_path: Path, stop: signal.Signals) -> None:
+    env = fronts_env(free_port(), f"fronts-end-{RUN}-{stop.name}")
+    with run_worker(stack, tmp_path, **env) as worker:
+        pids = wait_for(
+            lambda: len(listening(worker)) == 2 and listening(worker),
+            timeout=60,
+            what="two webhook fronts",
+        )
+        assert all(alive(pid) for pid in pids.values())
+        worker.process.send_signal(stop)
+        worker.process.wait(timeout=30)
+        wait_for(
+            lambda: not any(alive(pid) for pid in pids.values()),
+            timeout=10,
+            what=f"the fronts to exit after the worker's {stop.name}",
+        )
