@@ -11,5 +11,5 @@ COPY docs/openapi.yaml ./docs/openapi.yaml
 RUN pip install --no-cache-dir -c requirements.lock . \
  && useradd --system --home-dir /var/lib/payment-service --create-home payments
 USER payments
-EXPOSE 3004
+EXPOSE 3004 3005
 CMD ["python", "-m", "app", "worker"]

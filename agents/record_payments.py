@@ -96,6 +96,7 @@ def register(app: PaymentService) -> Any:
             events_topic=settings.kafka_topic,
             window=app.date_window,
             crash_after_commit=_die if settings.fault_point == "after_commit" else None,
+            announce=lambda report: app.decisions.post(report.decisions, report.committed),
         )
         within = settings.record_batch_window_ms / 1000
         progress = Progress()
@@ -117,8 +118,6 @@ def register(app: PaymentService) -> Any:
                         UNEXPECTED_ERROR_PAUSE_SECONDS,
                     )
                     await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
-            # Committed and published: web views waiting for these may answer now.
-            await app.decisions.post(report.decisions, report.committed)
             progress.add(report, len(batch), time.perf_counter() - started)
             if report.dead_letters:
                 log.info(

@@ -7,9 +7,10 @@ The order within a batch is the invariant-keeping order of DESIGN.md:
 3. the rest go to Postgres in ONE transaction (claim references, payments rows,
    an outbox row with their events), which also answers the references that
    were already taken;
-4. after the commit: publish the events and the dead letters and write the
-   table (a table entry needs only the commit), wait for the acks, then delete
-   the outbox rows (the outbox holds only unsent events).
+4. after the commit: publish the events and the dead letters, write the table
+   and announce the decisions (``announce``: the webhook views waiting for them;
+   all three need only the commit), wait for the acks, then delete the outbox
+   rows (the outbox holds only unsent events).
 
 Until :meth:`Recorder.handle` returns, no offset of the batch is committed, so a
 crash anywhere replays the batch and Postgres' primary key absorbs the replay.
@@ -109,6 +110,7 @@ class Recorder:
         window: DateWindow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         crash_after_commit: Callable[[], None] | None = None,
+        announce: Callable[[BatchReport], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.references = references
@@ -117,6 +119,7 @@ class Recorder:
         self.window = window
         self._sleep = sleep
         self._crash_after_commit = crash_after_commit
+        self._announce = announce
 
     async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
         report = BatchReport()
@@ -201,9 +204,13 @@ class Recorder:
             (first_event[reference], reference, known[reference])
             for reference in (*created, *result.existing)
         ]
+        # The decisions need only the commit: announce them (webhook views are
+        # waiting) while the events and the table are written. Never raises.
+        announced = self._announce(report) if self._announce is not None else asyncio.sleep(0)
         await asyncio.gather(
             self._retrying("publish", lambda: self._publish(events, letters)),
             self._retrying("write the references table", lambda: self.references.put_many(entries)),
+            announced,
         )
         if result.outbox_batches:
             batches = result.outbox_batches

@@ -99,7 +99,7 @@ def describe(name: str, seconds: float, latencies: list[float], statuses: Counte
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--duplicates", type=float, default=0.1, help="share of repeats")
     parser.add_argument(
         "--webhook-processes",

@@ -160,3 +160,76 @@ def test_fronts_end_with_their_worker(stack: Stack, tmp_path: Path, stop: signal
             timeout=10,
             what=f"the fronts to exit after the worker's {stop.name}",
         )
+
+
+def test_a_clean_shutdown_mid_load_loses_no_acknowledged_payment(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """SIGTERM while 150 notices are in flight: no 500, and every 2xx is recorded once."""
+    run = f"fronts-stop-{RUN}"
+    port = free_port()
+    env = fronts_env(port, run) | {"WORKER_ID": f"fronts-stop-{RUN}"}
+    references = [f"FR-{RUN}-stop-{n:03d}" for n in range(150)]
+    url = f"http://127.0.0.1:{port}{WEBHOOK}"
+
+    async def load(worker: Worker) -> dict[str, int | str]:
+        outcomes: dict[str, int | str] = {}
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def one(reference: str) -> None:
+                body, headers = notice(reference)
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        outcomes[reference] = response.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    outcomes[reference] = type(exc).__name__
+
+            async def stop_soon() -> None:
+                await asyncio.sleep(0.2)
+                worker.process.send_signal(signal.SIGTERM)
+
+            await asyncio.gather(stop_soon(), *(one(reference) for reference in references))
+        return outcomes
+
+    with run_worker(stack, tmp_path, **env) as worker:
+        front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
+        wait_for(
+            lambda: front.post(WEBHOOK, *notice(f"WARM-{uuid.uuid4().hex[:10]}"))[0] == 201,
+            timeout=90,
+            interval=1,
+            what="synchronous answers through a front",
+        )
+        outcomes = asyncio.run(load(worker))
+        assert worker.process.wait(timeout=30) == 0, worker.log()[-3000:]
+
+    statuses = Counter(outcomes.values())
+    assert not {status for status in statuses if isinstance(status, int) and status >= 500} - {
+        503
+    }, statuses
+    acknowledged = [ref for ref, status in outcomes.items() if status in (200, 201, 202)]
+    assert acknowledged, statuses  # the stop came while requests were being answered
+
+    # The next start decides whatever the stopped worker had not.
+    with run_worker(stack, tmp_path, **env):
+
+        async def recorded() -> dict[str, int]:
+            connection = await asyncpg.connect(**stack.db_connect_kwargs())
+            try:
+                rows = await connection.fetch(
+                    "SELECT reference_number, count(*) AS n FROM payment_service.payments"
+                    " WHERE reference_number = ANY($1) GROUP BY reference_number",
+                    acknowledged,
+                )
+                return {row["reference_number"]: row["n"] for row in rows}
+            finally:
+                await connection.close()
+
+        counts = wait_for(
+            lambda: (c := asyncio.run(recorded())) and len(c) == len(acknowledged) and c,
+            timeout=90,
+            interval=1,
+            what="every acknowledged notice recorded",
+        )
+        assert set(counts.values()) == {1}

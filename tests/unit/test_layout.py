@@ -52,7 +52,9 @@ def test_compose_parses_and_names_the_stack() -> None:
 def test_compose_variables_are_settings_and_validate() -> None:
     services = _compose()["services"]
     env = services["worker"]["environment"]
-    assert env == services["migrate"]["environment"]
+    # The worker adds only its webhook front processes to the shared variables.
+    fronts = {"WEBHOOK_PROCESSES", "WEBHOOK_PORT"}
+    assert {k: v for k, v in env.items() if k not in fronts} == services["migrate"]["environment"]
     unknown = {name for name in env if name.lower() not in Settings.model_fields}
     assert unknown == set()
     settings = Settings(**{name.lower(): value for name, value in env.items()})
@@ -80,6 +82,8 @@ def test_compose_hosts_and_ports_agree_with_settings() -> None:
     assert settings.redis_host in services
     assert settings.redis_port in container_ports("redis")
     assert settings.port in container_ports("worker")
+    assert settings.webhook_processes > 0
+    assert settings.webhook_port in container_ports("worker")
     for broker in [*settings.kafka_brokers, *defaults.kafka_brokers]:
         host, port = broker.split(":")
         assert host in services

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -12,9 +12,10 @@ import asyncpg
 import pytest
 
 from app.codecs import decode_dead_letter, encode_event, encode_record
+from app.exceptions import PublishFailed
 from app.models import DateWindow, KnownReference, PaymentRecord, PaymentRecordedEvent
 from app.payment_store import OutgoingEvent, RecordResult
-from app.recorder import Incoming, Recorder
+from app.recorder import BatchReport, Incoming, Recorder
 from app.topics import DLQ
 
 EVENTS = "payment.events"
@@ -114,7 +115,7 @@ class FakePublisher:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, announce: Callable[[BatchReport], Awaitable[None]] | None = None) -> None:
         self.store = FakeStore()
         self.table = FakeTable()
         self.publisher = FakePublisher()
@@ -124,7 +125,13 @@ class Harness:
             self.pauses.append(seconds)
 
         self.recorder = Recorder(
-            self.store, self.table, self.publisher, events_topic=EVENTS, window=WINDOW, sleep=sleep
+            self.store,
+            self.table,
+            self.publisher,
+            events_topic=EVENTS,
+            window=WINDOW,
+            sleep=sleep,
+            announce=announce,
         )
 
     def letters(self) -> list[Any]:
@@ -223,8 +230,6 @@ async def test_bad_records_become_dead_letters_and_the_rest_goes_on(harness: Har
 
 async def test_outages_are_retried_until_they_pass(harness: Harness) -> None:
     harness.store.fail_next = [OSError("connection reset"), asyncpg.PostgresConnectionError("gone")]
-    from app.exceptions import PublishFailed
-
     harness.publisher.fail_next = [PublishFailed("broker away")]
     report = await harness.recorder.handle([incoming(payment())])
     assert [d.outcome for d in report.decisions] == ["created"]
@@ -265,3 +270,19 @@ async def test_crash_point_fires_after_the_commit_and_before_the_publish() -> No
     assert "REF-1" in harness.store.references
     assert harness.events() == []
     assert harness.table.data == {}
+
+
+async def test_decisions_are_announced_after_the_commit_while_kafka_is_still_retried() -> None:
+    announced: list[tuple[int, list[str], int]] = []
+
+    async def announce(report: BatchReport) -> None:
+        # What the waiting webhook views learn, and how far the batch was then.
+        outcomes = [decision.outcome for decision in report.decisions]
+        announced.append((harness.store.transactions, outcomes, len(harness.events())))
+
+    harness = Harness(announce)
+    harness.publisher.fail_next = [PublishFailed("broker away"), PublishFailed("still away")]
+    await harness.recorder.handle([incoming(payment("REF-A")), incoming(payment("REF-A"))])
+    assert announced == [(1, ["created", "duplicate"], 0)]  # committed, no event out yet
+    assert len(harness.events()) == 1  # the publish was retried after the announcement
+    assert harness.pauses  # ... after a pause
