@@ -57,6 +57,14 @@ def notice(reference: str, **changes: Any) -> tuple[bytes, dict[str, str]]:
     return raw, signed(SECRET, raw, msg_id=f"{reference}-{uuid.uuid4().hex[:6]}")
 
 
+def decides(front: Worker) -> bool:
+    """True once a new notice through the fronts is answered 201."""
+    try:
+        return front.post(WEBHOOK, *notice(f"WARM-{uuid.uuid4().hex[:10]}"))[0] == 201
+    except OSError:  # not listening yet
+        return False
+
+
 @pytest.fixture(scope="module")
 def fronts(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """The worker's fronts, as a Worker whose base URL is WEBHOOK_PORT."""
@@ -66,11 +74,7 @@ def fronts(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
     with run_worker(stack, tmp_path_factory.mktemp("fronts"), **env) as worker:
         wait_for(lambda: len(listening(worker)) == 2, timeout=60, what="two webhook fronts")
         front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
-
-        def decides() -> bool:
-            return front.post(WEBHOOK, *notice(f"WARM-{uuid.uuid4().hex[:10]}"))[0] == 201
-
-        wait_for(decides, timeout=90, interval=1, what="synchronous answers through a front")
+        wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
         yield front
 
 
@@ -195,12 +199,7 @@ def test_a_clean_shutdown_mid_load_loses_no_acknowledged_payment(
 
     with run_worker(stack, tmp_path, **env) as worker:
         front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
-        wait_for(
-            lambda: front.post(WEBHOOK, *notice(f"WARM-{uuid.uuid4().hex[:10]}"))[0] == 201,
-            timeout=90,
-            interval=1,
-            what="synchronous answers through a front",
-        )
+        wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
         outcomes = asyncio.run(load(worker))
         assert worker.process.wait(timeout=30) == 0, worker.log()[-3000:]
 
