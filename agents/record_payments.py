@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
 from app.payment_store import PaymentStore
 from app.recorder import BatchReport, Incoming, Recorder
 from app.topics import INTAKE, INTAKE_PARTITIONS
@@ -69,6 +71,20 @@ class Progress:
             self._reset(now)
 
 
+def count(report: BatchReport) -> None:
+    """The batch's decisions, dead letters and answering layers, as metrics."""
+    for (source, outcome), n in Counter(
+        (decision.source, decision.outcome) for decision in report.decisions
+    ).items():
+        DECISIONS.labels(source, outcome).inc(n)
+    for reason, n in Counter(letter.reason for letter in report.dead_letters).items():
+        DEAD_LETTERS.labels(reason).inc(n)
+    if report.table_hits:
+        REFERENCE_ANSWERS.labels("table").inc(report.table_hits)
+    if report.postgres_answers:
+        REFERENCE_ANSWERS.labels("postgres").inc(report.postgres_answers)
+
+
 def _die() -> None:
     """FAULT_POINT=after_commit: vanish like a SIGKILL, with nothing flushed or published."""
     sys.stderr.write("FAULT_POINT after_commit: exiting after the Postgres commit\n")
@@ -119,6 +135,7 @@ def register(app: PaymentService) -> Any:
                     )
                     await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
             progress.add(report, len(batch), time.perf_counter() - started)
+            count(report)
             if report.dead_letters:
                 log.info(
                     "record agent: %d records, %d created, %d duplicates, %d conflicts, %d to DLQ",

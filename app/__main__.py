@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from pathlib import Path
 
 from app.exceptions import SettingsError
-from app.service import create_app
 from app.settings import load_settings
 
 #: LOG_LEVEL uses the usual names; Faust's --loglevel spells two of them short.
@@ -19,9 +21,20 @@ def main() -> None:
         for line in str(exc).splitlines():
             print(f"payment-service: invalid configuration: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    if "worker" in sys.argv[1:]:
+        _count_in_files(Path(settings.data_dir) / "metrics")
+    from app.service import create_app  # after _count_in_files: prometheus-client reads it
+
     if not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=") for arg in sys.argv):
         sys.argv[1:1] = ["--loglevel", FAUST_LOG_LEVELS.get(settings.log_level, settings.log_level)]
     create_app(settings).main()
+
+
+def _count_in_files(folder: Path) -> None:
+    """Metrics of the worker and its fronts in ``folder``, emptied (see app/metrics.py)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any
 from mode import Service
 from redis.exceptions import RedisError
 
+from app.metrics import REDIS_UNAVAILABLE
 from app.models import Decision, KnownReference
 from app.redis_connection import RedisConnection
 
@@ -165,6 +166,7 @@ class DecisionBoard(Service):
                 pipe.publish(DECISIONS_CHANNEL, json.dumps(announced))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("post_decisions").inc()
             log.warning(
                 "could not post %d webhook decisions to Redis (%r): their senders get 202",
                 len(webhook),
@@ -206,6 +208,7 @@ class DecisionBoard(Service):
                 args=[body_hash, ANSWER_TTL_SECONDS, reference],
             )
         except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("claim").inc()
             log.warning("webhook %s: Redis unavailable (%r); no replay check", webhook_id, exc)
             return Claim("unchecked")
         fingerprint = _text(cached) or None
@@ -223,6 +226,7 @@ class DecisionBoard(Service):
                 decision_key(webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
             )
         except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("remember").inc()
             log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
 
     async def release(self, webhook_id: str) -> None:
@@ -230,6 +234,7 @@ class DecisionBoard(Service):
         try:
             await self.redis.client.delete(webhook_key(webhook_id))
         except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("release").inc()
             log.warning("webhook %s: could not release its claim (%r)", webhook_id, exc)
 
     @Service.task
@@ -246,6 +251,7 @@ class DecisionBoard(Service):
                         if message is not None:
                             self._deliver(message["data"])
             except (RedisError, OSError) as exc:
+                REDIS_UNAVAILABLE.labels("listen").inc()
                 log.warning("decision listener: Redis unavailable (%r); retrying", exc)
                 await self.sleep(pause)
                 pause = min(pause * 2, 10.0)

@@ -17,6 +17,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from app.metrics import REDIS_UNAVAILABLE
 from app.redis_connection import RedisConnection
 from app.settings import IPNetwork, Settings
 
@@ -80,6 +81,7 @@ class Guards:
                 pipe.expire(key, math.ceil(self.window) + 1)
                 count, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("rate_limit").inc()
             log.warning("rate limit not applied to %s: Redis unavailable (%r)", client, exc)
             return None
         if count <= self.limit:

@@ -19,6 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
 from app.exceptions import PublishFailed
+from app.metrics import KAFKA_MESSAGES
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,20 @@ class Publisher(Service):
                     deliveries.append((delivery, count))
         except KafkaError as exc:
             await asyncio.gather(*(delivery for delivery, _ in deliveries), return_exceptions=True)
+            KAFKA_MESSAGES.labels(topic, "failed").inc(len(messages))
             raise PublishFailed(f"Kafka refused a send to {topic}: {exc!r}") from exc
         results = await asyncio.gather(
             *(delivery for delivery, _ in deliveries), return_exceptions=True
         )
         failures = [result for result in results if isinstance(result, BaseException)]
+        failed = sum(
+            count
+            for (_, count), result in zip(deliveries, results, strict=True)
+            if isinstance(result, BaseException)
+        )
+        KAFKA_MESSAGES.labels(topic, "ok").inc(len(messages) - failed)
         if failures:
+            KAFKA_MESSAGES.labels(topic, "failed").inc(failed)
             raise PublishFailed(
                 f"Kafka did not acknowledge {len(failures)} of {len(deliveries)} "
                 f"batches to {topic}: {failures[0]!r}"

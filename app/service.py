@@ -32,6 +32,7 @@ from tables.references import References
 from web import webhooks
 from web.front import Fronts
 from web.health import HealthView
+from web.metrics import MetricsView
 
 
 class PaymentService(faust.App):
@@ -107,6 +108,7 @@ class PaymentService(faust.App):
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         self.page("/health")(HealthView)
+        self.page("/metrics")(MetricsView)
         webhooks.register(self)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)

@@ -23,6 +23,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from app.codecs import encode_dead_letter, encode_record
+from app.metrics import STAGING_BATCH_SECONDS, STAGING_ROWS
 from app.models import DateWindow, DeadLetter, PaymentRecord, field_errors
 from app.payment_store import KNOWN_REFERENCES, naive_utc
 from app.process_pool import ProcessPool
@@ -247,6 +248,7 @@ class StagingPoller:
     async def poll_once(self) -> BatchSummary | None:
         """Claim, publish, mark, log: one batch in one transaction. None if another poller runs."""
         started = datetime.now(UTC)
+        clock = time.perf_counter()
         summary = BatchSummary()
         async with self.pool.acquire() as connection, connection.transaction():
             if not await connection.fetchval(POLLER_LOCK):
@@ -290,6 +292,10 @@ class StagingPoller:
             await connection.execute(MARK_PROCESSED, [row["id"] for row in rows])
             details = summary.errors or None
             await _log_batch(connection, summary, "completed", started, details)
+        STAGING_BATCH_SECONDS.observe(time.perf_counter() - clock)
+        STAGING_ROWS.labels("published").inc(summary.published)
+        STAGING_ROWS.labels("duplicate").inc(summary.duplicates)
+        STAGING_ROWS.labels("invalid").inc(len(summary.errors))
         log.debug(
             "staging: ids %d-%d: %d rows, %d published, %d duplicates, %d invalid",
             summary.first_id,

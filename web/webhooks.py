@@ -30,6 +30,7 @@ from app.channels import CHANNELS, GENERIC, Channel
 from app.codecs import encode_record
 from app.decisions import Answer
 from app.exceptions import PublishFailed
+from app.metrics import REFERENCE_ANSWERS, WEBHOOK_SECONDS
 from app.models import PaymentRecord
 from app.topics import INTAKE
 from app.webhooks import Rejected, parse_body, record_for
@@ -71,11 +72,14 @@ class Reply:
 
 async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str | None) -> Reply:
     """The whole request, in the order of the module doc; never raises for client input."""
+    started = time.perf_counter()
     try:
-        return await _accept(ingress, http, channel_name)
+        reply = await _accept(ingress, http, channel_name)
     except Rejected as rejected:
         headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
-        return Reply(rejected.status, rejected.body(), headers)
+        reply = Reply(rejected.status, rejected.body(), headers)
+    WEBHOOK_SECONDS.labels(str(reply.status)).observe(time.perf_counter() - started)
+    return reply
 
 
 async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None) -> Reply:
@@ -110,6 +114,7 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         return _reply(claim.answer, replay=True)
     if claim.fingerprint == record.fingerprint:
         # Committed within the replay window with the same fields: a duplicate.
+        REFERENCE_ANSWERS.labels("redis").inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
         await board.remember(webhook_id, answer)
         return _reply(answer, replay=replay)

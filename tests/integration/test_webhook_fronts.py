@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.pipeline import app_env, fresh_pipeline
 from tests.stack import Stack, Worker, free_port, run_worker, wait_for
@@ -66,8 +67,8 @@ def decides(front: Worker) -> bool:
 
 
 @pytest.fixture(scope="module")
-def fronts(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """The worker's fronts, as a Worker whose base URL is WEBHOOK_PORT."""
+def pair(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Worker, Worker]]:
+    """A worker with two fronts, and the fronts as a Worker whose base URL is WEBHOOK_PORT."""
     asyncio.run(fresh_pipeline(stack))
     port = free_port()
     env = fronts_env(port, f"fronts-{RUN}")
@@ -75,7 +76,63 @@ def fronts(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
         wait_for(lambda: len(listening(worker)) == 2, timeout=60, what="two webhook fronts")
         front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
         wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
-        yield front
+        yield worker, front
+
+
+@pytest.fixture
+def fronts(pair: tuple[Worker, Worker]) -> Worker:
+    return pair[1]
+
+
+def samples(worker: Worker) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """GET /metrics on the worker's own port, as (name, labels) → value."""
+    status, text = worker.get("/metrics")
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def test_metrics_sum_the_fronts_and_the_worker_after_a_known_load(
+    pair: tuple[Worker, Worker],
+) -> None:
+    worker, front = pair
+    before = samples(worker)
+    references = [f"FR-{RUN}-metrics-{n}" for n in range(10)]
+    for reference in references:
+        assert front.post(WEBHOOK, *notice(reference))[0] == 201
+    for reference in references[:3]:
+        assert front.post(WEBHOOK, *notice(reference))[0] == 200  # the hot cache answers
+    assert front.post(WEBHOOK, b"{}", {})[0] == 401
+    after = samples(worker)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    def events_counted() -> bool:
+        # The events' acks may come just after the answers (the decisions need only the commit).
+        nonlocal after
+        after = samples(worker)
+        return moved("payments_kafka_messages_total", topic="payment.events", result="ok") >= 10
+
+    wait_for(events_counted, timeout=15, what="the events' acks counted")
+
+    webhook = "payments_webhook_duration_seconds_count"
+    assert moved(webhook, status="201") == 10
+    assert moved(webhook, status="200") == 3
+    assert moved(webhook, status="401") == 1
+    assert moved("payments_decisions_total", source="webhook", outcome="created") == 10
+    assert moved("payments_reference_answers_total", layer="redis") == 3
+    intake = {"topic": "payment.intake", "result": "ok"}
+    assert moved("payments_kafka_messages_total", **intake) == 10
+    assert moved("payments_kafka_messages_total", topic="payment.events", result="ok") == 10
+    assert ("payments_db_pool_size", frozenset()) in after
+    assert after[("payments_outbox_events", frozenset())] >= 0
+    # Nothing per reference: the labels are small fixed sets.
+    assert not [key for key in after if any(RUN in value for _, value in key[1])]
 
 
 def test_fronts_answer_created_duplicate_and_conflict(fronts: Worker) -> None:

@@ -1,0 +1,104 @@
+"""Prometheus metrics (``payments_`` prefix), summed over the worker and its webhook fronts.
+
+The worker and its WEBHOOK_PROCESSES fronts count in prometheus-client's
+multiprocess mode: each process writes its samples to files in
+PROMETHEUS_MULTIPROC_DIR, which ``python -m app worker`` sets to
+``DATA_DIR/metrics`` (emptied at start) before prometheus-client is imported,
+and which the fronts inherit. ``GET /metrics`` on the worker's port reads them
+all (counters of a front that died still count) and adds what is measured when
+asked: the staging backlog, the outbox, the Postgres pool. Without the
+variable (unit tests, other commands) the default registry is used.
+
+Labels are small fixed sets (status codes, sources, outcomes, reasons, topics,
+layers, operations): never a reference, an account or a webhook id.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE_LATEST", "exposition"]
+
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+#: Up to WEBHOOK_TIMEOUT_MS (5 s by default) and a little beyond.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+WEBHOOK_SECONDS = Histogram(
+    "payments_webhook_duration_seconds",
+    "Webhook requests from routing to the answer, by HTTP status",
+    ["status"],
+    buckets=LATENCY_BUCKETS,
+)
+DECISIONS = Counter(
+    "payments_decisions_total",
+    "Records the record agent decided, by source (staging, webhook) and outcome",
+    ["source", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "payments_dead_letters_total", "Records sent to the dead-letter topic, by reason", ["reason"]
+)
+REFERENCE_ANSWERS = Counter(
+    "payments_reference_answers_total",
+    "Where a known reference's answer came from: the RocksDB table, the Redis hot cache"
+    " (webhook views) or Postgres",
+    ["layer"],
+)
+KAFKA_MESSAGES = Counter(
+    "payments_kafka_messages_total",
+    "Messages our producer sent, by topic and result (ok: acknowledged; failed: not)",
+    ["topic", "result"],
+)
+REDIS_UNAVAILABLE = Counter(
+    "payments_redis_unavailable_total",
+    "Redis calls that failed; the service went on without them (answers 202, no replay check)",
+    ["operation"],
+)
+STAGING_ROWS = Counter(
+    "payments_staging_rows_total",
+    "Staging rows the poller handled, by result (published, duplicate, invalid)",
+    ["result"],
+)
+STAGING_BATCH_SECONDS = Histogram(
+    "payments_staging_batch_duration_seconds",
+    "Staging batches from claim to commit",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
+
+class _Measured(Collector):
+    """Gauges measured when /metrics is asked, handed over ready-made."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def exposition(measured: list[Metric]) -> bytes:
+    """The text for GET /metrics: every process's samples, then ``measured``."""
+    if os.environ.get(MULTIPROC_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    extra = CollectorRegistry()
+    extra.register(_Measured(measured))
+    return generate_latest(registry) + generate_latest(extra)

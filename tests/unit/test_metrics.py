@@ -1,0 +1,56 @@
+"""Metrics: exposition, and counts of several processes summed (prometheus-client multiprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.metrics import DECISIONS, exposition, gauge
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def values(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_exposition_has_the_counters_and_the_measured_gauges() -> None:
+    created = (
+        "payments_decisions_total",
+        frozenset({("source", "staging"), ("outcome", "created")}),
+    )
+    before = values(exposition([]).decode()).get(created, 0.0)
+    DECISIONS.labels("staging", "created").inc(3)
+    text = exposition([gauge("payments_staging_backlog", "rows", 42)]).decode()
+    assert values(text)[created] == before + 3
+    assert values(text)[("payments_staging_backlog", frozenset())] == 42
+
+
+def _python(code: str, folder: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(folder), "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_counts_of_the_worker_and_its_fronts_are_summed(tmp_path: Path) -> None:
+    for count in (2, 5):  # two processes, e.g. two fronts, one after the other
+        _python(
+            f"from app.metrics import WEBHOOK_SECONDS as h; "
+            f"[h.labels('201').observe(0.01) for _ in range({count})]",
+            tmp_path,
+        )
+    text = _python("from app.metrics import exposition; print(exposition([]).decode())", tmp_path)
+    key = ("payments_webhook_duration_seconds_count", frozenset({("status", "201")}))
+    assert values(text)[key] == 7
