@@ -31,7 +31,7 @@ from app.topics import INTAKE_PARTITIONS
 from tables.references import References
 from web import webhooks
 from web.front import Fronts
-from web.health import HealthView
+from web.health import HealthView, LivenessView, ReadinessView
 from web.metrics import MetricsView
 
 
@@ -108,6 +108,8 @@ class PaymentService(faust.App):
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         self.page("/health")(HealthView)
+        self.page("/health/live")(LivenessView)
+        self.page("/health/ready")(ReadinessView)
         self.page("/metrics")(MetricsView)
         webhooks.register(self)
         self.command()(commands.migrate)

@@ -1,4 +1,13 @@
-"""GET /health: the plan's shape, 200 when every dependency answers, 503 otherwise."""
+"""GET /health (the plan's shape), /health/live and /health/ready.
+
+- ``/health``: 200 when Postgres, Kafka and Redis all answer, 503 naming the failed one.
+- ``/health/live``: 200 while the worker's event loop answers; for a liveness probe
+  (restart the worker when it fails). Never looks at dependencies: a Postgres
+  outage must not restart every worker.
+- ``/health/ready``: 200 once the worker has joined the consumer group (a partition
+  assignment done, no rebalance under way), its tables are recovered, and the
+  three dependencies answer; for a readiness probe (send traffic when it passes).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,8 @@ from typing import TYPE_CHECKING, cast
 from faust.web import Request, Response, View
 
 if TYPE_CHECKING:
+    from faust.tables.manager import TableManager
+
     from app.service import PaymentService
 
 
@@ -18,3 +29,32 @@ class HealthView(View):
         report = await app.health.report()
         status = 200 if report.status == "healthy" else 503
         return self.json(report.model_dump(mode="json"), status=status)
+
+
+class LivenessView(View):
+    """GET /health/live."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "alive"})
+
+
+class ReadinessView(View):
+    """GET /health/ready: assignment, table recovery and the dependency checks."""
+
+    async def get(self, request: Request) -> Response:
+        app = cast("PaymentService", self.app)
+        joined = app.rebalancing_count > 0 and not app.rebalancing
+        recovery = cast("TableManager", app.tables).recovery
+        recovered = recovery.completed.is_set() and not recovery.in_recovery
+        report = await app.health.report()
+        ready = joined and recovered and report.status == "healthy"
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "checks": {
+                "partitions": "assigned" if joined else "waiting",
+                "tables": "recovered" if recovered else "recovering",
+                **report.checks.model_dump(mode="json"),
+            },
+            "errors": report.errors,
+        }
+        return self.json(body, status=200 if ready else 503)

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
+from aiohttp import web
 from faust.web import Request, Response, View
 from prometheus_client.core import Metric
 
@@ -21,7 +22,7 @@ MEASURE = """
 SELECT (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS staging_backlog,
        coalesce(sum(cardinality(event_ids)), 0) AS outbox_events,
        coalesce(extract(epoch FROM now() - min(created_at)), 0) AS outbox_oldest_seconds
-FROM payment_service.outbox_batches
+FROM payment_service.outbox
 """
 
 
@@ -33,7 +34,10 @@ class MetricsView(View):
         if not app.settings.enable_metrics:
             body = {"error": "not_found", "message": "ENABLE_METRICS is off"}
             return self.json(body, status=404)
-        return self.bytes(exposition(await _measure(app)), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp's content_type argument refuses the charset Prometheus' type carries.
+        text = exposition(await _measure(app))
+        response = web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return cast(Response, response)  # Faust's aiohttp driver hands it over as it is
 
 
 async def _measure(app: PaymentService) -> list[Metric]:

@@ -1,4 +1,4 @@
-"""The worker starts on its own port, /health says healthy, names Redis when it stops, recovers."""
+"""The worker starts on its own port; /health and /health/ready name a stopped dependency; live."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from typing import Any
 from tests.stack import Stack, run_worker, wait_for
 
 
-def health(worker: Any) -> tuple[int, dict[str, Any]]:
+def get_json(worker: Any, path: str) -> tuple[int, dict[str, Any]]:
     try:
-        status, body = worker.get("/health")
+        status, body = worker.get(path)
     except OSError:
         return 0, {}
     return status, json.loads(body)
+
+
+def health(worker: Any) -> tuple[int, dict[str, Any]]:
+    return get_json(worker, "/health")
 
 
 def test_worker_health_follows_its_dependencies(native: Stack, tmp_path: Path) -> None:
@@ -33,6 +37,14 @@ def test_worker_health_follows_its_dependencies(native: Stack, tmp_path: Path) -
         assert isinstance(body["checks"]["staging_backlog"], int)
         assert "last_staging_run" in body["checks"]
 
+        def ready() -> dict[str, Any] | None:
+            status, body = get_json(worker, "/health/ready")
+            return body if status == 200 else None
+
+        body = wait_for(ready, timeout=90, what="/health/ready")
+        assert body["status"] == "ready"
+        assert (body["checks"]["partitions"], body["checks"]["tables"]) == ("assigned", "recovered")
+
         # Stop each dependency in turn: /health names it (and only it), then recovers.
         for service, check in (("redis", "redis"), ("kafka", "kafka"), ("postgres", "database")):
             native.script("down", service)
@@ -43,6 +55,14 @@ def test_worker_health_follows_its_dependencies(native: Stack, tmp_path: Path) -
                     return body if status == 503 and body["checks"][check] == "error" else None
 
                 body = wait_for(reported_down, timeout=30, what=f"/health to report {check}")
+                status, readiness = get_json(worker, "/health/ready")
+                assert (status, readiness["status"], readiness["checks"][check]) == (
+                    503,
+                    "not_ready",
+                    "error",
+                )
+                # Liveness ignores dependencies: an outage must not restart the workers.
+                assert get_json(worker, "/health/live") == (200, {"status": "alive"})
                 assert body["status"] == "unhealthy"
                 assert set(body["errors"]) == {check}
                 assert {name: body["checks"][name] for name in ("database", "kafka", "redis")} == {
@@ -52,6 +72,7 @@ def test_worker_health_follows_its_dependencies(native: Stack, tmp_path: Path) -
             finally:
                 native.script("up", service)
             wait_for(healthy, timeout=60, what=f"/health to be healthy after {service} restarted")
+            wait_for(ready, timeout=60, what=f"/health/ready after {service} restarted")
         assert worker.process.poll() is None
 
 
