@@ -102,19 +102,20 @@ class Publisher(Service):
         results = await asyncio.gather(
             *(delivery for delivery, _ in deliveries), return_exceptions=True
         )
-        failures = [result for result in results if isinstance(result, BaseException)]
-        failed = sum(
-            count
+        failures = [
+            (count, result)
             for (_, count), result in zip(deliveries, results, strict=True)
             if isinstance(result, BaseException)
-        )
-        KAFKA_MESSAGES.labels(topic, "ok").inc(len(messages) - failed)
+        ]
+        unacknowledged = sum(count for count, _ in failures)
+        KAFKA_MESSAGES.labels(topic, "ok").inc(len(messages) - unacknowledged)
         if failures:
-            KAFKA_MESSAGES.labels(topic, "failed").inc(failed)
+            KAFKA_MESSAGES.labels(topic, "failed").inc(unacknowledged)
+            first = failures[0][1]
             raise PublishFailed(
                 f"Kafka did not acknowledge {len(failures)} of {len(deliveries)} "
-                f"batches to {topic}: {failures[0]!r}"
-            ) from failures[0]
+                f"batches to {topic}: {first!r}"
+            ) from first
         last: dict[int, int] = {}
         for (_, count), metadata in zip(deliveries, results, strict=True):
             assert not isinstance(metadata, BaseException)  # failures raised above
