@@ -28,11 +28,13 @@ from app.settings import Settings
 from app.signatures import Verifier
 from app.staging import StagingPoller
 from app.topics import INTAKE_PARTITIONS
+from app.webhook_counts import WebhookCounts, process_name
 from tables.references import References
 from web import webhooks
 from web.front import Fronts
 from web.health import HealthView, LivenessView, ReadinessView
 from web.metrics import MetricsView
+from web.stats import StatsView
 
 
 class PaymentService(faust.App):
@@ -82,6 +84,7 @@ class PaymentService(faust.App):
         self.publisher = Publisher(settings)
         self.helpers = ProcessPool(settings.staging_helper_processes)
         self.decisions = DecisionBoard(self.redis)
+        self.webhook_counts = WebhookCounts(settings, process_name("worker"))
         dependencies = (
             self.database,
             self.redis,
@@ -89,6 +92,7 @@ class PaymentService(faust.App):
             self.publisher,
             self.helpers,
             self.decisions,
+            self.webhook_counts,
         )
         for dependency in dependencies:
             self.add_dependency(dependency)
@@ -111,6 +115,7 @@ class PaymentService(faust.App):
         self.page("/health/live")(LivenessView)
         self.page("/health/ready")(ReadinessView)
         self.page("/metrics")(MetricsView)
+        self.page("/api/v1/payments/stats")(StatsView)
         webhooks.register(self)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)

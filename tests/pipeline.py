@@ -35,7 +35,8 @@ STAGING_COLUMNS = ROW_COLUMNS[1:]
 
 EMPTY_TABLES = """
 TRUNCATE public.payment_staging, payment_service.payments, payment_service.payment_references,
-         payment_service.outbox, payment_service.staging_process_log
+         payment_service.outbox, payment_service.staging_process_log,
+         payment_service.webhook_request_counts, payment_service.reference_retention
 """
 
 #: A drain that records nothing new for this long is stuck, not slow.

@@ -38,6 +38,7 @@ from app.publisher import Publisher
 from app.redis_connection import RedisConnection
 from app.settings import Settings, load_settings
 from app.signatures import Verifier
+from app.webhook_counts import WebhookCounts, process_name
 from web.webhooks import OPENAPI, answer_webhook
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ class Front(Service):
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         self.date_window = DateWindow.of(settings)
+        self.webhook_counts = WebhookCounts(settings, process_name(f"front-{index}"))
         self._runner: web.AppRunner | None = None
         super().__init__(**kwargs)
-        for dependency in (self.redis, self.publisher, self.decisions):
+        for dependency in (self.redis, self.publisher, self.decisions, self.webhook_counts):
             self.add_dependency(dependency)
 
     async def on_started(self) -> None:

@@ -43,8 +43,29 @@ if TYPE_CHECKING:
     from app.service import PaymentService
     from app.settings import Settings
     from app.signatures import Verifier
+    from app.webhook_counts import WebhookCounts
 
 log = logging.getLogger(__name__)
+
+#: What a webhook answer can say (body "status", or "error" for refusals): the stats' outcomes.
+KNOWN_OUTCOMES = frozenset(
+    {
+        "created",
+        "duplicate",
+        "conflict",
+        "accepted",
+        "unknown_channel",
+        "forbidden",
+        "rate_limited",
+        "too_large",
+        "unauthorized",
+        "invalid_json",
+        "invalid_body",
+        "invalid_payment",
+        "webhook_id_reused",
+        "unavailable",
+    }
+)
 
 #: Seconds a client should wait before retrying when Kafka is unavailable.
 RETRY_AFTER_SECONDS = 5
@@ -59,6 +80,7 @@ class Ingress(Protocol):
     verifier: Verifier
     publisher: Publisher
     date_window: DateWindow
+    webhook_counts: WebhookCounts
 
 
 @dataclass(frozen=True)
@@ -78,7 +100,17 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
     except Rejected as rejected:
         headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
         reply = Reply(rejected.status, rejected.body(), headers)
-    WEBHOOK_SECONDS.labels(str(reply.status)).observe(time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    WEBHOOK_SECONDS.labels(str(reply.status)).observe(seconds)
+    outcome = reply.body.get("status") or reply.body.get("error") or "unknown"
+    # Labels from fixed sets only: a path or body must not choose what gets stored.
+    channel = GENERIC.name if channel_name is None else channel_name
+    ingress.webhook_counts.add(
+        channel if channel in CHANNELS or channel == GENERIC.name else "unknown",
+        reply.status,
+        outcome if outcome in KNOWN_OUTCOMES else "other",
+        seconds,
+    )
     return reply
 
 
