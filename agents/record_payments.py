@@ -106,7 +106,7 @@ def register(app: PaymentService) -> Any:
 
     async def record_payments(stream: Any) -> None:
         recorder = Recorder(
-            PaymentStore(app.database.pool, settings.kafka_topic),
+            PaymentStore(app.database.pool, settings.kafka_topic, app.date_window.max_future),
             app.references,
             app.publisher,
             events_topic=settings.kafka_topic,

@@ -8,16 +8,20 @@ the batch's events. Rows go in with COPY, never one INSERT per row.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from pydantic_core import to_json
 
 from app.codecs import encode_event_for
-from app.models import KnownReference, PaymentRecord, utc_text
+from app.models import KnownReference, PaymentRecord, fingerprint_of, utc_text
+
+log = logging.getLogger(__name__)
 
 CLAIM_REFERENCES = """
 INSERT INTO payment_service.payment_references
@@ -41,6 +45,27 @@ SELECT DISTINCT ON (reference_number)
 FROM payment_service.payments
 WHERE reference_number = ANY($1::varchar[])
 ORDER BY reference_number, created_at
+"""
+
+#: Set once reference retention has removed references created before it (app/retention.py).
+RETENTION_WATERMARK = "SELECT pruned_before FROM payment_service.reference_retention"
+
+#: Payments recorded under references retention removed since: their partitions are the
+#: only memory left of them. payment_date bounds the search to the old partitions.
+RECORDED_BEFORE = """
+SELECT DISTINCT ON (reference_number)
+  reference_number, id, loan_account_number, cif, amount, payment_date, payment_channel
+FROM payment_service.payments
+WHERE reference_number = ANY($1::varchar[]) AND payment_date < $2
+ORDER BY reference_number, created_at
+"""
+
+#: A late duplicate's claim becomes its first payment's reference again.
+RESTORE_REFERENCES = """
+UPDATE payment_service.payment_references AS r
+SET payment_id = t.p, payment_date = t.d, fingerprint = t.f
+FROM unnest($1::varchar[], $2::uuid[], $3::timestamp[], $4::text[]) AS t(ref, p, d, f)
+WHERE r.reference_number = t.ref
 """
 
 ENSURE_PARTITION = "SELECT payment_service.ensure_payment_partition($1::date)"
@@ -93,12 +118,31 @@ def month_of(value: datetime) -> date:
     return date(utc.year, utc.month, 1)
 
 
-class PaymentStore:
-    """Reads and writes the service's tables through one pool."""
+def defining_fields_of(row: Mapping[str, Any]) -> dict[str, str]:
+    """A ``payments`` row's fingerprinted fields, spelled as PaymentRecord.defining_fields."""
+    return {
+        "reference_number": row["reference_number"],
+        "loan_account_number": row["loan_account_number"],
+        "cif": row["cif"],
+        "amount": f"{row['amount']:.2f}",
+        "payment_date": row["payment_date"].isoformat(),
+        "payment_channel": row["payment_channel"] or "",
+    }
 
-    def __init__(self, pool: asyncpg.Pool, events_topic: str) -> None:
+
+class PaymentStore:
+    """Reads and writes the service's tables through one pool.
+
+    ``max_future`` is PAYMENT_DATE_MAX_FUTURE_DAYS: how far a recorded payment_date
+    may lie past its recording, which bounds where late duplicates can be.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, events_topic: str, max_future: timedelta = timedelta(days=1)
+    ) -> None:
         self.pool = pool
         self.events_topic = events_topic
+        self.max_future = max_future
         self._months: set[date] = set()
 
     async def known(self, references: Iterable[str]) -> dict[str, KnownReference]:
@@ -118,17 +162,7 @@ class PaymentStore:
         if not wanted:
             return {}
         rows = await self.pool.fetch(STORED_PAYMENTS, wanted)
-        return {
-            row["reference_number"]: {
-                "reference_number": row["reference_number"],
-                "loan_account_number": row["loan_account_number"],
-                "cif": row["cif"],
-                "amount": f"{row['amount']:.2f}",
-                "payment_date": row["payment_date"].isoformat(),
-                "payment_channel": row["payment_channel"] or "",
-            }
-            for row in rows
-        }
+        return {row["reference_number"]: defining_fields_of(row) for row in rows}
 
     async def ensure_partitions(self, records: Iterable[PaymentRecord]) -> None:
         """Create the monthly partitions these records need (each month asked once per process).
@@ -167,6 +201,10 @@ class PaymentStore:
                     row["reference_number"]: KnownReference(row["fingerprint"], row["payment_id"])
                     for row in rows
                 }
+            if claimed_refs:
+                late = await self._recorded_before_retention(connection, claimed_refs)
+                claimed_refs -= late.keys()
+                result.existing.update(late)
             result.created = [
                 record for record in records if record.reference_number in claimed_refs
             ]
@@ -210,6 +248,44 @@ class PaymentStore:
             )
             result.outbox_batches.append(batch_id)
         return result
+
+    async def _recorded_before_retention(
+        self, connection: asyncpg.Connection, claimed: set[str]
+    ) -> dict[str, KnownReference]:
+        """Claimed references that were recorded before retention removed them: late duplicates.
+
+        Read after the claim, in its transaction: a retention run that removed one of
+        these references committed its watermark first, so the watermark is visible
+        here whenever the claim could succeed because of it.
+        """
+        pruned_before = await connection.fetchval(RETENTION_WATERMARK)
+        if pruned_before is None:
+            return {}
+        # A payment is recorded at most max_future before its payment_date, so every
+        # payment whose reference was removed has a payment_date before this.
+        horizon = pruned_before + self.max_future + timedelta(days=1)
+        rows = await connection.fetch(RECORDED_BEFORE, sorted(claimed), horizon)
+        if not rows:
+            return {}
+        late = {
+            row["reference_number"]: KnownReference(
+                fingerprint_of(defining_fields_of(row)), row["id"]
+            )
+            for row in rows
+        }
+        await connection.execute(
+            RESTORE_REFERENCES,
+            list(late),
+            [known.payment_id for known in late.values()],
+            [row["payment_date"] for row in rows],
+            [known.fingerprint for known in late.values()],
+        )
+        log.info(
+            "%d references recorded before reference retention came again (late duplicates "
+            "or conflicts); their first payments stand",
+            len(late),
+        )
+        return late
 
     async def mark_sent(self, batch_ids: Sequence[uuid.UUID]) -> None:
         """These batches' events reached Kafka: delete their outbox rows."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import click
 import faust
+from faust.cli import argument, option
 
-from agents import poll_staging, record_payments, relay_outbox
+from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
 from app import commands
 from app.database import Database
 from app.decisions import DecisionBoard
@@ -109,6 +111,7 @@ class PaymentService(faust.App):
         self.record_payments = record_payments.register(self)
         poll_staging.register(self)
         relay_outbox.register(self)
+        maintain_partitions.register(self)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         self.page("/health")(HealthView)
@@ -119,6 +122,10 @@ class PaymentService(faust.App):
         webhooks.register(self)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
+        self.command(
+            argument("action", type=click.Choice(["list", "ensure", "prune"])),
+            option("--dry-run", is_flag=True, help="prune: say what would go, change nothing"),
+        )(commands.partitions)
 
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).

@@ -178,6 +178,26 @@ class Settings(BaseSettings):
     enable_redis_cache: bool = True
     reference_cache_ttl_days: int = Field(90, ge=1)
     partition_retention_months: int = Field(12, ge=1)
+    partition_maintenance_interval_seconds: float = Field(
+        3600,
+        gt=0,
+        description=(
+            "How often the leader ensures partitions ahead, prunes expired ones and "
+            "removes expired references."
+        ),
+    )
+    partition_auto_prune: bool = Field(
+        True,
+        description=(
+            "Whether the leader's maintenance drops partitions past PARTITION_RETENTION_MONTHS "
+            "(false: it only warns; `python -m app partitions prune` drops them)."
+        ),
+    )
+    partition_budget_bytes: int = Field(
+        50 * 1024**3,
+        ge=1,
+        description="The size one month's partition is planned for (the usage alert's 100%).",
+    )
     rocksdb_block_cache_mb: int = Field(
         8,
         ge=1,

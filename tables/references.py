@@ -27,7 +27,10 @@ from app.settings import Settings
 from app.topics import INTAKE_PARTITIONS
 from tables.rocksdb import table_options
 
-TABLE_NAME = "references"
+#: v2: entries expire (RocksDB TTL, changelog retention). A TTL store stores a timestamp
+#: after each value, so it must not open the v1 folders; v1's changelog topic
+#: (``<KAFKA_CLIENT_ID>-references-changelog``) can be deleted after the upgrade.
+TABLE_NAME = "references-v2"
 
 _FINGERPRINT_BYTES = 32
 
@@ -68,13 +71,22 @@ class References:
         self, app: faust.App, settings: Settings, publisher: Publisher, **table_kwargs: Any
     ) -> None:
         self.publisher = publisher
+        # Entries live as long as Postgres keeps their reference (app/retention.py):
+        # RocksDB drops them at compaction after the TTL, and the changelog deletes
+        # segments past it, so a rebuilt table does not bring them back. An entry
+        # past its TTL that is still read is still right: the payment was recorded.
+        ttl_seconds = settings.reference_cache_ttl_days * 86400
         self.table = app.Table(
             TABLE_NAME,
             # bytes types make Faust use the raw codec for the changelog too.
             key_type=bytes,
             value_type=bytes,
             partitions=INTAKE_PARTITIONS,
-            options=table_options(settings),
+            options={**table_options(settings), "ttl": ttl_seconds},
+            extra_topic_configs={
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(ttl_seconds * 1000),
+            },
             help="reference_number -> fingerprint + payment_id, written after the Postgres commit",
             **table_kwargs,
         )

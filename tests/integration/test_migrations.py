@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -14,29 +13,6 @@ import pytest
 from app.exceptions import MigrationError
 from app.migrations import Migration, discover, migrate
 from tests.stack import Stack
-
-
-@pytest.fixture
-async def empty_database(stack: Stack) -> AsyncIterator[str]:
-    """A brand-new database on the stack's server, dropped afterwards."""
-    name = f"migrations_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(**stack.db_connect_kwargs("postgres"))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield name
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@pytest.fixture
-async def connection(stack: Stack, empty_database: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to the brand-new database."""
-    connection = await asyncpg.connect(**stack.db_connect_kwargs(empty_database))
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def test_migrations_apply_on_empty_and_again_on_migrated(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from faust.stores.rocksdb import RocksDBOptions
@@ -24,3 +25,19 @@ def test_rocksdb_opens_with_the_service_options(tmp_path: Path) -> None:
         assert reopened[b"REF-1"] == b"fingerprint|payment-id"
     finally:
         reopened.close()
+
+
+def test_a_ttl_store_gives_back_the_exact_bytes_and_expires_entries(tmp_path: Path) -> None:
+    value = bytes(range(48))  # an encoded KnownReference
+    options = RocksDBOptions(**table_options(Settings()), ttl=1, use_rocksdict=True)
+    db = options.open(tmp_path / "references-v2-0.db")
+    try:
+        db[b"REF-1"] = value
+        assert db[b"REF-1"] == value  # the TTL store's timestamp stays inside RocksDB
+        time.sleep(2.1)
+        db[b"REF-2"] = value
+        db.compact_range(None, None)  # expired entries go at compaction
+        assert db.get(b"REF-1") is None
+        assert db[b"REF-2"] == value
+    finally:
+        db.close()

@@ -1,0 +1,65 @@
+"""The maintenance timer: leader only, every PARTITION_MAINTENANCE_INTERVAL_SECONDS.
+
+Creates the partitions ahead, drops the expired ones (PARTITION_AUTO_PRUNE), and
+removes references past REFERENCE_CACHE_TTL_DAYS (app/partitions.py,
+app/retention.py). Each step logs what it did; a failed step is retried at the
+next tick and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from app import partitions
+from app.retention import prune_references, reference_cutoff
+
+if TYPE_CHECKING:
+    from app.service import PaymentService
+
+log = logging.getLogger(__name__)
+
+
+def register(app: PaymentService) -> None:
+    """Add the maintenance timer to ``app``."""
+    settings = app.settings
+
+    async def maintain_partitions() -> None:
+        now = datetime.now(UTC)
+        async with app.database.pool.acquire() as connection:
+            try:
+                created = await partitions.ensure(connection, now.date())
+                if created:
+                    log.info("maintenance: created partitions %s", ", ".join(created))
+                doomed = await partitions.prune(
+                    connection,
+                    now.date(),
+                    settings.partition_retention_months,
+                    dry_run=not settings.partition_auto_prune,
+                )
+                if doomed and not settings.partition_auto_prune:
+                    log.warning(
+                        "maintenance: %d partitions are past PARTITION_RETENTION_MONTHS=%d (%s); "
+                        "PARTITION_AUTO_PRUNE is off: run `python -m app partitions prune`",
+                        len(doomed),
+                        settings.partition_retention_months,
+                        ", ".join(partition.name for partition in doomed),
+                    )
+            except Exception as exc:
+                log.warning("maintenance: partitions: %r; retrying at the next tick", exc)
+            try:
+                cutoff = reference_cutoff(now, settings.reference_cache_ttl_days)
+                run = await prune_references(connection, cutoff, dry_run=False)
+                if run.removed:
+                    log.info(
+                        "maintenance: removed %d references created before %s",
+                        run.removed,
+                        cutoff.isoformat(),
+                    )
+            except Exception as exc:
+                log.warning("maintenance: references: %r; retrying at the next tick", exc)
+
+    app.timer(
+        settings.partition_maintenance_interval_seconds, on_leader=True, name="maintain_partitions"
+    )(maintain_partitions)

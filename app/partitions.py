@@ -1,0 +1,162 @@
+"""Partition maintenance: monthly ``payments`` partitions ahead of time, expired ones pruned.
+
+- ``ensure``: the current month and PARTITIONS_AHEAD months after it exist.
+  ``payment_service.ensure_payment_partition`` serializes creators with an
+  advisory lock, so workers and operators may run it at once.
+- ``prune``: months that ended more than PARTITION_RETENTION_MONTHS ago are
+  detached with ``DETACH PARTITION ... CONCURRENTLY`` (no lock that blocks
+  readers or writers of ``payments``; a short ``lock_timeout`` so it gives way
+  rather than queue behind a long query) and then dropped. A detach that was
+  interrupted is finished (``FINALIZE``) on the next run. ``dry_run`` reports
+  the same list and changes nothing.
+
+The leader's timer (agents/maintain_partitions.py) and ``python -m app
+partitions`` both call these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+#: Months after the current one that must always have a partition.
+PARTITIONS_AHEAD = 3
+
+#: How long a detach or drop waits for its lock before giving up (it retries next run).
+LOCK_TIMEOUT = "5s"
+
+NAME = re.compile(r"^payments_(\d{4})_(\d{2})$")
+
+LIST = """
+SELECT c.relname AS name,
+       pg_total_relation_size(c.oid) AS bytes,
+       greatest(c.reltuples, 0)::bigint AS rows_estimate,
+       i.inhdetachpending AS detach_pending
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'payment_service.payments'::regclass
+ORDER BY c.relname
+"""
+
+ENSURE = "SELECT payment_service.ensure_payment_partition($1::date)"
+
+#: The lock ensure_payment_partition takes; holding it first makes "did I create it?" exact.
+CREATORS_LOCK = "SELECT pg_advisory_xact_lock(hashtext('payment_service.payments partitions'))"
+EXISTS = "SELECT to_regclass(format('payment_service.%I', $1::text)) IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One monthly partition of ``payments``."""
+
+    name: str
+    month: date
+    bytes: int
+    rows_estimate: int
+    detach_pending: bool = False
+
+
+def add_months(month: date, months: int) -> date:
+    """The first day of the month ``months`` after (or before) ``month``'s."""
+    index = month.year * 12 + month.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def partition_name(month: date) -> str:
+    """The partition of ``month`` (as ensure_payment_partition names it)."""
+    return f"payments_{month:%Y_%m}"
+
+
+def retention_cutoff(today: date, retention_months: int) -> date:
+    """Partitions of months before this one are expired.
+
+    With 12 months on 2026-11-28 the cutoff is 2025-11-01: October 2025 and older
+    go, November 2025 stays (the current month and the 12 before it are kept).
+    """
+    return add_months(date(today.year, today.month, 1), -retention_months)
+
+
+async def list_partitions(connection: asyncpg.Connection) -> list[Partition]:
+    """Every partition of ``payments`` with its size, oldest first."""
+    partitions = []
+    for row in await connection.fetch(LIST):
+        match = NAME.match(row["name"])
+        if match is None:
+            log.warning("partitions: %s is not named payments_YYYY_MM; left alone", row["name"])
+            continue
+        partitions.append(
+            Partition(
+                row["name"],
+                date(int(match[1]), int(match[2]), 1),
+                int(row["bytes"]),
+                int(row["rows_estimate"]),
+                bool(row["detach_pending"]),
+            )
+        )
+    return sorted(partitions, key=lambda partition: partition.month)
+
+
+async def ensure(
+    connection: asyncpg.Connection, today: date, ahead: int = PARTITIONS_AHEAD
+) -> list[str]:
+    """Create the missing partitions from ``today``'s month to ``ahead`` months on.
+
+    Returns the names this call created (concurrent callers each report their own).
+    """
+    first = date(today.year, today.month, 1)
+    created = []
+    for month in (add_months(first, n) for n in range(ahead + 1)):
+        async with connection.transaction():
+            await connection.execute(CREATORS_LOCK)
+            existed = await connection.fetchval(EXISTS, partition_name(month))
+            name = await connection.fetchval(ENSURE, month)
+        if not existed:
+            created.append(name)
+    return created
+
+
+async def expired(
+    connection: asyncpg.Connection, today: date, retention_months: int
+) -> list[Partition]:
+    """The partitions ``prune`` would remove, oldest first."""
+    cutoff = retention_cutoff(today, retention_months)
+    return [p for p in await list_partitions(connection) if p.month < cutoff]
+
+
+async def prune(
+    connection: asyncpg.Connection,
+    today: date,
+    retention_months: int,
+    *,
+    dry_run: bool,
+    progress: Callable[[str], None] = log.info,
+) -> list[Partition]:
+    """Detach and drop the expired partitions (none with ``dry_run``); the ones concerned."""
+    doomed = await expired(connection, today, retention_months)
+    cutoff = retention_cutoff(today, retention_months)
+    if dry_run or not doomed:
+        return doomed
+    await connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    try:
+        for partition in doomed:
+            table = f"payment_service.{partition.name}"
+            # Each statement on its own: CONCURRENTLY refuses to run inside a transaction.
+            how = "FINALIZE" if partition.detach_pending else "CONCURRENTLY"
+            await connection.execute(
+                f"ALTER TABLE payment_service.payments DETACH PARTITION {table} {how}"
+            )
+            await connection.execute(f"DROP TABLE {table}")
+            progress(
+                f"dropped {partition.name} ({partition.rows_estimate} rows, "
+                f"{partition.bytes} bytes; before the cutoff {cutoff})"
+            )
+    finally:
+        await connection.execute("RESET lock_timeout")
+    return doomed

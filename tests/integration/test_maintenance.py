@@ -1,0 +1,162 @@
+"""Partition and reference maintenance on a real Postgres (a brand-new migrated database)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app import partitions
+from app.migrations import migrate
+from app.models import PaymentRecord
+from app.payment_store import PaymentStore
+from app.retention import prune_references, reference_cutoff
+from tests.stack import Stack
+
+TODAY = date(2026, 11, 28)
+
+
+@pytest.fixture
+async def migrated(connection: asyncpg.Connection) -> asyncpg.Connection:
+    await migrate(connection)
+    return connection
+
+
+@pytest.fixture
+async def pool(stack: Stack, empty_database: str, migrated: Any) -> AsyncIterator[asyncpg.Pool]:
+    options = stack.db_connect_kwargs(empty_database)
+    pool = await asyncpg.create_pool(**options, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def names(connection: asyncpg.Connection) -> list[str]:
+    return [partition.name for partition in await partitions.list_partitions(connection)]
+
+
+async def test_ensure_creates_each_month_once_under_concurrency(
+    stack: Stack, empty_database: str, migrated: asyncpg.Connection
+) -> None:
+    connections = [
+        await asyncpg.connect(**stack.db_connect_kwargs(empty_database)) for _ in range(6)
+    ]
+    try:
+        results = await asyncio.gather(
+            *(partitions.ensure(connection, date(2031, 1, 15)) for connection in connections)
+        )
+    finally:
+        for connection in connections:
+            await connection.close()
+    wanted = ["payments_2031_01", "payments_2031_02", "payments_2031_03", "payments_2031_04"]
+    created = [name for result in results for name in result]
+    assert sorted(created) == wanted  # each month created by exactly one caller
+    present = await names(migrated)
+    assert all(present.count(name) == 1 for name in wanted)
+    assert await partitions.ensure(migrated, date(2031, 1, 15)) == []
+
+
+async def test_prune_removes_exactly_the_expired_months_after_a_dry_run(
+    migrated: asyncpg.Connection,
+) -> None:
+    for month in ("2000-01-01", "2025-09-01", "2025-10-01", "2025-11-01", "2025-12-01"):
+        await migrated.execute(partitions.ENSURE, date.fromisoformat(month))
+    for day in ("2025-10-31 23:59:59", "2025-11-01 00:00:00"):
+        await migrated.execute(
+            "INSERT INTO payment_service.payments (reference_number, loan_account_number, cif,"
+            " amount, payment_date, source) VALUES ($1, 'LA1', 'C1', 1, $2, 'staging')",
+            f"PRUNE-{day}",
+            datetime.fromisoformat(day),
+        )
+    before = await names(migrated)
+    expired = ["payments_2000_01", "payments_2025_09", "payments_2025_10"]
+
+    dry = await partitions.prune(migrated, TODAY, 12, dry_run=True)
+    assert [partition.name for partition in dry] == expired
+    assert await names(migrated) == before
+
+    said: list[str] = []
+    pruned = await partitions.prune(migrated, TODAY, 12, dry_run=False, progress=said.append)
+    assert [partition.name for partition in pruned] == expired
+    assert await names(migrated) == [name for name in before if name not in expired]
+    assert len(said) == 3
+    left = await migrated.fetch("SELECT reference_number FROM payment_service.payments")
+    assert [row["reference_number"] for row in left] == ["PRUNE-2025-11-01 00:00:00"]
+    assert await partitions.prune(migrated, TODAY, 12, dry_run=False) == []
+
+
+def payment(reference: str, payment_date: datetime, amount: str = "10.00") -> PaymentRecord:
+    return PaymentRecord.model_validate(
+        {
+            "reference_number": reference,
+            "loan_account_number": "LA-1",
+            "cif": "CIF-1",
+            "amount": amount,
+            "payment_date": payment_date,
+            "payment_channel": "bank_transfer",
+            "source": "staging",
+            "source_id": "1",
+            "received_at": datetime.now(UTC),
+        }
+    )
+
+
+async def test_a_late_duplicate_beyond_the_reference_window_stays_a_duplicate(
+    pool: asyncpg.Pool,
+) -> None:
+    store = PaymentStore(pool, "payment.events")
+    now = datetime.now(UTC).replace(microsecond=0)
+    old = payment("LATE-1", now - timedelta(days=200))
+    kept = payment("LATE-2", now - timedelta(days=200))
+    first = await store.record([old, kept])
+    assert len(first.created) == 2
+    # LATE-1 was recorded 100 days ago; LATE-2 only yesterday (a late-arriving old payment).
+    await pool.execute(
+        "UPDATE payment_service.payment_references SET created_at = created_at - $2::interval"
+        " WHERE reference_number = $1",
+        "LATE-1",
+        timedelta(days=100),
+    )
+    cutoff = reference_cutoff(now, 90)
+    async with pool.acquire() as connection:
+        dry = await prune_references(connection, cutoff, dry_run=True)
+        assert (dry.expired, dry.removed) == (1, 0)
+        run = await prune_references(connection, cutoff, dry_run=False)
+    assert (run.expired, run.removed) == (1, 1)
+    references = await pool.fetch("SELECT reference_number FROM payment_service.payment_references")
+    assert [row["reference_number"] for row in references] == ["LATE-2"]
+
+    again = await store.record([payment("LATE-1", old.payment_date)])
+    assert again.created == []
+    assert again.existing["LATE-1"].fingerprint == old.fingerprint
+    assert again.existing["LATE-1"].payment_id == old.payment_id
+    changed = await store.record([payment("LATE-1", old.payment_date, amount="11.00")])
+    assert changed.created == []
+    assert (
+        changed.existing["LATE-1"].fingerprint
+        != payment("LATE-1", old.payment_date, "11.00").fingerprint
+    )
+    assert changed.existing["LATE-1"].payment_id == old.payment_id
+    fresh = await store.record([payment("LATE-3", old.payment_date)])
+    assert [record.reference_number for record in fresh.created] == ["LATE-3"]
+
+    rows = await pool.fetch(
+        "SELECT reference_number, count(*) AS n FROM payment_service.payments"
+        " GROUP BY reference_number ORDER BY reference_number"
+    )
+    assert [(row["reference_number"], row["n"]) for row in rows] == [
+        ("LATE-1", 1),
+        ("LATE-2", 1),
+        ("LATE-3", 1),
+    ]
+    # The reference is back, under its first payment: the table answers next time.
+    restored = await pool.fetchrow(
+        "SELECT payment_id, fingerprint FROM payment_service.payment_references"
+        " WHERE reference_number = 'LATE-1'"
+    )
+    assert (restored["payment_id"], restored["fingerprint"]) == (old.payment_id, old.fingerprint)
