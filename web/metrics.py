@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
 from aiohttp import web
+from faust.types import TP
 from faust.web import Request, Response, View
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from app import partitions
 from app.metrics import CONTENT_TYPE_LATEST, exposition, gauge
+from app.topics import INTAKE
 
 if TYPE_CHECKING:
     from app.service import PaymentService
@@ -57,6 +63,8 @@ async def _measure(app: PaymentService) -> list[Metric]:
         log.warning("metrics: Postgres gauges left out: %r", exc)
         return measured
     assert row is not None  # an aggregate always returns a row
+    measured += await _partitions(app)
+    measured += await _lag(app)
     return [
         *measured,
         gauge("payments_staging_backlog", "Staging rows not processed yet", row["staging_backlog"]),
@@ -71,3 +79,68 @@ async def _measure(app: PaymentService) -> list[Metric]:
             float(row["outbox_oldest_seconds"]),
         ),
     ]
+
+
+async def _partitions(app: PaymentService) -> list[Metric]:
+    """Each month's partition size, its planned budget, and the months prepared ahead."""
+    try:
+        async with app.database.pool.acquire(timeout=5) as connection:
+            found = await partitions.list_partitions(connection)
+    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        log.warning("metrics: partition gauges left out: %r", exc)
+        return []
+    sizes = GaugeMetricFamily(
+        "payments_partition_bytes",
+        "Size of each monthly partition of payments (table, indexes, TOAST)",
+        labels=["partition"],
+    )
+    rows = GaugeMetricFamily(
+        "payments_partition_rows",
+        "Rows in each monthly partition (Postgres' estimate after ANALYZE)",
+        labels=["partition"],
+    )
+    for partition in found:
+        sizes.add_metric([partition.name], partition.bytes)
+        rows.add_metric([partition.name], partition.rows_estimate)
+    current = datetime.now(UTC).date().replace(day=1)
+    ahead = sum(1 for partition in found if partition.month > current)
+    return [
+        sizes,
+        rows,
+        gauge(
+            "payments_partition_budget_bytes",
+            "PARTITION_BUDGET_BYTES: the size one month's partition is planned for",
+            app.settings.partition_budget_bytes,
+        ),
+        gauge(
+            "payments_partitions_ahead_months",
+            "Monthly partitions that exist after the current month",
+            ahead,
+        ),
+    ]
+
+
+async def _lag(app: PaymentService) -> list[Metric]:
+    """Per assigned intake partition: the log end offset minus this worker's committed offset."""
+    consumer = app.consumer
+    assigned = sorted(tp for tp in consumer.assignment() if tp.topic == INTAKE)
+    family = GaugeMetricFamily(
+        "payments_consumer_lag",
+        "Intake records not yet committed by the record agent, per partition this worker owns",
+        labels=["topic", "partition"],
+    )
+    if not assigned:
+        return [family]
+    try:
+        ends = await asyncio.wait_for(consumer.highwaters(*assigned), timeout=5)
+    except Exception as exc:  # any Kafka client error: the gauge is left out, not the page
+        log.warning("metrics: consumer lag left out: %r", exc)
+        return []
+    # Faust keeps the offsets it committed (the next offset to read) here; no public accessor.
+    # It is set at assignment from the group's commits (None: nothing committed yet; left out).
+    committed: Mapping[TP, int | None] = getattr(consumer, "_committed_offset", {})
+    for tp in assigned:
+        end, done = ends.get(tp), committed.get(tp)
+        if end is not None and done is not None:
+            family.add_metric([tp.topic, str(tp.partition)], max(end - done, 0))
+    return [family]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,7 +17,8 @@ from app.migrations import migrate
 from app.models import PaymentRecord
 from app.payment_store import PaymentStore
 from app.retention import prune_references, reference_cutoff
-from tests.stack import Stack
+from tests.pipeline import app_env, fresh_pipeline
+from tests.stack import Stack, run_worker, wait_for
 
 TODAY = date(2026, 11, 28)
 
@@ -160,3 +163,67 @@ async def test_a_late_duplicate_beyond_the_reference_window_stays_a_duplicate(
         " WHERE reference_number = 'LATE-1'"
     )
     assert (restored["payment_id"], restored["fingerprint"]) == (old.payment_id, old.fingerprint)
+
+
+def test_the_leaders_timer_keeps_partitions_ahead_and_expires_references(
+    stack: Stack, tmp_path: Path
+) -> None:
+    asyncio.run(fresh_pipeline(stack))
+    farthest = partitions.partition_name(
+        partitions.add_months(datetime.now(UTC).date().replace(day=1), partitions.PARTITIONS_AHEAD)
+    )
+
+    async def prepare() -> None:
+        connection = await asyncpg.connect(**stack.db_connect_kwargs())
+        try:
+            await connection.execute(f"DROP TABLE IF EXISTS payment_service.{farthest}")
+            await connection.execute(
+                "INSERT INTO payment_service.payment_references"
+                " (reference_number, payment_id, payment_date, fingerprint, created_at)"
+                " VALUES ('TIMER-OLD', gen_random_uuid(), now() - interval '200 days', 'f',"
+                "         now() - interval '100 days'),"
+                "        ('TIMER-NEW', gen_random_uuid(), now() - interval '200 days', 'f', now())"
+            )
+        finally:
+            await connection.close()
+
+    async def state() -> tuple[list[str], list[str], Any]:
+        connection = await asyncpg.connect(**stack.db_connect_kwargs())
+        try:
+            present = await names(connection)
+            refs = await connection.fetch(
+                "SELECT reference_number FROM payment_service.payment_references ORDER BY 1"
+            )
+            watermark = await connection.fetchval(
+                "SELECT pruned_before FROM payment_service.reference_retention"
+            )
+        finally:
+            await connection.close()
+        return present, [row["reference_number"] for row in refs], watermark
+
+    asyncio.run(prepare())
+    env = app_env(uuid.uuid4().hex[:10], PARTITION_MAINTENANCE_INTERVAL_SECONDS="2")
+    with run_worker(stack, tmp_path, **env) as worker:
+        worker.wait_web()
+
+        def maintained() -> tuple[list[str], list[str], Any] | None:
+            worker.assert_alive()
+            present, refs, watermark = asyncio.run(state())
+            return (
+                (present, refs, watermark)
+                if farthest in present and refs == ["TIMER-NEW"]
+                else None
+            )
+
+        _, _, watermark = wait_for(maintained, timeout=90, what="the maintenance timer")
+        assert watermark is not None
+        status, body = worker.get("/metrics")
+        assert status == 200
+        text = body.decode()
+        assert "payments_partitions_ahead_months 3.0" in text
+        assert f'payments_partition_bytes{{partition="{farthest}"}}' in text
+        wait_for(
+            lambda: worker.get("/metrics")[1].decode().count("payments_consumer_lag{") == 12,
+            timeout=60,
+            what="consumer lag for the 12 intake partitions",
+        )
