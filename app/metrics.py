@@ -6,7 +6,8 @@ PROMETHEUS_MULTIPROC_DIR, which ``python -m app worker`` sets to
 ``DATA_DIR/metrics`` (emptied at start) before prometheus-client is imported,
 and which the fronts inherit. ``GET /metrics`` on the worker's port reads them
 all (counters of a front that died still count) and adds what is measured when
-asked: the staging backlog, the outbox, the Postgres pool. Without the
+asked: the staging backlog, the outbox, the Postgres pool, partitions, lag.
+Faust's own sensors count under ``payments_faust_``. Without the
 variable (unit tests, other commands) the default registry is used.
 
 Labels are small fixed sets (status codes, sources, outcomes, reasons, topics,
@@ -15,8 +16,10 @@ layers, operations): never a reference, an account or a webhook id.
 
 from __future__ import annotations
 
+import functools
 import os
 
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -76,6 +79,20 @@ STAGING_BATCH_SECONDS = Histogram(
     "Staging batches from claim to commit",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+
+
+@functools.cache
+def faust_metrics() -> FaustMetrics:
+    """Faust's own sensors (messages in and out, commits, rebalances, sends), ``payments_faust_``.
+
+    Registered once per process: tests build several apps in one.
+    """
+    return FaustMetrics.create(REGISTRY, "payments_faust")
+
+
+def faust_monitor() -> PrometheusMonitor:
+    """A Faust monitor that also counts into :func:`faust_metrics`."""
+    return PrometheusMonitor(metrics=faust_metrics())
 
 
 class _Measured(Collector):

@@ -22,6 +22,7 @@ from app.guards import Guards
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
+from app.metrics import faust_monitor
 from app.models import DateWindow
 from app.process_pool import ProcessPool
 from app.publisher import Publisher
@@ -80,6 +81,8 @@ class PaymentService(faust.App):
         route_acks_through_the_consumer()
         super().__init__(settings.kafka_client_id, **options)
         self.settings = settings
+        if settings.enable_metrics:
+            self.monitor = faust_monitor()
         self.database = Database(settings)
         self.redis = RedisConnection(settings)
         self.kafka_probe = KafkaProbe(settings)

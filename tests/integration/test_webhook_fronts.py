@@ -140,6 +140,9 @@ def test_metrics_sum_the_fronts_and_the_worker_after_a_known_load(
     assert moved("payments_kafka_messages_total", **intake) == 10
     assert moved("payments_kafka_messages_total", topic="payment.events", result="ok") == 10
     assert ("payments_db_pool_size", frozenset()) in after
+    # Faust's own sensors count too: the intake records the worker's consumer took in.
+    faust_in = "payments_faust_messages_received_per_topic_total"
+    assert moved(faust_in, topic="payment.intake") == 10
     assert after[("payments_outbox_events", frozenset())] >= 0
     # Nothing per reference: the labels are small fixed sets.
     assert not [key for key in after if any(f"FR-{RUN}" in value for _, value in key[1])]
