@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -36,6 +37,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 WEBHOOK_SECRET_PREFIX = "WEBHOOK_SECRET_"  # noqa: S105 (a variable name, not a secret)
 CHANNEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+#: ``<NAME>_FILE`` names a file holding the secret NAME (Docker and Kubernetes secrets).
+FILE_SUFFIX = "_FILE"
+
+#: The settings that are secrets: each may come from ``<NAME>_FILE``, none is ever echoed.
+SECRET_FIELDS = (
+    "db_password",
+    "redis_password",
+    "kafka_sasl_password",
+    "webhook_secret",
+    "api_tokens",
+)
 
 #: Standard Webhooks secrets are base64 after this prefix.
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
@@ -75,13 +88,59 @@ class _ChannelSecretsSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        channels = {
-            name[len(WEBHOOK_SECRET_PREFIX) :].lower(): value
-            for name, value in self._environ.items()
-            if name.upper().startswith(WEBHOOK_SECRET_PREFIX)
-            and len(name) > len(WEBHOOK_SECRET_PREFIX)
-        }
+        channels: dict[str, Any] = {}
+        for name, value in self._environ.items():
+            upper = name.upper()
+            if not upper.startswith(WEBHOOK_SECRET_PREFIX) or upper == "WEBHOOK_SECRET_FILE":
+                continue
+            channel = upper[len(WEBHOOK_SECRET_PREFIX) :]
+            if channel.endswith(FILE_SUFFIX):
+                channel = channel.removesuffix(FILE_SUFFIX)
+                if f"{WEBHOOK_SECRET_PREFIX}{channel}".lower() in self._environ:
+                    raise _both_set(f"{WEBHOOK_SECRET_PREFIX}{channel}")
+                value = read_secret_file(upper, value)
+            if channel:
+                channels[channel.lower()] = value
         return {"webhook_channel_secrets": channels} if channels else {}
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """``<NAME>_FILE`` for every secret: the file's content is the value (Docker, Kubernetes).
+
+    Setting both ``NAME`` and ``NAME_FILE`` is refused: which one wins would be a guess.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str | None]) -> None:
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field in SECRET_FIELDS:
+            path = self._environ.get(f"{field}{FILE_SUFFIX.lower()}")
+            if path is None:
+                continue
+            if self._environ.get(field) is not None:
+                raise _both_set(field.upper())
+            values[field] = read_secret_file(f"{field.upper()}{FILE_SUFFIX}", path)
+        return values
+
+
+def read_secret_file(variable: str, path: str | None) -> str:
+    """The secret in ``path`` without its trailing newline; SettingsError naming ``variable``."""
+    try:
+        return Path(path or "").read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        message = f"{variable}={path!r}: cannot read the secret file ({reason})"
+        raise SettingsError(message) from None
+
+
+def _both_set(variable: str) -> SettingsError:
+    return SettingsError(f"{variable} and {variable}{FILE_SUFFIX} are both set: set only one")
 
 
 class Settings(BaseSettings):
@@ -125,17 +184,45 @@ class Settings(BaseSettings):
     db_password: SecretStr = SecretStr("admin_password")
     db_pool_min: int = Field(10, ge=0)
     db_pool_max: int = Field(50, ge=1)
+    db_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer",
+        description=(
+            "libpq's sslmode: verify-full (TLS, the CA and the host name checked) in production."
+        ),
+    )
+    db_ssl_root_cert: str | None = Field(
+        None, description="CA file for verify-ca/verify-full (default: the system's CAs)."
+    )
 
     # Redis
     redis_host: str = Field("redis", min_length=1)
     redis_port: int = Field(6379, ge=1, le=65535)
     redis_ttl_seconds: int = Field(86400, ge=1)
+    redis_password: SecretStr | None = Field(None, description="Redis AUTH (requirepass).")
+    redis_tls: bool = Field(False, description="TLS to Redis (the certificate and host verified).")
+    redis_tls_ca_file: str | None = Field(
+        None, description="CA file for REDIS_TLS (default: the system's CAs)."
+    )
 
     # Kafka
     kafka_brokers: Annotated[list[str], NoDecode] = Field(["kafka:9092"], min_length=1)
     kafka_topic: str = Field("payment.events", min_length=1)
     kafka_client_id: str = Field("payment-service", min_length=1)
     kafka_batch_size: int = Field(100, ge=1)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="SSL: TLS; SASL_SSL: TLS and a SASL login (KAFKA_SASL_*).",
+    )
+    kafka_ssl_ca_file: str | None = Field(
+        None, description="CA file for SSL/SASL_SSL (default: the system's CAs)."
+    )
+    kafka_ssl_cert_file: str | None = Field(
+        None, description="Client certificate (PEM) for brokers that require one."
+    )
+    kafka_ssl_key_file: str | None = Field(None, description="The client certificate's key (PEM).")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     kafka_replication_factor: int = Field(
         1, ge=1, description="For the topics Faust creates (table changelogs); 3 in production."
     )
@@ -338,6 +425,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        if self.kafka_security_protocol == "SASL_SSL" and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
+                "KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together: set both")
+        return self
+
+    @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ValueError(
@@ -355,7 +455,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         environ = env_settings.env_vars if isinstance(env_settings, EnvSettingsSource) else {}
-        return (init_settings, env_settings, _ChannelSecretsSource(settings_cls, environ))
+        environ = {name.lower(): value for name, value in environ.items()}
+        return (
+            init_settings,
+            env_settings,
+            _SecretFilesSource(settings_cls, environ),
+            _ChannelSecretsSource(settings_cls, environ),
+        )
 
     # Derived values ---------------------------------------------------------
 
@@ -389,7 +495,9 @@ def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     field_info = settings_cls.model_fields.get(field)
-    secret = field_info is not None and "Secret" in str(field_info.annotation)
+    secret = field in SECRET_FIELDS or (
+        field_info is not None and "Secret" in str(field_info.annotation)
+    )
     if secret or field == "webhook_channel_secrets" or "input" not in error:
         return f"{variable}: {message}"
     given = error["input"]
