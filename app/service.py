@@ -114,6 +114,9 @@ class PaymentService(faust.App):
         webhooks.register(self)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
+        self.command(*commands.DLQ_OPTIONS)(commands.dlq)
+        self.command(*commands.STAGING_OPTIONS)(commands.staging)
+        self.command(*commands.REFERENCES_OPTIONS)(commands.references)
 
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
