@@ -164,5 +164,5 @@ async def references(self: AppCommand, action: str, reference: str) -> None:
         )
         for line in found.lines():
             self.say(line)
-        if found.failed:
-            raise CommandError(f"{len(found.failed)} place(s) could not be asked (FAILED above)")
+        if found.failures:
+            raise CommandError(f"{len(found.failures)} place(s) could not be asked (FAILED above)")

@@ -43,28 +43,40 @@ ORDER BY created_at
 """
 
 
-@dataclass
-class Found:
-    """Where a record of the reference was found: a place and what it says."""
+@dataclass(frozen=True)
+class Entry:
+    """What one place says: ``found`` (with what), ``absent`` or ``FAILED`` (with why)."""
 
+    status: str
     place: str
-    text: str
+    text: str = ""
 
 
 @dataclass
 class Lookup:
-    """Everything found about one reference, and the places that could not be asked."""
+    """What each place says about one reference, in the order they were asked."""
 
     reference: str
-    found: list[Found] = field(default_factory=list)
-    absent: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+
+    def found(self, place: str, text: str) -> None:
+        self.entries.append(Entry("found", place, text))
+
+    def absent(self, place: str) -> None:
+        self.entries.append(Entry("absent", place))
+
+    def failed(self, problem: str) -> None:
+        self.entries.append(Entry("FAILED", problem))
+
+    @property
+    def failures(self) -> list[str]:
+        return [entry.place for entry in self.entries if entry.status == "FAILED"]
 
     def lines(self) -> list[str]:
         lines = [f"reference {self.reference} (payment_id {payment_id_for(self.reference)})"]
-        lines += [f"  found    {item.place}: {item.text}" for item in self.found]
-        lines += [f"  absent   {place}" for place in self.absent]
-        lines += [f"  FAILED   {problem}" for problem in self.failed]
+        for entry in self.entries:
+            text = f"{entry.place}: {entry.text}" if entry.text else entry.place
+            lines.append(f"  {entry.status:<7}  {text}")
         return lines
 
 
@@ -81,28 +93,24 @@ async def _postgres(settings: Settings, lookup: Lookup) -> list[str]:
     finally:
         await connection.close()
     if reference is None:
-        lookup.absent.append("postgres payment_references")
+        lookup.absent("postgres payment_references")
     else:
-        lookup.found.append(
-            Found(
-                "postgres payment_references",
-                f"payment_id {reference['payment_id']}, "
-                f"payment_date {_when(reference['payment_date'])}, "
-                f"fingerprint {reference['fingerprint'][:12]}…, "
-                f"created {_when(reference['created_at'])}",
-            )
+        lookup.found(
+            "postgres payment_references",
+            f"payment_id {reference['payment_id']}, "
+            f"payment_date {_when(reference['payment_date'])}, "
+            f"fingerprint {reference['fingerprint'][:12]}…, "
+            f"created {_when(reference['created_at'])}",
         )
     if not payments:
-        lookup.absent.append("postgres payments")
+        lookup.absent("postgres payments")
     for row in payments:
-        lookup.found.append(
-            Found(
-                "postgres payments",
-                f"id {row['id']}, account {row['loan_account_number']}, cif {row['cif']}, "
-                f"amount {row['amount']}, payment_date {_when(row['payment_date'])}, "
-                f"channel {row['payment_channel'] or '-'}, source {row['source']}, "
-                f"created {_when(row['created_at'])}",
-            )
+        lookup.found(
+            "postgres payments",
+            f"id {row['id']}, account {row['loan_account_number']}, cif {row['cif']}, "
+            f"amount {row['amount']}, payment_date {_when(row['payment_date'])}, "
+            f"channel {row['payment_channel'] or '-'}, source {row['source']}, "
+            f"created {_when(row['created_at'])}",
         )
     return list(dict.fromkeys(row["loan_account_number"] for row in payments))
 
@@ -121,11 +129,9 @@ async def _redis(settings: Settings, lookup: Lookup, note: Say) -> None:
             fingerprint = await client.hget(key, lookup.reference)
             if fingerprint is not None:
                 cached = True
-                lookup.found.append(
-                    Found(f"redis {key}", f"fingerprint {_text(fingerprint)[:12]}…")
-                )
+                lookup.found(f"redis {key}", f"fingerprint {_text(fingerprint)[:12]}…")
         if not cached:
-            lookup.absent.append("redis hot cache (payments:references:{today,yesterday})")
+            lookup.absent("redis hot cache (payments:references:{today,yesterday})")
         # Decisions are keyed by webhook id, which no row keeps: look for the payment_id
         # in their answers, over a bounded scan.
         prefix = decision_key("")
@@ -137,12 +143,10 @@ async def _redis(settings: Settings, lookup: Lookup, note: Say) -> None:
                 if value is not None and payment_id in _text(value):
                     decisions += 1
                     answer = json.loads(value)
-                    lookup.found.append(
-                        Found(
-                            "redis decision",
-                            f"webhook-id {_text(key).removeprefix(prefix)}: HTTP "
-                            f"{answer.get('status')} {answer.get('body', {}).get('status')}",
-                        )
+                    lookup.found(
+                        "redis decision",
+                        f"webhook-id {_text(key).removeprefix(prefix)}: HTTP "
+                        f"{answer.get('status')} {answer.get('body', {}).get('status')}",
                     )
             before, scanned = scanned, scanned + len(keys)
             if scanned // 50_000 > before // 50_000:
@@ -151,7 +155,7 @@ async def _redis(settings: Settings, lookup: Lookup, note: Say) -> None:
                 break
         if not decisions:
             limited = ", stopped at the limit" if scanned >= DECISION_SCAN_LIMIT else ""
-            lookup.absent.append(f"redis decisions (scanned {scanned} keys{limited})")
+            lookup.absent(f"redis decisions (scanned {scanned} keys{limited})")
     finally:
         await redis.stop()
 
@@ -181,7 +185,7 @@ async def _changelog(settings: Settings, topic: str, lookup: Lookup, note: Say) 
         try:
             partitions = await reader.partitions(topic, wait_seconds=3)
         except LookupError:
-            lookup.absent.append(f"changelog {topic} (the topic does not exist)")
+            lookup.absent(f"changelog {topic} (the topic does not exist)")
             return
         tp = partitions[partition_for_key(key, len(partitions))]
         bounds = await reader.bounds([tp])
@@ -191,19 +195,15 @@ async def _changelog(settings: Settings, topic: str, lookup: Lookup, note: Say) 
             if message.key == key:
                 last = message
     if last is None:
-        lookup.absent.append(f"changelog {topic} partition {tp.partition}")
+        lookup.absent(f"changelog {topic} partition {tp.partition}")
     elif last.value is None:
-        lookup.found.append(
-            Found(f"changelog {topic}", f"deleted (tombstone at {tp.partition}/{last.offset})")
-        )
+        lookup.found(f"changelog {topic}", f"deleted (tombstone at {tp.partition}/{last.offset})")
     else:
         known = decode_known(last.value)
-        lookup.found.append(
-            Found(
-                f"changelog {topic}",
-                f"last value at {tp.partition}/{last.offset}: payment_id {known.payment_id}, "
-                f"fingerprint {known.fingerprint[:12]}…",
-            )
+        lookup.found(
+            f"changelog {topic}",
+            f"last value at {tp.partition}/{last.offset}: payment_id {known.payment_id}, "
+            f"fingerprint {known.fingerprint[:12]}…",
         )
 
 
@@ -211,7 +211,7 @@ async def _events(settings: Settings, accounts: list[str], lookup: Lookup, note:
     """payment.recorded events of the payment, in the partitions of its accounts."""
     topic = settings.kafka_topic
     if not accounts:
-        lookup.absent.append(f"{topic} (not scanned: no payments row names the loan account)")
+        lookup.absent(f"{topic} (not scanned: no payments row names the loan account)")
         return
     payment_id = str(payment_id_for(lookup.reference))
     needle = payment_id.encode()
@@ -237,32 +237,30 @@ async def _events(settings: Settings, accounts: list[str], lookup: Lookup, note:
             if str(event.payment.id) != payment_id:
                 continue
             found += 1
-            lookup.found.append(
-                Found(
-                    f"{topic}",
-                    f"{message.partition}/{message.offset}: event_id {event.event_id}, "
-                    f"{event.event_type} at {event.timestamp.isoformat(timespec='seconds')}",
-                )
+            lookup.found(
+                f"{topic}",
+                f"{message.partition}/{message.offset}: event_id {event.event_id}, "
+                f"{event.event_type} at {event.timestamp.isoformat(timespec='seconds')}",
             )
     if not found:
         where = ", ".join(str(tp.partition) for tp in chosen)
-        lookup.absent.append(f"{topic} (partition {where})")
+        lookup.absent(f"{topic} (partition {where})")
 
 
 async def lookup_reference(
     settings: Settings, reference: str, *, changelog_topic: str, note: Say
 ) -> Lookup:
-    """Ask every place about ``reference``; a place that fails is listed in ``failed``."""
+    """Ask every place about ``reference``; a place that cannot be asked is an entry too."""
     lookup = Lookup(reference)
     accounts: list[str] = []
     try:
         accounts = await _postgres(settings, lookup)
     except DependencyUnavailable as exc:
-        lookup.failed.append(f"postgres: {exc}")
+        lookup.failed(f"postgres: {exc}")
     try:
         await _redis(settings, lookup, note)
     except (RedisError, OSError) as exc:
-        lookup.failed.append(
+        lookup.failed(
             f"redis: cannot reach Redis at {settings.redis_host}:{settings.redis_port} "
             f"({type(exc).__name__}: {exc}): is it up? (`make up`, then `scripts/stack status`)"
         )
@@ -270,5 +268,5 @@ async def lookup_reference(
         await _changelog(settings, changelog_topic, lookup, note)
         await _events(settings, accounts, lookup, note)
     except DependencyUnavailable as exc:
-        lookup.failed.append(f"kafka: {exc}")
+        lookup.failed(f"kafka: {exc}")
     return lookup
