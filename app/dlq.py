@@ -65,8 +65,7 @@ def describe(partition: int, offset: int, letter: DeadLetter) -> str:
 
 def summary(counts: Mapping[str, int]) -> list[str]:
     """The count by reason, most frequent first, then the total."""
-    width = max((len(reason) for reason in counts), default=0)
-    lines = [f"  {reason:<{width}}  {count}" for reason, count in Counter(counts).most_common()]
+    lines = [f"  {reason}: {count}" for reason, count in Counter(counts).most_common()]
     return [*lines, f"total: {sum(counts.values())}"]
 
 
