@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from app.codecs import decode_dead_letter, encode_record
@@ -183,7 +185,7 @@ class _Candidate:
 
 
 class _Replayer:
-    """Checks candidates against Postgres in batches and publishes the new ones."""
+    """Turns dead letters into records, checks them against Postgres in batches, sends the new."""
 
     def __init__(
         self,
@@ -197,9 +199,26 @@ class _Replayer:
         self.report = report
         self.say = say
         self.pending: list[_Candidate] = []
+        #: (reference, fingerprint) of every record queued in this run.
+        self.seen: set[tuple[str, str]] = set()
 
-    async def add(self, candidate: _Candidate) -> None:
-        self.pending.append(candidate)
+    async def consider(self, partition: int, offset: int, letter: DeadLetter) -> None:
+        """Queue the letter's record for the next batch, or count why not."""
+        outcome = record_of(letter)
+        if isinstance(outcome, Skip):
+            self.report.skipped[outcome.why] += 1
+            detail = f": {outcome.detail}" if outcome.detail else ""
+            self.say(
+                f"skip {partition}/{offset}  ref={letter.reference_number or '-'}  "
+                f"{outcome.why}{detail}"
+            )
+            return
+        identity = (outcome.reference_number, outcome.fingerprint)
+        if identity in self.seen:
+            self.report.skipped[REPEAT] += 1
+            return
+        self.seen.add(identity)
+        self.pending.append(_Candidate(partition, offset, outcome))
         if len(self.pending) >= REPLAY_BATCH:
             await self.flush()
 
@@ -244,50 +263,34 @@ async def replay(
 ) -> ReplayReport:
     """Publish the records of matching dead letters to the intake topic again (see module)."""
     report = ReplayReport()
-    seen: set[tuple[str, str]] = set()
-    async with TopicReader(settings, "dlq-replay") as reader:
+    async with AsyncExitStack() as resources:
+        reader = await resources.enter_async_context(TopicReader(settings, "dlq-replay"))
         # Captured before anything is sent: letters this replay causes are not read.
         bounds = await reader.bounds(await reader.partitions(DLQ))
         note(f"reading {DLQ}: {sum(end - first for first, end in bounds.values())} records")
         connection = await connect(settings)
-        try:
-            publisher = None if dry_run else Publisher(settings, name="dlq-replay")
-            if publisher is not None:
-                await publisher.start()
+        resources.push_async_callback(connection.close)
+        publisher = None
+        if not dry_run:
+            publisher = Publisher(settings, name="dlq-replay")
             try:
-                replayer = _Replayer(connection, publisher, report, say)
-                async for message in reader.read(bounds, _progress(note)):
-                    report.scanned += 1
-                    letter = _parse(message.value)
-                    if letter is None:
-                        if reason is None:
-                            report.matched += 1
-                            report.skipped[UNREADABLE] += 1
-                        continue
-                    if reason is not None and letter.reason != reason:
-                        continue
+                await publisher.start()
+            except (KafkaError, OSError) as exc:
+                raise kafka_unreachable(settings, exc) from exc
+            resources.push_async_callback(publisher.stop)
+        replayer = _Replayer(connection, publisher, report, say)
+        async for message in reader.read(bounds, _progress(note)):
+            report.scanned += 1
+            letter = _parse(message.value)
+            if letter is None:
+                if reason is None:
                     report.matched += 1
-                    outcome = record_of(letter)
-                    if isinstance(outcome, Skip):
-                        report.skipped[outcome.why] += 1
-                        detail = f": {outcome.detail}" if outcome.detail else ""
-                        say(
-                            f"skip {message.partition}/{message.offset}  "
-                            f"ref={letter.reference_number or '-'}  {outcome.why}{detail}"
-                        )
-                        continue
-                    identity = (outcome.reference_number, outcome.fingerprint)
-                    if identity in seen:
-                        report.skipped[REPEAT] += 1
-                        continue
-                    seen.add(identity)
-                    await replayer.add(_Candidate(message.partition, message.offset, outcome))
-                await replayer.flush()
-            finally:
-                if publisher is not None:
-                    await publisher.stop()
-        finally:
-            await connection.close()
+                    report.skipped[UNREADABLE] += 1
+                continue
+            if reason is None or letter.reason == reason:
+                report.matched += 1
+                await replayer.consider(message.partition, message.offset, letter)
+        await replayer.flush()
     return report
 
 
