@@ -158,8 +158,11 @@ def test_replay_records_fixed_dead_letters_once_and_requeue_records_nothing_new(
         ids = fetch(stack, "SELECT min(id) AS low, max(id) AS high FROM public.payment_staging")
         low, high = str(ids[0]["low"]), str(ids[0]["high"])
         requeue = ("staging", "requeue", "--from-id", low, "--to-id", high)
-        dry = ok(command(stack, run, *requeue, "--dry-run"))
-        assert f"would requeue 58 processed rows with ids {low}-{high}" in dry, dry
+        # A range past the last id: three chunks of 10,000 ids, a progress line each.
+        beyond = str(int(low) + 25_000)
+        dry = ok(command(stack, run, *requeue[:-1], beyond, "--dry-run"))
+        assert f"would requeue 58 processed rows with ids {low}-{beyond}" in dry, dry
+        assert len(re.findall(r"^\.\.\. ids \d+-\d+: would requeue", dry, re.MULTILINE)) == 3
         backlog = "SELECT count(*) AS n FROM public.payment_staging WHERE NOT processed"
         assert fetch(stack, backlog)[0]["n"] == 0
         runs_before = len(fetch(stack, "SELECT id FROM payment_service.staging_process_log"))
