@@ -1,21 +1,48 @@
-"""Operator commands run through the Faust CLI: ``python -m app <command>``."""
+"""Operator commands run through the Faust CLI: ``python -m app <command>``.
+
+Each is a thin wrapper: the work lives in a module named after what it owns
+(``app.dlq``, ``app.staging_admin``, ``app.lookup``…). Errors the service raises
+on purpose are printed as one line saying what to do, with exit code 1.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
-from faust.cli import AppCommand
+import click
+from faust.cli import AppCommand, argument, option
 
+from app import database, staging_admin
+from app import dlq as dead_letters
 from app import partitions as partition_jobs
 from app.database import connect_options
+from app.exceptions import CommandError, PaymentsError
+from app.lookup import lookup_reference
 from app.migrations import migrate as apply_migrations
 from app.reconcile import reconcile as check_invariants
 
 if TYPE_CHECKING:
     from app.service import PaymentService
+
+
+@contextmanager
+def _operator_errors(command: AppCommand) -> Iterator[None]:
+    """Our errors (and a missing topic) as one line on stderr and exit code 1."""
+    try:
+        yield
+    except (PaymentsError, LookupError) as exc:
+        command.say(f"error: {exc}", file=command.stderr)
+        raise SystemExit(1) from None
+
+
+def _note(command: AppCommand) -> dead_letters.Say:
+    """Progress lines go to stderr, so stdout stays the answer."""
+    return lambda message: command.say(message, file=command.stderr)
 
 
 async def migrate(self: AppCommand) -> None:
@@ -46,35 +73,144 @@ async def reconcile(self: AppCommand) -> None:
         raise SystemExit(1)
 
 
+PARTITIONS_OPTIONS = (
+    argument("action", type=click.Choice(["list", "ensure", "prune"])),
+    option(
+        "--dry-run", is_flag=True, default=False, help="prune: say what would go, change nothing"
+    ),
+)
+
+
 async def partitions(self: AppCommand, action: str, dry_run: bool) -> None:
-    """Monthly partitions of payments: list (with sizes), ensure (3 months ahead), prune."""
+    """Monthly partitions of payments: `partitions list|ensure|prune [--dry-run]`."""
     app = cast("PaymentService", self.app)
     settings = app.settings
     today = datetime.now(UTC).date()
-    connection = await asyncpg.connect(**connect_options(settings))
-    try:
-        if action == "ensure":
-            created = await partition_jobs.ensure(connection, today)
-            self.say(f"created {', '.join(created)}" if created else "every partition exists")
-        elif action == "prune":
-            cutoff = partition_jobs.retention_cutoff(today, settings.partition_retention_months)
-            doomed = await partition_jobs.prune(
-                connection,
-                today,
-                settings.partition_retention_months,
-                dry_run=dry_run,
-                progress=self.say,
-            )
-            verb = "would drop" if dry_run else "dropped"
-            self.say(
-                f"{verb} {len(doomed)} partitions before {cutoff} "
-                f"(PARTITION_RETENTION_MONTHS={settings.partition_retention_months})"
-                + "".join(f"\n  {p.name}  ~{p.rows_estimate} rows  {p.bytes} bytes" for p in doomed)
-            )
-        found = await partition_jobs.list_partitions(connection)
-    finally:
-        await connection.close()
+    with _operator_errors(self):
+        if dry_run and action != "prune":
+            raise CommandError("--dry-run is for `partitions prune`")
+        connection = await database.connect(settings)
+        try:
+            if action == "ensure":
+                created = await partition_jobs.ensure(connection, today)
+                self.say(f"created {', '.join(created)}" if created else "every partition exists")
+            elif action == "prune":
+                months = settings.partition_retention_months
+                doomed = await partition_jobs.prune(
+                    connection, today, months, dry_run=dry_run, progress=_note(self)
+                )
+                cutoff = partition_jobs.retention_cutoff(today, months)
+                verb = "would drop" if dry_run else "dropped"
+                self.say(
+                    f"{verb} {len(doomed)} partitions before {cutoff} "
+                    f"(PARTITION_RETENTION_MONTHS={months})"
+                )
+                for partition in doomed:
+                    self.say(
+                        f"  {partition.name}  ~{partition.rows_estimate} rows  "
+                        f"{partition.bytes} bytes"
+                    )
+            found = await partition_jobs.list_partitions(connection)
+        finally:
+            await connection.close()
     if action == "list":
         self.say(f"{'partition':<18} {'rows (estimate)':>16} {'bytes':>14}")
         for partition in found:
             self.say(f"{partition.name:<18} {partition.rows_estimate:>16} {partition.bytes:>14}")
+
+
+DLQ_OPTIONS = (
+    argument("action", type=click.Choice(["list", "replay"])),
+    option("--reason", default=None, help="only dead letters with this reason code"),
+    option("--limit", type=int, default=None, help="list: print at most N records"),
+    option("--dry-run", is_flag=True, default=False, help="replay: print, send nothing"),
+)
+
+
+async def dlq(
+    self: AppCommand, action: str, reason: str | None, limit: int | None, dry_run: bool
+) -> None:
+    """The dead-letter topic: `dlq list [--reason R] [--limit N]`, `dlq replay [--dry-run]`."""
+    app = cast("PaymentService", self.app)
+    with _operator_errors(self):
+        reason = dead_letters.check_reason(reason)
+        if action == "list":
+            if dry_run:
+                raise CommandError("--dry-run is for `dlq replay`; `dlq list` sends nothing")
+            if limit is not None and limit < 0:
+                raise CommandError(f"--limit {limit}: give a number of records, 0 or more")
+            counts = await dead_letters.list_letters(
+                app.settings, reason=reason, limit=limit, say=self.say, note=_note(self)
+            )
+            self.say("dead letters by reason:")
+            for line in dead_letters.summary(counts):
+                self.say(line)
+            return
+        if limit is not None:
+            raise CommandError("--limit is for `dlq list`; a replay reads every dead letter")
+        report = await dead_letters.replay(
+            app.settings, reason=reason, dry_run=dry_run, say=self.say, note=_note(self)
+        )
+        for line in report.lines(dry_run):
+            self.say(line)
+
+
+STAGING_OPTIONS = (
+    argument("action", type=click.Choice(["status", "requeue"])),
+    option("--runs", type=int, default=10, help="status: how many recent runs to show"),
+    option("--from-id", "from_id", type=int, default=None, help="requeue: first staging id"),
+    option("--to-id", "to_id", type=int, default=None, help="requeue: last staging id"),
+    option("--dry-run", is_flag=True, default=False, help="requeue: count, change nothing"),
+)
+
+
+async def staging(
+    self: AppCommand,
+    action: str,
+    runs: int,
+    from_id: int | None,
+    to_id: int | None,
+    dry_run: bool,
+) -> None:
+    """The staging table: `staging status`, `staging requeue --from-id A --to-id B`."""
+    app = cast("PaymentService", self.app)
+    with _operator_errors(self):
+        if action == "status":
+            if from_id is not None or to_id is not None or dry_run:
+                raise CommandError("--from-id, --to-id and --dry-run are for `staging requeue`")
+            await staging_admin.status(app.settings, runs=max(runs, 0), say=self.say)
+            return
+        if from_id is None or to_id is None:
+            raise CommandError("`staging requeue` needs --from-id and --to-id (inclusive)")
+        report = await staging_admin.requeue(
+            app.settings, first=from_id, last=to_id, dry_run=dry_run, say=self.say
+        )
+        if dry_run:
+            self.say(f"would requeue {report.rows} processed rows with ids {from_id}-{to_id}")
+        else:
+            self.say(
+                f"requeued {report.rows} processed rows with ids {from_id}-{to_id}: "
+                "the poller takes them again (recorded ones end as duplicates)"
+            )
+
+
+REFERENCES_OPTIONS = (
+    argument("action", type=click.Choice(["lookup"])),
+    argument("reference"),
+)
+
+
+async def references(self: AppCommand, action: str, reference: str) -> None:
+    """Where a reference is: `references lookup REF` (Postgres, Redis, changelog, events)."""
+    app = cast("PaymentService", self.app)
+    with _operator_errors(self):
+        found = await lookup_reference(
+            app.settings,
+            reference,
+            changelog_topic=app.references.table.changelog_topic.get_topic_name(),
+            note=_note(self),
+        )
+        for line in found.lines():
+            self.say(line)
+        if found.failures:
+            raise CommandError(f"{len(found.failures)} place(s) could not be asked (FAILED above)")

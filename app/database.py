@@ -106,3 +106,15 @@ def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, PaymentsError):
         return exc.retriable
     return isinstance(exc, (OSError, TimeoutError, *_RETRIABLE_POSTGRES))
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """One connection for an operator command; DependencyUnavailable says what to check."""
+    try:
+        return await asyncpg.connect(**connect_options(settings), timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
+        raise DependencyUnavailable(
+            f"cannot reach Postgres at {where} ({exc}): is it up? "
+            "(`make up`, then `scripts/stack status`; DB_HOST/DB_PORT name it)"
+        ) from exc

@@ -32,3 +32,7 @@ class PublishFailed(PaymentsError):
     """Kafka did not acknowledge a publish; nothing may be marked done until it does."""
 
     retriable = True
+
+
+class CommandError(PaymentsError):
+    """An operator command was asked for something it cannot do; the message says what to change."""

@@ -15,11 +15,12 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from app.database import connect_options
 from app.models import utc_text
 from app.settings import Settings
+from app.topic_reader import partitions_of
 
 COUNTS = """
 SELECT
@@ -107,23 +108,6 @@ def content_hash(
     )
 
 
-async def _all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Every partition of ``topic``, from a fresh metadata answer (waits up to 10 s)."""
-    deadline = time.monotonic() + 10
-    while True:
-        # partitions_for_topic reads the client's cached metadata, which only
-        # covers topics the client was asked about: subscribe-free, so ask.
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return [TopicPartition(topic, number) for number in sorted(partitions)]
-        if time.monotonic() > deadline:
-            raise LookupError(
-                f"topic {topic} has no partitions: does it exist? (bin/kafka-topics --list)"
-            )
-        consumer._client.add_topic(topic)
-        await consumer._client.force_metadata_update()
-
-
 async def read_events(
     settings: Settings, topic: str, progress: Callable[[int], None] | None = None
 ) -> tuple[dict[str, tuple[str, int]], int, int]:
@@ -144,7 +128,7 @@ async def read_events(
     read = 0
     two_contents = 0
     try:
-        assigned = await _all_partitions(consumer, topic)
+        assigned = await partitions_of(consumer, topic)
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)

@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import click
 import faust
-from faust.cli import argument, option
 
 from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
 from app import commands
@@ -125,10 +123,10 @@ class PaymentService(faust.App):
         webhooks.register(self)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
-        self.command(
-            argument("action", type=click.Choice(["list", "ensure", "prune"])),
-            option("--dry-run", is_flag=True, help="prune: say what would go, change nothing"),
-        )(commands.partitions)
+        self.command(*commands.PARTITIONS_OPTIONS)(commands.partitions)
+        self.command(*commands.DLQ_OPTIONS)(commands.dlq)
+        self.command(*commands.STAGING_OPTIONS)(commands.staging)
+        self.command(*commands.REFERENCES_OPTIONS)(commands.references)
 
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).

@@ -76,9 +76,12 @@ class BatchSummary:
 
 
 def record_from_row(
-    row: asyncpg.Record | dict[str, Any], window: DateWindow, now: datetime
+    row: asyncpg.Record | Mapping[str, Any], window: DateWindow | None, now: datetime
 ) -> PaymentRecord:
-    """A staging row as a canonical record (raises ``ValidationError``)."""
+    """A staging row as a canonical record (raises ``ValidationError``).
+
+    ``window`` None checks the structure only (a DLQ replay: the agent checks the window).
+    """
     metadata = row["metadata"]
     return PaymentRecord.model_validate(
         {
