@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from app.topics import DLQ, INTAKE
+from tables.references import TABLE_NAME
 from tests.pipeline import app_env, reconcile, stage, topic_size, wait_consumed, wait_drained
 from tests.stack import ROOT, Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
@@ -229,7 +230,7 @@ def test_lookup_finds_a_reference_in_postgres_redis_the_changelog_and_events(
         assert _webhook(worker, webhook_reference, day) == 201
         asyncio.run(wait_drained(stack, 7, wait_seconds=60, alive=worker.assert_alive))
 
-    changelog = f"payments-{run}-references-changelog"
+    changelog = f"payments-{run}-{TABLE_NAME}-changelog"
     staged = ok(command(stack, run, "references", "lookup", rows[2][0]))
     assert "found    postgres payment_references: payment_id" in staged, staged
     assert "found    postgres payments: id" in staged
