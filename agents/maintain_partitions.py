@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from app import partitions
+from app.audit import audited
 from app.retention import prune_references, reference_cutoff
 
 if TYPE_CHECKING:
@@ -32,13 +33,22 @@ def register(app: PaymentService) -> None:
                 created = await partitions.ensure(connection, now.date())
                 if created:
                     log.info("maintenance: created partitions %s", ", ".join(created))
-                doomed = await partitions.prune(
-                    connection,
-                    now.date(),
-                    settings.partition_retention_months,
-                    dry_run=not settings.partition_auto_prune,
-                )
-                if doomed and not settings.partition_auto_prune:
+                months = settings.partition_retention_months
+                doomed = await partitions.expired(connection, now.date(), months)
+                if doomed and settings.partition_auto_prune:
+                    parameters = {"retention_months": months, "dry_run": False}
+                    async with audited(
+                        settings,
+                        actor="maintenance",
+                        via="worker",
+                        action="partitions.prune",
+                        parameters=parameters,
+                    ) as entry:
+                        pruned = await partitions.prune(
+                            connection, now.date(), months, dry_run=False
+                        )
+                        entry.result = {"partitions": [partition.name for partition in pruned]}
+                elif doomed:
                     log.warning(
                         "maintenance: %d partitions are past PARTITION_RETENTION_MONTHS=%d (%s); "
                         "PARTITION_AUTO_PRUNE is off: run `python -m app partitions prune`",

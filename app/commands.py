@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 import click
@@ -20,11 +20,14 @@ from faust.cli import AppCommand, argument, option
 from app import database, staging_admin
 from app import dlq as dead_letters
 from app import partitions as partition_jobs
+from app.access import new_token
+from app.audit import AuditEntry, audited, command_line_actor
 from app.database import connect_options
 from app.exceptions import CommandError, PaymentsError
 from app.lookup import lookup_reference
 from app.migrations import migrate as apply_migrations
 from app.reconcile import reconcile as check_invariants
+from app.settings import ROLES, TOKEN_NAME
 
 if TYPE_CHECKING:
     from app.service import PaymentService
@@ -38,6 +41,15 @@ def _operator_errors(command: AppCommand) -> Iterator[None]:
     except (PaymentsError, LookupError) as exc:
         command.say(f"error: {exc}", file=command.stderr)
         raise SystemExit(1) from None
+
+
+def _audited(
+    app: PaymentService, action: str, parameters: dict[str, Any]
+) -> AbstractAsyncContextManager[AuditEntry]:
+    """An operator's action on the command line, as one audit row (app/audit.py)."""
+    return audited(
+        app.settings, actor=command_line_actor(), via="cli", action=action, parameters=parameters
+    )
 
 
 def _note(command: AppCommand) -> dead_letters.Say:
@@ -92,13 +104,18 @@ async def partitions(self: AppCommand, action: str, dry_run: bool) -> None:
         connection = await database.connect(settings)
         try:
             if action == "ensure":
-                created = await partition_jobs.ensure(connection, today)
+                async with _audited(app, "partitions.ensure", {}) as entry:
+                    created = await partition_jobs.ensure(connection, today)
+                    entry.result = {"created": created}
                 self.say(f"created {', '.join(created)}" if created else "every partition exists")
             elif action == "prune":
                 months = settings.partition_retention_months
-                doomed = await partition_jobs.prune(
-                    connection, today, months, dry_run=dry_run, progress=_note(self)
-                )
+                parameters = {"retention_months": months, "dry_run": dry_run}
+                async with _audited(app, "partitions.prune", parameters) as entry:
+                    doomed = await partition_jobs.prune(
+                        connection, today, months, dry_run=dry_run, progress=_note(self)
+                    )
+                    entry.result = {"partitions": [partition.name for partition in doomed]}
                 cutoff = partition_jobs.retention_cutoff(today, months)
                 verb = "would drop" if dry_run else "dropped"
                 self.say(
@@ -148,9 +165,12 @@ async def dlq(
             return
         if limit is not None:
             raise CommandError("--limit is for `dlq list`; a replay reads every dead letter")
-        report = await dead_letters.replay(
-            app.settings, reason=reason, dry_run=dry_run, say=self.say, note=_note(self)
-        )
+        parameters = {"reason": reason, "dry_run": dry_run}
+        async with _audited(app, "dlq.replay", parameters) as entry:
+            report = await dead_letters.replay(
+                app.settings, reason=reason, dry_run=dry_run, say=self.say, note=_note(self)
+            )
+            entry.result = report.as_dict()
         for line in report.lines(dry_run):
             self.say(line)
 
@@ -182,9 +202,12 @@ async def staging(
             return
         if from_id is None or to_id is None:
             raise CommandError("`staging requeue` needs --from-id and --to-id (inclusive)")
-        report = await staging_admin.requeue(
-            app.settings, first=from_id, last=to_id, dry_run=dry_run, say=self.say
-        )
+        parameters = {"from_id": from_id, "to_id": to_id, "dry_run": dry_run}
+        async with _audited(app, "staging.requeue", parameters) as entry:
+            report = await staging_admin.requeue(
+                app.settings, first=from_id, last=to_id, dry_run=dry_run, say=self.say
+            )
+            entry.result = {"rows": report.rows, "chunks": report.chunks}
         if dry_run:
             self.say(f"would requeue {report.rows} processed rows with ids {from_id}-{to_id}")
         else:
@@ -214,3 +237,20 @@ async def references(self: AppCommand, action: str, reference: str) -> None:
             self.say(line)
         if found.failures:
             raise CommandError(f"{len(found.failures)} place(s) could not be asked (FAILED above)")
+
+
+TOKENS_OPTIONS = (
+    argument("action", type=click.Choice(["new"])),
+    argument("name"),
+    argument("role", type=click.Choice(list(ROLES))),
+)
+
+
+async def tokens(self: AppCommand, action: str, name: str, role: str) -> None:
+    """API tokens: `tokens new NAME ROLE` prints a token and its API_TOKENS entry."""
+    with _operator_errors(self):
+        if not TOKEN_NAME.fullmatch(name):
+            raise CommandError(f"{name!r}: a name is letters, digits and _ . @ - (64 at most)")
+        token, entry = new_token(name, role)  # type: ignore[arg-type]  # click checked it
+        self.say(f"token (give it to {name}; it is shown once and not stored): {token}")
+        self.say(f"API_TOKENS entry (add it, comma-separated, and restart the workers): {entry}")

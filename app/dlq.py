@@ -166,6 +166,15 @@ class ReplayReport:
     replayed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The counts, for the audit row and the HTTP answer."""
+        return {
+            "scanned": self.scanned,
+            "matched": self.matched,
+            "replayed": self.replayed,
+            "skipped": dict(self.skipped),
+        }
+
     def lines(self, dry_run: bool) -> list[str]:
         verb = "would replay" if dry_run else "replayed"
         lines = [

@@ -10,6 +10,7 @@ directly) and hand it down.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -49,6 +50,11 @@ SECRET_FIELDS = (
     "webhook_secret",
     "api_tokens",
 )
+
+#: API token roles, each allowed what the ones before it are.
+ROLES = ("viewer", "operator")
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 #: Standard Webhooks secrets are base64 after this prefix.
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
@@ -338,6 +344,22 @@ class Settings(BaseSettings):
         le=32,
         description="Processes that also serve the webhook endpoints, on WEBHOOK_PORT (0: none).",
     )
+    # Access to the non-webhook endpoints (app/access.py)
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Bearer tokens for stats and admin endpoints, comma-separated NAME:ROLE:SHA256 "
+            "(ROLE viewer or operator; SHA256 the hex digest of the token; "
+            "`python -m app tokens new NAME ROLE` makes one)."
+        ),
+    )
+    metrics_token_required: bool = Field(
+        False, description="GET /metrics needs a viewer token too (else only METRICS_ALLOWLIST)."
+    )
+    metrics_allowlist: Annotated[list[IPNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs that may read /metrics; empty allows every address.",
+    )
     webhook_port: int | None = Field(
         None, ge=1, le=65535, description="The port the WEBHOOK_PROCESSES share (SO_REUSEPORT)."
     )
@@ -361,7 +383,37 @@ class Settings(BaseSettings):
                 raise ValueError(f"each broker must be host:port, got {broker!r}")
         return brokers
 
-    @field_validator("webhook_ip_allowlist", "webhook_trusted_proxies", mode="before")
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _token_list(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return _split_commas(value)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_shape(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        names = set()
+        for position, token in enumerate(tokens, 1):
+            name, role, digest = [*token.get_secret_value().split(":"), "", "", ""][:3]
+            if (
+                not TOKEN_NAME.fullmatch(name)
+                or role not in ROLES
+                or not SHA256_HEX.fullmatch(digest)
+                or token.get_secret_value().count(":") != 2
+            ):
+                raise ValueError(
+                    f"entry {position} must be NAME:ROLE:SHA256 (ROLE one of {', '.join(ROLES)}, "
+                    "SHA256 64 hex digits of the token)"
+                )
+            if name in names:
+                raise ValueError(f"entry {position}: the name {name!r} is used twice")
+            names.add(name)
+        return tokens
+
+    @field_validator(
+        "webhook_ip_allowlist", "webhook_trusted_proxies", "metrics_allowlist", mode="before"
+    )
     @classmethod
     def _networks(cls, value: Any) -> Any:
         value = _split_commas(value)

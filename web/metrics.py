@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
@@ -16,7 +17,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import partitions
 from app.metrics import CONTENT_TYPE_LATEST, exposition, gauge
+from app.settings import IPNetwork
 from app.topics import INTAKE
+from web.access import caller_or_refusal
 
 if TYPE_CHECKING:
     from app.service import PaymentService
@@ -40,10 +43,26 @@ class MetricsView(View):
         if not app.settings.enable_metrics:
             body = {"error": "not_found", "message": "ENABLE_METRICS is off"}
             return self.json(body, status=404)
+        allowlist = app.settings.metrics_allowlist
+        if allowlist and not _listed(cast(web.Request, request).remote, allowlist):
+            body = {"error": "forbidden", "message": "this address is not in METRICS_ALLOWLIST"}
+            return self.json(body, status=403)
+        if app.settings.metrics_token_required:
+            caller = caller_or_refusal(self, request, "viewer")
+            if isinstance(caller, Response):
+                return caller
         # aiohttp's content_type argument refuses the charset Prometheus' type carries.
         text = exposition(await _measure(app))
         response = web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
         return cast(Response, response)  # Faust's aiohttp driver hands it over as it is
+
+
+def _listed(address: str | None, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 async def _measure(app: PaymentService) -> list[Metric]:

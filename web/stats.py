@@ -1,4 +1,4 @@
-"""GET /api/v1/payments/stats (app/stats.py)."""
+"""GET /api/v1/payments/stats (app/stats.py): a viewer token."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 from faust.web import Request, Response, View
 
 from app.stats import todays_stats
+from web.access import caller_or_refusal
 
 if TYPE_CHECKING:
     from app.service import PaymentService
@@ -16,5 +17,8 @@ class StatsView(View):
     """Today's staging and webhook figures."""
 
     async def get(self, request: Request) -> Response:
+        caller = caller_or_refusal(self, request, "viewer")
+        if isinstance(caller, Response):
+            return caller
         app = cast("PaymentService", self.app)
         return self.json(await todays_stats(app.database.pool))

@@ -1,0 +1,128 @@
+"""Operator actions over HTTP (an operator token), each leaving one audit row.
+
+- ``POST /api/v1/admin/dlq/replay`` ``{"reason": "invalid"?, "dry_run": false}``:
+  the dead letters' records back to the intake (app/dlq.py; the dedup makes a
+  replay safe to repeat).
+- ``POST /api/v1/admin/staging/requeue`` ``{"from_id": 1, "to_id": 500, "dry_run": false}``:
+  processed staging rows back to the poller (app/staging_admin.py).
+
+Both answer when the action is done, with its counts and the audit row's id.
+The command line does the same (``python -m app dlq replay``, ``staging requeue``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from faust.web import Request, Response, View
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from app import dlq as dead_letters
+from app import staging_admin
+from app.audit import audited
+from app.exceptions import PaymentsError
+from app.models import field_errors
+from web.access import caller_or_refusal
+
+if TYPE_CHECKING:
+    from app.service import PaymentService
+
+log = logging.getLogger(__name__)
+
+
+class ReplayRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = None
+    dry_run: StrictBool = False
+
+
+class RequeueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_id: int = Field(ge=1)
+    to_id: int = Field(ge=1)
+    dry_run: StrictBool = False
+
+
+async def _body(request: Request, model: type[BaseModel]) -> BaseModel | dict[str, Any]:
+    """The request's JSON as ``model``, or the 4xx body saying what is wrong."""
+    try:
+        raw = await request.read()
+        return model.model_validate(json.loads(raw or b"{}"))
+    except json.JSONDecodeError as exc:
+        return {"error": "invalid_json", "message": f"the body is not valid JSON: {exc}"}
+    except ValidationError as exc:
+        errors = [error.model_dump() for error in field_errors(exc)]
+        return {"error": "invalid_request", "message": "the body breaks a rule", "errors": errors}
+
+
+class DlqReplayView(View):
+    async def post(self, request: Request) -> Response:
+        caller = caller_or_refusal(self, request, "operator")
+        if isinstance(caller, Response):
+            return caller
+        asked = await _body(request, ReplayRequest)
+        if not isinstance(asked, ReplayRequest):
+            return self.json(asked, status=422 if "errors" in asked else 400)
+        settings = cast("PaymentService", self.app).settings
+        lines: list[str] = []
+        try:
+            reason = dead_letters.check_reason(asked.reason)
+            async with audited(
+                settings,
+                actor=caller.name,
+                via="http",
+                action="dlq.replay",
+                parameters=asked.model_dump(),
+            ) as entry:
+                report = await dead_letters.replay(
+                    settings, reason=reason, dry_run=asked.dry_run, say=lines.append, note=log.info
+                )
+                entry.result = report.as_dict()
+        except PaymentsError as exc:
+            return self.json({"error": "failed", "message": str(exc)}, status=_status(exc))
+        return self.json({**report.as_dict(), "dry_run": asked.dry_run, "audit_id": entry.id})
+
+
+class StagingRequeueView(View):
+    async def post(self, request: Request) -> Response:
+        caller = caller_or_refusal(self, request, "operator")
+        if isinstance(caller, Response):
+            return caller
+        asked = await _body(request, RequeueRequest)
+        if not isinstance(asked, RequeueRequest):
+            return self.json(asked, status=422 if "errors" in asked else 400)
+        settings = cast("PaymentService", self.app).settings
+        try:
+            async with audited(
+                settings,
+                actor=caller.name,
+                via="http",
+                action="staging.requeue",
+                parameters=asked.model_dump(),
+            ) as entry:
+                report = await staging_admin.requeue(
+                    settings,
+                    first=asked.from_id,
+                    last=asked.to_id,
+                    dry_run=asked.dry_run,
+                    say=log.info,
+                )
+                entry.result = {"rows": report.rows, "chunks": report.chunks}
+        except PaymentsError as exc:
+            return self.json({"error": "failed", "message": str(exc)}, status=_status(exc))
+        body = {"rows": report.rows, "dry_run": asked.dry_run, "audit_id": entry.id}
+        return self.json(body)
+
+
+def _status(exc: PaymentsError) -> int:
+    """422 for a request the action refuses; 503 when a dependency is away."""
+    return 503 if exc.retriable else 422
+
+
+def register(app: Any) -> None:
+    app.page("/api/v1/admin/dlq/replay")(DlqReplayView)
+    app.page("/api/v1/admin/staging/requeue")(StagingRequeueView)
