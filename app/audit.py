@@ -24,6 +24,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mode import Service
+
 from app import database
 from app.settings import Settings
 
@@ -163,3 +165,19 @@ async def audit_secret_changes(settings: Settings, actor: str) -> bool:
             return True
     finally:
         await connection.close()
+
+
+class SecretAudit(Service):
+    """At a worker's start: one audit row when its secrets differ from the last recorded."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(**kwargs)
+
+    @Service.task
+    async def _compare(self) -> None:
+        try:
+            if await audit_secret_changes(self.settings, self.settings.worker_id):
+                log.info("audit: the webhook secrets or API tokens changed; recorded in audit_log")
+        except Exception as exc:  # Postgres away at start: the next start records it
+            log.warning("audit: could not compare the secrets with the last recorded: %r", exc)

@@ -14,7 +14,7 @@ import faust
 
 from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
 from app import commands
-from app.audit import audit_secret_changes
+from app.audit import SecretAudit
 from app.database import Database
 from app.decisions import DecisionBoard
 from app.guards import Guards
@@ -37,8 +37,6 @@ from web.front import Fronts
 from web.health import HealthView, LivenessView, ReadinessView
 from web.metrics import MetricsView
 from web.stats import StatsView
-
-log = logging.getLogger(__name__)
 
 
 class PaymentService(faust.App):
@@ -99,6 +97,7 @@ class PaymentService(faust.App):
             self.helpers,
             self.decisions,
             self.webhook_counts,
+            SecretAudit(settings),
         )
         for dependency in dependencies:
             self.add_dependency(dependency)
@@ -125,7 +124,6 @@ class PaymentService(faust.App):
         self.page("/api/v1/payments/stats")(StatsView)
         webhooks.register(self)
         admin.register(self)
-        self.task(self._audit_secret_changes)
         self.command()(commands.migrate)
         self.command()(commands.reconcile)
         self.command(*commands.PARTITIONS_OPTIONS)(commands.partitions)
@@ -133,14 +131,6 @@ class PaymentService(faust.App):
         self.command(*commands.STAGING_OPTIONS)(commands.staging)
         self.command(*commands.REFERENCES_OPTIONS)(commands.references)
         self.command(*commands.TOKENS_OPTIONS)(commands.tokens)
-
-    async def _audit_secret_changes(self) -> None:
-        """At start: one audit row when the webhook secrets or API tokens changed (rotation)."""
-        try:
-            if await audit_secret_changes(self.settings, self.settings.worker_id):
-                log.info("audit: the webhook secrets or API tokens changed; recorded in audit_log")
-        except Exception as exc:  # Postgres away at start: the next start records it
-            log.warning("audit: could not compare the secrets with the last recorded: %r", exc)
 
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).

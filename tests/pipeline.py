@@ -345,17 +345,44 @@ async def topic_size(stack: Stack, topic: str) -> int:
 
 def reconcile(stack: Stack, run: str) -> tuple[int, dict[str, Any]]:
     """Run ``python -m app reconcile``; its exit code and the figures it printed."""
-    process = subprocess.run(
-        [sys.executable, "-m", "app", "reconcile"],
-        env=stack.service_env(**app_env(run, LOG_LEVEL="warning")),
+    process = command(stack, run, "reconcile")
+    figures: dict[str, Any] = {}
+    for line in process.stdout.splitlines():
+        if line.startswith("{"):
+            figures = json.loads(line)
+    return process.returncode, figures
+
+
+# --- operator commands and queries --------------------------------------------
+
+
+def command(stack: Stack, run: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m app <args>`` with the run's environment; stdout is the answer."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=stack.service_env(**app_env(run, LOG_LEVEL="warning", **env)),
         capture_output=True,
         text=True,
         timeout=600,
         cwd=ROOT,
         check=False,
     )
-    figures: dict[str, Any] = {}
-    for line in process.stdout.splitlines():
-        if line.startswith("{"):
-            figures = json.loads(line)
-    return process.returncode, figures
+
+
+def ok(process: subprocess.CompletedProcess[str]) -> str:
+    """The command's stdout, once it is known to have succeeded."""
+    assert process.returncode == 0, process.stdout + process.stderr
+    return process.stdout
+
+
+async def _fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(**stack.db_connect_kwargs())
+    try:
+        return await connection.fetch(query, *args)
+    finally:
+        await connection.close()
+
+
+def fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query on the stack's database."""
+    return asyncio.run(_fetch(stack, query, *args))

@@ -98,6 +98,9 @@ class Stack:
             KAFKA_BROKERS=self.kafka_bootstrap,
         )
         env.update(extra)
+        for name in extra:
+            if name.endswith("_FILE") and name.removesuffix("_FILE") not in extra:
+                env.pop(name.removesuffix("_FILE"), None)  # the file replaces the variable
         return env
 
     def settings(self, **overrides: Any) -> Settings:
@@ -272,9 +275,12 @@ class Worker:
     base_url: str
     log_path: Path
 
-    def get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
+    def get(
+        self, path: str, timeout: float = 10, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.base_url + path, headers=headers or {})  # noqa: S310
         try:
-            with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

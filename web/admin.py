@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from app import dlq as dead_letters
 from app import staging_admin
+from app.access import Caller
 from app.audit import audited
 from app.exceptions import PaymentsError
 from app.models import field_errors
@@ -62,7 +63,7 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel | dict[st
 class DlqReplayView(View):
     async def post(self, request: Request) -> Response:
         caller = caller_or_refusal(self, request, "operator")
-        if isinstance(caller, Response):
+        if not isinstance(caller, Caller):
             return caller
         asked = await _body(request, ReplayRequest)
         if not isinstance(asked, ReplayRequest):
@@ -90,7 +91,7 @@ class DlqReplayView(View):
 class StagingRequeueView(View):
     async def post(self, request: Request) -> Response:
         caller = caller_or_refusal(self, request, "operator")
-        if isinstance(caller, Response):
+        if not isinstance(caller, Caller):
             return caller
         asked = await _body(request, RequeueRequest)
         if not isinstance(asked, RequeueRequest):

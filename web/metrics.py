@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import partitions
+from app.access import Caller
 from app.metrics import CONTENT_TYPE_LATEST, exposition, gauge
 from app.settings import IPNetwork
 from app.topics import INTAKE
@@ -49,7 +50,7 @@ class MetricsView(View):
             return self.json(body, status=403)
         if app.settings.metrics_token_required:
             caller = caller_or_refusal(self, request, "viewer")
-            if isinstance(caller, Response):
+            if not isinstance(caller, Caller):
                 return caller
         # aiohttp's content_type argument refuses the charset Prometheus' type carries.
         text = exposition(await _measure(app))

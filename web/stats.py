@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, cast
 
 from faust.web import Request, Response, View
 
+from app.access import Caller
 from app.stats import todays_stats
 from web.access import caller_or_refusal
 
@@ -18,7 +19,7 @@ class StatsView(View):
 
     async def get(self, request: Request) -> Response:
         caller = caller_or_refusal(self, request, "viewer")
-        if isinstance(caller, Response):
+        if not isinstance(caller, Caller):
             return caller
         app = cast("PaymentService", self.app)
         return self.json(await todays_stats(app.database.pool))

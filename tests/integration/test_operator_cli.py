@@ -13,46 +13,24 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from app.topics import DLQ, INTAKE
 from tables.references import TABLE_NAME
-from tests.pipeline import app_env, reconcile, stage, topic_size, wait_consumed, wait_drained
+from tests.pipeline import (
+    app_env,
+    command,
+    fetch,
+    ok,
+    reconcile,
+    stage,
+    topic_size,
+    wait_consumed,
+    wait_drained,
+)
 from tests.stack import ROOT, Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
 
 SECRET = "whsec_" + "b3BlcmF0b3IgY2xpIHRlc3Qgc2VjcmV0IQ=="
 WEBHOOK = "/api/v1/payments/webhook"
-
-
-def command(stack: Stack, run: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m app <args>`` with the run's environment; stdout is the answer."""
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=stack.service_env(**app_env(run, LOG_LEVEL="warning")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
-    )
-
-
-def ok(process: subprocess.CompletedProcess[str]) -> str:
-    assert process.returncode == 0, process.stdout + process.stderr
-    return process.stdout
-
-
-async def _fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(**stack.db_connect_kwargs())
-    try:
-        return await connection.fetch(query, *args)
-    finally:
-        await connection.close()
-
-
-def fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
-    return asyncio.run(_fetch(stack, query, *args))
 
 
 def recorded_references(stack: Stack) -> set[str]:

@@ -11,12 +11,14 @@ from typing import Any
 
 import asyncpg
 
+from app.access import new_token
 from tests.pipeline import app_env, fresh_pipeline, make_load, stage, wait_drained
 from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
 
 SECRET = "whsec_" + "c3RhdHMgdGVzdCBzZWNyZXQgb2YgdGhpcyBydW4h"
 WEBHOOK = "/api/v1/payments/webhook"
+TOKEN, TOKEN_ENTRY = new_token("stats-test", "viewer")
 
 #: The same figures as app/stats.py, written separately so a slip in one shows.
 EXPECTED_SQL = """
@@ -88,7 +90,9 @@ async def expected(stack: Stack) -> dict[str, Any]:
 
 
 def stats(worker: Worker) -> dict[str, Any]:
-    status, body = worker.get("/api/v1/payments/stats")
+    status, body = worker.get(
+        "/api/v1/payments/stats", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert status == 200, body
     return json.loads(body)
 
@@ -96,7 +100,8 @@ def stats(worker: Worker) -> dict[str, Any]:
 def test_stats_equal_sql_over_the_same_data_and_the_load_sent(stack: Stack, tmp_path: Path) -> None:
     asyncio.run(fresh_pipeline(stack))
     run = uuid.uuid4().hex[:10]
-    with run_worker(stack, tmp_path, **app_env(run, WEBHOOK_SECRET=SECRET)) as worker:
+    env = app_env(run, WEBHOOK_SECRET=SECRET, API_TOKENS=TOKEN_ENTRY)
+    with run_worker(stack, tmp_path, **env) as worker:
         worker.wait_web()
         empty = stats(worker)
         assert empty["webhooks"] == {
