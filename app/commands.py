@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, cast
 
 import asyncpg
 from faust.cli import AppCommand
+from mode import ServiceT, Worker
 
 from app.database import connect_options
+from app.log_format import FormattedWorker
 from app.migrations import migrate as apply_migrations
 from app.reconcile import reconcile as check_invariants
 
 if TYPE_CHECKING:
     from app.service import PaymentService
+
+
+class Command(AppCommand):
+    """Faust's app command, logging in LOG_FORMAT like the worker (stdout stays its output)."""
+
+    @property
+    def _Worker(self) -> type[Worker]:
+        return FormattedWorker
+
+    def worker_for_service(
+        self, service: ServiceT, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Worker:
+        worker = super().worker_for_service(service, loop)
+        cast(FormattedWorker, worker).log_format = cast(
+            "PaymentService", self.app
+        ).settings.log_format
+        return worker
 
 
 async def migrate(self: AppCommand) -> None:

@@ -8,7 +8,7 @@ timers that Faust adds on first start.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -20,6 +20,7 @@ from app.guards import Guards
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
+from app.log_format import use_log_format
 from app.models import DateWindow
 from app.process_pool import ProcessPool
 from app.publisher import Publisher
@@ -112,8 +113,8 @@ class PaymentService(faust.App):
         self.page("/health/ready")(ReadinessView)
         self.page("/metrics")(MetricsView)
         webhooks.register(self)
-        self.command()(commands.migrate)
-        self.command()(commands.reconcile)
+        self.command(base=commands.Command)(commands.migrate)
+        self.command(base=commands.Command)(commands.reconcile)
 
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
@@ -121,7 +122,7 @@ class PaymentService(faust.App):
 
 
 class QuietWorker(faust.Worker):
-    """Faust's worker without its terminal spinner.
+    """Faust's worker without its terminal spinner, writing its logs in LOG_FORMAT.
 
     At LOG_LEVEL warning or above the spinner set the root logger to DEBUG (to
     spin on every record) and filtered at the handler: every debug call of
@@ -131,6 +132,7 @@ class QuietWorker(faust.Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+        use_log_format(logger, cast(PaymentService, self.app).settings.log_format)
 
 
 def create_app(settings: Settings, **overrides: Any) -> PaymentService:

@@ -84,6 +84,12 @@ def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch)
     assert settings.webhook_rate_limit_per_source == 25
 
 
+def test_logs_are_json_lines_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().log_format == "json"
+    monkeypatch.setenv("LOG_FORMAT", " Text ")
+    assert load_settings().log_format == "text"
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
@@ -109,6 +115,7 @@ def test_settings_are_frozen() -> None:
         ("REFERENCE_CACHE_TTL_DAYS", "0", "REFERENCE_CACHE_TTL_DAYS=0"),
         ("PARTITION_RETENTION_MONTHS", "x", "PARTITION_RETENTION_MONTHS='x'"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud'"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT='xml': Input should be 'json' or 'text'"),
         ("NODE_ENV", "moon", "NODE_ENV='moon'"),
         ("METRICS_PORT", "-1", "METRICS_PORT=-1"),
         (
