@@ -210,6 +210,9 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(
         "json", description="json: one JSON object per line; text: mode's format, for a terminal."
     )
+    audit_log: bool = Field(
+        True, description="One payments.audit line per decision and per refused webhook."
+    )
     enable_metrics: bool = True
     metrics_port: int = Field(9090, ge=1, le=65535)
 

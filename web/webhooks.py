@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from app import audit
 from app.channels import CHANNELS, GENERIC, Channel
 from app.codecs import encode_record
 from app.decisions import Answer
@@ -78,6 +79,15 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
     except Rejected as rejected:
         headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
         reply = Reply(rejected.status, rejected.body(), headers)
+        if rejected.status < 500 and ingress.settings.audit_log:
+            client = ingress.guards.client(http.remote, http.headers.get("X-Forwarded-For"))
+            audit.webhook_rejected(
+                rejected.status,
+                rejected.error,
+                channel_name or GENERIC.name,
+                http.headers.get("webhook-id"),
+                None if client is None else str(client),
+            )
     WEBHOOK_SECONDS.labels(str(reply.status)).observe(time.perf_counter() - started)
     return reply
 
