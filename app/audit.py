@@ -8,6 +8,10 @@ line carries them as keys (app/log_format.py); the message repeats the gist
 for text logs. Never a body, a secret or a signature: references, ids,
 channels and addresses only.
 
+The staging poller adds the decisions it takes itself (invalid rows, and exact
+repeats it keeps from travelling), and the webhook views the duplicates they
+answer from the hot cache.
+
 The agent decides thousands of records a second: :func:`decisions` does no
 per-record work when the logger is disabled (AUDIT_LOG=false, or a level above
 INFO for ``payments.audit``).
@@ -25,6 +29,11 @@ log = logging.getLogger("payments.audit")
 
 #: Client-sent values (webhook-id, channel in the path) are cut to this many characters.
 MAX_CLIENT_TEXT = 255
+
+
+def enabled() -> bool:
+    """True when audit lines would be written (callers skip building them otherwise)."""
+    return log.isEnabledFor(logging.INFO)
 
 
 def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -> None:

@@ -32,7 +32,7 @@ from app.codecs import encode_record
 from app.decisions import Answer
 from app.exceptions import PublishFailed
 from app.metrics import REFERENCE_ANSWERS, WEBHOOK_SECONDS
-from app.models import PaymentRecord
+from app.models import Decision, PaymentRecord
 from app.topics import INTAKE
 from app.webhooks import Rejected, parse_body, record_for
 
@@ -127,6 +127,8 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         REFERENCE_ANSWERS.labels("redis").inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
         await board.remember(webhook_id, answer)
+        if ingress.settings.audit_log and not replay:
+            audit.decisions([_duplicate(record)], ())
         return _reply(answer, replay=replay)
 
     # A replay still undecided is published again: its first delivery may have
@@ -184,6 +186,18 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise too_large
     return b"".join(chunks)
+
+
+def _duplicate(record: PaymentRecord) -> Decision:
+    """The decision the hot cache lets the view take without the record agent."""
+    return Decision(
+        reference_number=record.reference_number,
+        outcome="duplicate",
+        payment_id=record.payment_id,
+        source=record.source,
+        source_id=record.source_id,
+        channel=record.payment_channel,
+    )
 
 
 def _accepted(record: PaymentRecord) -> Answer:

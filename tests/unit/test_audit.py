@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, NoReturn
 
 import pytest
@@ -12,7 +14,8 @@ import pytest
 from app import audit
 from app.log_format import JsonLines
 from app.models import DeadLetter, Decision
-from tests.unit.test_recorder import Harness, incoming, payment
+from app.staging import prepare_rows
+from tests.unit.test_recorder import WINDOW, Harness, incoming, payment
 
 
 def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -142,4 +145,24 @@ def test_a_dead_letter_without_a_record_still_gets_its_line(
         "undecodable",
         "JUNK",
         None,
+    )
+
+
+def test_the_poller_keeps_what_its_own_decisions_need_for_the_trail() -> None:
+    now = datetime.now(UTC)
+    day = (now - timedelta(days=1)).replace(tzinfo=None)
+    rows = [
+        (7, "S-1", "LA-1", "CIF-1", Decimal("10.00"), day, "cash", "{}"),
+        (8, "S-2", "LA-1", "CIF-1", Decimal("-5.00"), day, "card", "{}"),
+    ]
+
+    prepared = prepare_rows(rows, WINDOW, now)
+
+    (staged,) = prepared.records
+    assert (staged.reference_number, staged.row_id, staged.channel) == ("S-1", 7, "cash")
+    (letter,) = prepared.dead_letters
+    assert (letter.reason, letter.source_id, letter.original["payment_channel"]) == (
+        "invalid",
+        "8",
+        "card",
     )
