@@ -9,6 +9,7 @@ against containers instead; that path is untested on our machines (no Docker eng
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -310,6 +311,30 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The log's lines as JSON objects (LOG_FORMAT=json); any other line fails the test.
+
+        A last line without its newline is still being written: it is left out.
+        """
+        *complete, _partial = self.log().split("\n")
+        records = []
+        for number, line in enumerate(complete, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"{self.log_path}:{number} is not JSON: {line!r}") from None
+            assert isinstance(record, dict), f"{self.log_path}:{number}: {line!r}"
+            records.append(record)
+        return records
+
+    def log_messages(self) -> list[str]:
+        """The ``message`` of every log line."""
+        return [record["message"] for record in self.log_records()]
+
+    def logged(self, text: str) -> bool:
+        """True when a log line's message contains ``text``."""
+        return any(text in message for message in self.log_messages())
 
     def assert_alive(self) -> None:
         """Fail with the end of the worker's log if its process has exited."""
