@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.log_format import FormattedWorker, JsonLines
+from app.log_format import FormattedWorker, JsonLines, log_before_setup
 from app.service import create_app
 from app.settings import LogFormat, Settings
 
@@ -151,3 +151,15 @@ def test_text_keeps_modes_format(tmp_path: Path, faust_worker: bool) -> None:
     assert first["message"].strip() == "Joined group 'payments'"
     assert 'a "quoted" word,' in "\n".join(lines)
     assert "Traceback (most recent call last):" in lines
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_lines_logged_while_the_app_is_built_are_json_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logging.getLogger().handlers.clear()
+    log_before_setup("json", "info")
+    logging.getLogger("app.signatures").warning("no WEBHOOK_SECRET is set")
+
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["message"] == "no WEBHOOK_SECRET is set"
