@@ -272,6 +272,8 @@ class Worker:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    #: Where this process's lines start in ``log_path`` (a restarted worker appends to it).
+    log_start: int = 0
 
     def get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
         try:
@@ -310,7 +312,10 @@ class Worker:
         wait_for(answers, timeout=timeout, what="the worker's web server")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process wrote to the log (its fronts included)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
         """The log's lines as JSON objects (LOG_FORMAT=json); any other line fails the test.
@@ -348,6 +353,7 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
     log_path = folder / "worker.log"
     worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
     with log_path.open("ab") as log_file:  # a restarted worker appends to the same log
+        log_start = log_file.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "worker"],
             env=stack.service_env(
@@ -361,7 +367,7 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    worker = Worker(process, f"http://127.0.0.1:{port}", log_path)
+    worker = Worker(process, f"http://127.0.0.1:{port}", log_path, log_start)
     try:
         yield worker
     finally:

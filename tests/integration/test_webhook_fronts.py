@@ -78,7 +78,9 @@ def pair(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     env = fronts_env(port, f"fronts-{RUN}")
     with run_worker(stack, tmp_path_factory.mktemp("fronts"), **env) as worker:
         wait_for(lambda: len(listening(worker)) == 2, timeout=60, what="two webhook fronts")
-        front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
+        front = Worker(
+            worker.process, f"http://127.0.0.1:{port}", worker.log_path, worker.log_start
+        )
         wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
         yield worker, front
 
@@ -269,7 +271,9 @@ def test_a_clean_shutdown_mid_load_loses_no_acknowledged_payment(
         return outcomes
 
     with run_worker(stack, tmp_path, **env) as worker:
-        front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
+        front = Worker(
+            worker.process, f"http://127.0.0.1:{port}", worker.log_path, worker.log_start
+        )
         wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
         outcomes = asyncio.run(load(worker))
         assert worker.process.wait(timeout=30) == 0, worker.log()[-3000:]
