@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest
 from app.log_format import FormattedWorker, JsonLines, log_before_setup
 from app.service import create_app
 from app.settings import LogFormat, Settings
+from tests.stack import ROOT
 
 TRICKY = 'a "quoted" word,\na second line\tand a tab, Tiếng Việt, ₫ 100 and \\ a backslash'
 
@@ -163,3 +165,25 @@ def test_lines_logged_while_the_app_is_built_are_json_too(
 
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == "no WEBHOOK_SECRET is set"
+
+
+def test_a_command_logs_json_on_stderr_and_keeps_stdout_for_its_output() -> None:
+    # Port 1 on loopback refuses at once: the command fails, offline, in well under a second.
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "migrate"],
+        env=os.environ | {"DB_HOST": "127.0.0.1", "DB_PORT": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    (error,) = [
+        line for line in lines if line["level"] == "ERROR" and "stopping" not in line["message"]
+    ]
+    assert "Connect call failed" in error["message"]
+    assert error["exc_info"].startswith("Traceback (most recent call last):")
