@@ -38,7 +38,7 @@ def enabled() -> bool:
 
 def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -> None:
     """One line per decision, and one per dead letter that is not a conflict (a decision too)."""
-    if not log.isEnabledFor(logging.INFO):
+    if not enabled():
         return
     for decision in decided:
         extra: dict[str, Any] = {
@@ -88,7 +88,7 @@ def webhook_rejected(
     status: int, error: str, channel: str, webhook_id: str | None, client: str | None
 ) -> None:
     """One line for a webhook request refused before the intake (4xx)."""
-    if not log.isEnabledFor(logging.INFO):
+    if not enabled():
         return
     channel = channel[:MAX_CLIENT_TEXT]
     webhook_id = None if webhook_id is None else webhook_id[:MAX_CLIENT_TEXT]
