@@ -27,6 +27,7 @@ def register(app: PaymentService) -> None:
                 max_retries=settings.staging_max_retries,
                 window=app.date_window,
                 helpers=app.helpers,
+                audit_log=settings.audit_log,
             )
         await poller.drain()
 

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from app import audit_trail
 from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
 from app.payment_store import PaymentStore
 from app.recorder import BatchReport, Incoming, Recorder
@@ -115,6 +116,7 @@ def register(app: PaymentService) -> Any:
             announce=lambda report: app.decisions.post(report.decisions, report.committed),
         )
         within = settings.record_batch_window_ms / 1000
+        audit_log = settings.audit_log
         progress = Progress()
         async for events in stream.take_events(settings.record_batch_size, within=within):
             batch = [Incoming(event.key, event.value, event) for event in events]
@@ -136,6 +138,8 @@ def register(app: PaymentService) -> Any:
                     await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
             progress.add(report, len(batch), time.perf_counter() - started)
             count(report)
+            if audit_log:
+                audit_trail.decisions(report.decisions, report.dead_letters)
             if report.dead_letters:
                 log.info(
                     "record agent: %d records, %d created, %d duplicates, %d conflicts, %d to DLQ",

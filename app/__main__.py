@@ -23,8 +23,14 @@ def main() -> None:
         raise SystemExit(2) from None
     if "worker" in sys.argv[1:]:
         _count_in_files(Path(settings.data_dir) / "metrics")
+    from app.log_format import log_before_setup
     from app.service import create_app  # after _count_in_files: prometheus-client reads it
 
+    log_before_setup(settings.log_format, settings.log_level)
+
+    if "worker" in sys.argv[1:] and settings.log_format == "json":
+        # Faust prints a banner, a text table, on stdout: not a log line.
+        sys.argv[1:1] = ["--quiet"]
     if not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=") for arg in sys.argv):
         sys.argv[1:1] = ["--loglevel", FAUST_LOG_LEVELS.get(settings.log_level, settings.log_level)]
     create_app(settings).main()

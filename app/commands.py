@@ -7,6 +7,7 @@ on purpose are printed as one line saying what to do, with exit code 1.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 import click
 from faust.cli import AppCommand, argument, option
+from mode import ServiceT, Worker
 
 from app import database, staging_admin
 from app import dlq as dead_letters
@@ -24,6 +26,7 @@ from app.access import new_token
 from app.audit import AuditEntry, audited, command_line_actor
 from app.database import connect_options
 from app.exceptions import CommandError, PaymentsError
+from app.log_format import FormattedWorker
 from app.lookup import lookup_reference
 from app.migrations import migrate as apply_migrations
 from app.reconcile import reconcile as check_invariants
@@ -55,6 +58,23 @@ def _audited(
 def _note(command: AppCommand) -> dead_letters.Say:
     """Progress lines go to stderr, so stdout stays the answer."""
     return lambda message: command.say(message, file=command.stderr)
+
+
+class Command(AppCommand):
+    """Faust's app command, logging in LOG_FORMAT like the worker (stdout stays its output)."""
+
+    @property
+    def _Worker(self) -> type[Worker]:
+        return FormattedWorker
+
+    def worker_for_service(
+        self, service: ServiceT, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Worker:
+        worker = super().worker_for_service(service, loop)
+        cast(FormattedWorker, worker).log_format = cast(
+            "PaymentService", self.app
+        ).settings.log_format
+        return worker
 
 
 async def migrate(self: AppCommand) -> None:

@@ -330,6 +330,8 @@ class Decision:
     source: Source
     source_id: str
     differing_fields: tuple[str, ...] = ()
+    #: The record's payment_channel (None when it named none).
+    channel: str | None = None
 
 
 def field_errors(error: ValidationError) -> list[FieldError]:

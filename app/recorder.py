@@ -181,6 +181,7 @@ class Recorder:
                     payment_id=known[reference].payment_id,
                     source=record.source,
                     source_id=record.source_id,
+                    channel=record.payment_channel,
                 )
             )
         if conflicts:
@@ -320,6 +321,7 @@ class Recorder:
                     source=record.source,
                     source_id=record.source_id,
                     differing_fields=tuple(fields),
+                    channel=record.payment_channel,
                 )
             )
 

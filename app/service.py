@@ -8,7 +8,7 @@ timers that Faust adds on first start.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -21,6 +21,7 @@ from app.guards import Guards
 from app.health import HealthChecker
 from app.kafka_probe import KafkaProbe
 from app.kafka_transport import Transport, route_acks_through_the_consumer
+from app.log_format import use_log_format
 from app.metrics import faust_monitor
 from app.models import DateWindow
 from app.process_pool import ProcessPool
@@ -124,13 +125,13 @@ class PaymentService(faust.App):
         self.page("/api/v1/payments/stats")(StatsView)
         webhooks.register(self)
         admin.register(self)
-        self.command()(commands.migrate)
-        self.command()(commands.reconcile)
-        self.command(*commands.PARTITIONS_OPTIONS)(commands.partitions)
-        self.command(*commands.DLQ_OPTIONS)(commands.dlq)
-        self.command(*commands.STAGING_OPTIONS)(commands.staging)
-        self.command(*commands.REFERENCES_OPTIONS)(commands.references)
-        self.command(*commands.TOKENS_OPTIONS)(commands.tokens)
+        self.command(base=commands.Command)(commands.migrate)
+        self.command(base=commands.Command)(commands.reconcile)
+        self.command(*commands.PARTITIONS_OPTIONS, base=commands.Command)(commands.partitions)
+        self.command(*commands.DLQ_OPTIONS, base=commands.Command)(commands.dlq)
+        self.command(*commands.STAGING_OPTIONS, base=commands.Command)(commands.staging)
+        self.command(*commands.REFERENCES_OPTIONS, base=commands.Command)(commands.references)
+        self.command(*commands.TOKENS_OPTIONS, base=commands.Command)(commands.tokens)
 
     def _new_transport(self) -> Any:
         # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
@@ -138,7 +139,7 @@ class PaymentService(faust.App):
 
 
 class QuietWorker(faust.Worker):
-    """Faust's worker without its terminal spinner.
+    """Faust's worker without its terminal spinner, writing its logs in LOG_FORMAT.
 
     At LOG_LEVEL warning or above the spinner set the root logger to DEBUG (to
     spin on every record) and filtered at the handler: every debug call of
@@ -148,6 +149,7 @@ class QuietWorker(faust.Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
+        use_log_format(logger, cast(PaymentService, self.app).settings.log_format)
 
 
 def create_app(settings: Settings, **overrides: Any) -> PaymentService:

@@ -36,6 +36,9 @@ from app.exceptions import SettingsError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: LOG_FORMAT: one JSON object per line, or mode's text lines for a terminal.
+LogFormat = Literal["json", "text"]
+
 WEBHOOK_SECRET_PREFIX = "WEBHOOK_SECRET_"  # noqa: S105 (a variable name, not a secret)
 CHANNEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -317,6 +320,12 @@ class Settings(BaseSettings):
 
     # Monitoring
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: LogFormat = Field(
+        "json", description="json: one JSON object per line; text: mode's format, for a terminal."
+    )
+    audit_log: bool = Field(
+        True, description="One payments.audit line per decision and per refused webhook."
+    )
     enable_metrics: bool = True
     metrics_port: int = Field(9090, ge=1, le=65535)
 
@@ -364,7 +373,7 @@ class Settings(BaseSettings):
         None, ge=1, le=65535, description="The port the WEBHOOK_PROCESSES share (SO_REUSEPORT)."
     )
 
-    @field_validator("log_level", "node_env", mode="before")
+    @field_validator("log_level", "log_format", "node_env", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

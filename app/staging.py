@@ -17,14 +17,22 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from pydantic import ValidationError
 
+from app import audit_trail
 from app.codecs import encode_dead_letter, encode_record
 from app.metrics import STAGING_BATCH_SECONDS, STAGING_ROWS
-from app.models import DateWindow, DeadLetter, PaymentRecord, field_errors
+from app.models import (
+    DateWindow,
+    DeadLetter,
+    Decision,
+    PaymentRecord,
+    field_errors,
+    payment_id_for,
+)
 from app.payment_store import KNOWN_REFERENCES, naive_utc
 from app.process_pool import ProcessPool
 from app.publisher import Message
@@ -126,14 +134,26 @@ ROW_COLUMNS = (
 )
 
 
+class StagedRecord(NamedTuple):
+    """A valid staging row, checked and encoded for the intake topic."""
+
+    reference_number: str
+    fingerprint: str
+    value: bytes
+    row_id: int
+    channel: str | None
+
+
 @dataclass
 class PreparedRows:
     """A claimed batch, checked and encoded: what to publish, and what failed and why."""
 
-    #: (reference_number, fingerprint, intake value) per valid row, in id order.
-    records: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: The valid rows, in id order.
+    records: list[StagedRecord] = field(default_factory=list)
     letters: list[Message] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: The invalid rows' dead letters (``letters`` holds them encoded), for the audit trail.
+    dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime) -> PreparedRows:
@@ -162,9 +182,16 @@ def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime)
                 failed_at=now,
             )
             prepared.letters.append((row["reference_number"].encode(), encode_dead_letter(letter)))
+            prepared.dead_letters.append(letter)
             continue
         prepared.records.append(
-            (record.reference_number, record.fingerprint, encode_record(record))
+            StagedRecord(
+                record.reference_number,
+                record.fingerprint,
+                encode_record(record),
+                row["id"],
+                record.payment_channel,
+            )
         )
     return prepared
 
@@ -182,8 +209,10 @@ class StagingPoller:
         window: DateWindow,
         helpers: ProcessPool | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        audit_log: bool = True,
     ) -> None:
         self.pool = pool
+        self.audit_log = audit_log
         self.helpers = helpers or ProcessPool(0)
         self.publisher = publisher
         self.batch_size = batch_size
@@ -253,6 +282,10 @@ class StagingPoller:
         started = datetime.now(UTC)
         clock = time.perf_counter()
         summary = BatchSummary()
+        # The poller decides two things itself: invalid rows (dead letters) and exact
+        # repeats (duplicates that never travel). They belong in the audit trail too.
+        auditing = self.audit_log and audit_trail.enabled()
+        repeats: list[Decision] = []
         async with self.pool.acquire() as connection, connection.transaction():
             if not await connection.fetchval(POLLER_LOCK):
                 log.debug("staging: another poller holds the lock; skipping this run")
@@ -276,16 +309,19 @@ class StagingPoller:
             known = {
                 row["reference_number"]: row["fingerprint"]
                 for row in await connection.fetch(
-                    KNOWN_REFERENCES, list({reference for reference, _, _ in prepared.records})
+                    KNOWN_REFERENCES, list({staged.reference_number for staged in prepared.records})
                 )
             }
             outgoing: list[Message] = []
-            for reference, fingerprint, value in prepared.records:
-                if known.get(reference) == fingerprint:
+            for staged in prepared.records:
+                reference = staged.reference_number
+                if known.get(reference) == staged.fingerprint:
                     summary.duplicates += 1
+                    if auditing:
+                        repeats.append(_repeat(staged))
                     continue
-                known.setdefault(reference, fingerprint)
-                outgoing.append((reference.encode(), value))
+                known.setdefault(reference, staged.fingerprint)
+                outgoing.append((reference.encode(), staged.value))
             summary.published = len(outgoing)
 
             await asyncio.gather(
@@ -295,6 +331,8 @@ class StagingPoller:
             await connection.execute(MARK_PROCESSED, [row["id"] for row in rows])
             details = summary.errors or None
             await _log_batch(connection, summary, "completed", started, details)
+        if auditing:
+            audit_trail.decisions(repeats, prepared.dead_letters)
         STAGING_BATCH_SECONDS.observe(time.perf_counter() - clock)
         STAGING_ROWS.labels("published").inc(summary.published)
         STAGING_ROWS.labels("duplicate").inc(summary.duplicates)
@@ -343,4 +381,16 @@ async def _log_batch(
         naive_utc(started),
         naive_utc(datetime.now(UTC)),
         None if details is None else json.dumps(details),
+    )
+
+
+def _repeat(staged: StagedRecord) -> Decision:
+    """The duplicate decision for a row the poller kept from travelling."""
+    return Decision(
+        reference_number=staged.reference_number,
+        outcome="duplicate",
+        payment_id=payment_id_for(staged.reference_number),
+        source="staging",
+        source_id=str(staged.row_id),
+        channel=staged.channel,
     )

@@ -9,6 +9,7 @@ against containers instead; that path is untested on our machines (no Docker eng
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -274,6 +275,8 @@ class Worker:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    #: Where this process's lines start in ``log_path`` (a restarted worker appends to it).
+    log_start: int = 0
 
     def get(
         self, path: str, timeout: float = 10, headers: dict[str, str] | None = None
@@ -315,7 +318,34 @@ class Worker:
         wait_for(answers, timeout=timeout, what="the worker's web server")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """What this process wrote to the log (its fronts included)."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The log's lines as JSON objects (LOG_FORMAT=json); any other line fails the test.
+
+        A last line without its newline is still being written: it is left out.
+        """
+        *complete, _partial = self.log().split("\n")
+        records = []
+        for number, line in enumerate(complete, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"{self.log_path}:{number} is not JSON: {line!r}") from None
+            assert isinstance(record, dict), f"{self.log_path}:{number}: {line!r}"
+            records.append(record)
+        return records
+
+    def log_messages(self) -> list[str]:
+        """The ``message`` of every log line."""
+        return [record["message"] for record in self.log_records()]
+
+    def logged(self, text: str) -> bool:
+        """True when a log line's message contains ``text``."""
+        return any(text in message for message in self.log_messages())
 
     def assert_alive(self) -> None:
         """Fail with the end of the worker's log if its process has exited."""
@@ -329,6 +359,7 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
     log_path = folder / "worker.log"
     worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
     with log_path.open("ab") as log_file:  # a restarted worker appends to the same log
+        log_start = log_file.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "app", "worker"],
             env=stack.service_env(
@@ -342,7 +373,7 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    worker = Worker(process, f"http://127.0.0.1:{port}", log_path)
+    worker = Worker(process, f"http://127.0.0.1:{port}", log_path, log_start)
     try:
         yield worker
     finally:

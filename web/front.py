@@ -28,10 +28,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from aiohttp import web
-from mode import Service, Worker
+from mode import Service
 
 from app.decisions import DecisionBoard
 from app.guards import Guards
+from app.log_format import FormattedWorker, log_before_setup
 from app.models import DateWindow
 from app.process_pool import exit_with_parent
 from app.publisher import Publisher
@@ -104,9 +105,11 @@ def run_front(index: int, worker_pid: int) -> None:
     """A front process's main: settings from the environment, like its worker's."""
     exit_with_parent(worker_pid)
     settings = load_settings()
-    Worker(
+    log_before_setup(settings.log_format, settings.log_level)
+    FormattedWorker(
         Front(settings, index),
         loglevel=settings.log_level.upper(),
+        log_format=settings.log_format,
         daemon=True,
         override_logging=True,
     ).execute_from_commandline()

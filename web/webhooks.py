@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
+from app import audit_trail
 from app.channels import CHANNELS, GENERIC, Channel
 from app.codecs import encode_record
 from app.decisions import Answer
 from app.exceptions import PublishFailed
 from app.metrics import REFERENCE_ANSWERS, WEBHOOK_SECONDS
-from app.models import PaymentRecord
+from app.models import Decision, PaymentRecord
 from app.topics import INTAKE
 from app.webhooks import Rejected, parse_body, record_for
 
@@ -100,6 +101,15 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
     except Rejected as rejected:
         headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
         reply = Reply(rejected.status, rejected.body(), headers)
+        if rejected.status < 500 and ingress.settings.audit_log:
+            client = ingress.guards.client(http.remote, http.headers.get("X-Forwarded-For"))
+            audit_trail.webhook_rejected(
+                rejected.status,
+                rejected.error,
+                channel_name or GENERIC.name,
+                http.headers.get("webhook-id"),
+                None if client is None else str(client),
+            )
     seconds = time.perf_counter() - started
     WEBHOOK_SECONDS.labels(str(reply.status)).observe(seconds)
     outcome = reply.body.get("status") or reply.body.get("error") or "unknown"
@@ -149,6 +159,8 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         REFERENCE_ANSWERS.labels("redis").inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
         await board.remember(webhook_id, answer)
+        if ingress.settings.audit_log and not replay:
+            audit_trail.decisions([_duplicate(record)], ())
         return _reply(answer, replay=replay)
 
     # A replay still undecided is published again: its first delivery may have
@@ -206,6 +218,18 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise too_large
     return b"".join(chunks)
+
+
+def _duplicate(record: PaymentRecord) -> Decision:
+    """The decision the hot cache lets the view take without the record agent."""
+    return Decision(
+        reference_number=record.reference_number,
+        outcome="duplicate",
+        payment_id=record.payment_id,
+        source=record.source,
+        source_id=record.source_id,
+        channel=record.payment_channel,
+    )
 
 
 def _accepted(record: PaymentRecord) -> Answer:

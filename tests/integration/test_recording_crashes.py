@@ -67,7 +67,7 @@ def test_death_between_commit_and_publish_is_repaired_by_the_relay(
     with run_worker(stack, tmp_path, **env) as worker:
         asyncio.run(wait_drained(stack, load.created, wait_seconds=120, alive=worker.assert_alive))
         asyncio.run(wait_consumed(stack, run, wait_seconds=60))
-        assert "outbox relay: published" in worker.log()
+        assert worker.logged("outbox relay: published")
 
     events = asyncio.run(read_topic(stack, EVENTS_DEFAULT))
     assert len(events) == load.created

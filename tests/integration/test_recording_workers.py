@@ -60,7 +60,7 @@ def test_a_worker_joining_a_fresh_group_loses_nothing(
             run_worker(stack, tmp_path / "two", WORKER_ID=f"join-{run}-2", **env)
         )
         wait_for(
-            lambda: "Seek stream partitions" in second.log(),
+            lambda: second.logged("Seek stream partitions"),
             timeout=60,
             what="the second worker to take its partitions",
         )

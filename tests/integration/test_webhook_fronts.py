@@ -34,7 +34,11 @@ def fronts_env(port: int, run: str) -> dict[str, str]:
 
 def listening(worker: Worker) -> dict[int, int]:
     """Front index → pid of its latest start, from the worker's log."""
-    return {int(index): int(pid) for index, pid in LISTENING.findall(worker.log())}
+    return {
+        int(match[1]): int(match[2])
+        for message in worker.log_messages()
+        if (match := LISTENING.search(message))
+    }
 
 
 def alive(pid: int) -> bool:
@@ -74,7 +78,9 @@ def pair(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     env = fronts_env(port, f"fronts-{RUN}")
     with run_worker(stack, tmp_path_factory.mktemp("fronts"), **env) as worker:
         wait_for(lambda: len(listening(worker)) == 2, timeout=60, what="two webhook fronts")
-        front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
+        front = Worker(
+            worker.process, f"http://127.0.0.1:{port}", worker.log_path, worker.log_start
+        )
         wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
         yield worker, front
 
@@ -207,8 +213,8 @@ def test_a_front_that_dies_is_started_again(fronts: Worker) -> None:
         timeout=30,
         what="front 0 started again",
     )
-    assert f"webhook front 0 (pid {before[0]}) exited with code -9; starting it again" in (
-        fronts.log()
+    assert fronts.logged(
+        f"webhook front 0 (pid {before[0]}) exited with code -9; starting it again"
     )
     assert listening(fronts)[1] == before[1]  # the other front was left alone
     assert alive(before[1])
@@ -268,7 +274,9 @@ def test_a_clean_shutdown_mid_load_loses_no_acknowledged_payment(
         return outcomes
 
     with run_worker(stack, tmp_path, **env) as worker:
-        front = Worker(worker.process, f"http://127.0.0.1:{port}", worker.log_path)
+        front = Worker(
+            worker.process, f"http://127.0.0.1:{port}", worker.log_path, worker.log_start
+        )
         wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
         outcomes = asyncio.run(load(worker))
         assert worker.process.wait(timeout=30) == 0, worker.log()[-3000:]

@@ -84,6 +84,5 @@ def test_the_database_pool_is_open_before_the_web_server_answers(
     with run_worker(native, tmp_path, DB_PORT="1", STARTUP_TIMEOUT_SECONDS="4") as worker:
         worker.process.wait(timeout=120)
         assert worker.process.returncode != 0
-        log = worker.log()
-        assert "Postgres at 127.0.0.1:1/collectioncrm did not answer within 4 s" in log
-        assert "scripts/stack status" in log
+        assert worker.logged("Postgres at 127.0.0.1:1/collectioncrm did not answer within 4 s")
+        assert worker.logged("scripts/stack status")

@@ -89,7 +89,7 @@ def test_a_staging_row_dead_lettered_for_its_date_replays_as_the_poller_would_se
     assert isinstance(record, PaymentRecord)
     # What the poller publishes for the same row once the window allows it: same bytes.
     accepted = prepare_rows([staging_row()], WIDE, NOW)
-    reference, _, sent = accepted.records[0]
+    reference, sent = accepted.records[0].reference_number, accepted.records[0].value
     assert intake_message(record) == (reference.encode(), sent)
     assert (record.source, record.source_id, record.metadata) == ("staging", "7", {"k": "v"})
 

@@ -84,6 +84,17 @@ def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch)
     assert settings.webhook_rate_limit_per_source == 25
 
 
+def test_logs_are_json_lines_with_an_audit_trail_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    assert (settings.log_format, settings.audit_log) == ("json", True)
+    monkeypatch.setenv("LOG_FORMAT", " Text ")
+    monkeypatch.setenv("AUDIT_LOG", "false")
+    settings = load_settings()
+    assert (settings.log_format, settings.audit_log) == ("text", False)
+
+
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
@@ -109,6 +120,8 @@ def test_settings_are_frozen() -> None:
         ("REFERENCE_CACHE_TTL_DAYS", "0", "REFERENCE_CACHE_TTL_DAYS=0"),
         ("PARTITION_RETENTION_MONTHS", "x", "PARTITION_RETENTION_MONTHS='x'"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud'"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT='xml': Input should be 'json' or 'text'"),
+        ("AUDIT_LOG", "sometimes", "AUDIT_LOG='sometimes'"),
         ("NODE_ENV", "moon", "NODE_ENV='moon'"),
         ("METRICS_PORT", "-1", "METRICS_PORT=-1"),
         (

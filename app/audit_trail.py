@@ -1,0 +1,109 @@
+"""The audit trail: INFO lines on the ``payments.audit`` logger, one per decision or refusal.
+
+The record agent writes one line per record of a committed batch (``audit:
+"decision"``: created, duplicate, conflict, or rejected for the other dead
+letters), and the webhook views one per request refused before the intake
+(``audit: "webhook_rejected"``). The fields travel as ``extra=`` so a JSON
+line carries them as keys (app/log_format.py); the message repeats the gist
+for text logs. Never a body, a secret or a signature: references, ids,
+channels and addresses only.
+
+The staging poller adds the decisions it takes itself (invalid rows, and exact
+repeats it keeps from travelling), and the webhook views the duplicates they
+answer from the hot cache.
+
+The agent decides thousands of records a second: :func:`decisions` does no
+per-record work when the logger is disabled (AUDIT_LOG=false, or a level above
+INFO for ``payments.audit``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from app.models import DeadLetter, Decision
+
+log = logging.getLogger("payments.audit")
+
+#: Client-sent values (webhook-id, channel in the path) are cut to this many characters.
+MAX_CLIENT_TEXT = 255
+
+
+def enabled() -> bool:
+    """True when audit lines would be written (callers skip building them otherwise)."""
+    return log.isEnabledFor(logging.INFO)
+
+
+def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -> None:
+    """One line per decision, and one per dead letter that is not a conflict (a decision too)."""
+    if not enabled():
+        return
+    for decision in decided:
+        extra: dict[str, Any] = {
+            "audit": "decision",
+            "outcome": decision.outcome,
+            "reference_number": decision.reference_number,
+            "source": decision.source,
+            "source_id": decision.source_id,
+            "channel": decision.channel,
+            "payment_id": str(decision.payment_id),
+        }
+        if decision.outcome == "conflict":
+            extra["differing_fields"] = list(decision.differing_fields)
+        log.info(
+            "%s %s from %s %s",
+            decision.outcome,
+            decision.reference_number,
+            decision.source,
+            decision.source_id,
+            extra=extra,
+        )
+    for letter in dead_letters:
+        if letter.reason == "conflict":
+            continue
+        original = letter.original if isinstance(letter.original, dict) else {}
+        channel = original.get("payment_channel")
+        log.info(
+            "rejected %s from %s %s: %s",
+            letter.reference_number,
+            letter.source,
+            letter.source_id,
+            letter.reason,
+            extra={
+                "audit": "decision",
+                "outcome": "rejected",
+                "reason": letter.reason,
+                "reference_number": letter.reference_number,
+                "source": letter.source,
+                "source_id": letter.source_id,
+                "channel": channel if isinstance(channel, str) else None,
+                "fields": [detail.field for detail in letter.details],
+            },
+        )
+
+
+def webhook_rejected(
+    status: int, error: str, channel: str, webhook_id: str | None, client: str | None
+) -> None:
+    """One line for a webhook request refused before the intake (4xx)."""
+    if not enabled():
+        return
+    channel = channel[:MAX_CLIENT_TEXT]
+    webhook_id = None if webhook_id is None else webhook_id[:MAX_CLIENT_TEXT]
+    log.info(
+        "webhook refused %d %s on channel %r from %s",
+        status,
+        error,
+        channel,
+        client,
+        extra={
+            "audit": "webhook_rejected",
+            "status": status,
+            "error": error,
+            "channel": channel,
+            "webhook_id": webhook_id,
+            "client": client,
+        },
+    )
