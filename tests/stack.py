@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 STACK_SCRIPT = ROOT / "scripts" / "stack"
 TOPICS_CONF = ROOT / "scripts" / "kafka" / "topics.conf"
 TEST_STACK_ENV = ROOT / "scripts" / "test-stack.env"
+
+
+#: Lines no logging setup of ours can format: Python's multiprocessing resource tracker, a
+#: process of its own, warns (with the warning's source line) when a killed worker's helper
+#: processes leave semaphores behind, and it may do so after the next worker has started.
+FOREIGN_LINE = re.compile(
+    r"^(\S*multiprocessing/resource_tracker\.py:\d+: UserWarning: resource_tracker: .*"
+    r"|  warnings\.warn\('resource_tracker: .*)$"
+)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -331,6 +341,8 @@ class Worker:
         *complete, _partial = self.log().split("\n")
         records = []
         for number, line in enumerate(complete, 1):
+            if FOREIGN_LINE.match(line):
+                continue
             try:
                 record = json.loads(line)
             except ValueError:
