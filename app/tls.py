@@ -184,7 +184,7 @@ def rejected(
     service: str, where: str, exc: ssl.SSLCertVerificationError, ca_setting: str, host_setting: str
 ) -> CertificateRejected:
     """The error for a server certificate that failed verification."""
-    reason = exc.verify_message or str(exc)
+    reason = (exc.verify_message or str(exc)).rstrip(".")
     return CertificateRejected(
         f"{service} at {where}: TLS certificate verification failed ({reason}). "
         + advice(exc, ca_setting, host_setting)
