@@ -39,7 +39,7 @@ from app.redis_connection import RedisConnection
 from app.settings import Settings
 from app.topic_reader import TopicReader
 from tests.pipeline import STAGING_COLUMNS, app_env, make_load, run_id
-from tests.stack import Stack, native_tls_stack, run_worker, wait_for
+from tests.stack import Stack, native_tls_stack, run_script, run_worker, wait_for
 
 
 @dataclass(frozen=True)
@@ -352,3 +352,20 @@ async def test_a_certificate_for_another_host_is_refused_by_every_client(
         await _redis_ping(settings)
     with pytest.raises(CertificateRejected, match="KAFKA_BROKERS must be a name"):
         await _kafka_probe(settings)
+
+
+# --- a state folder keeps its mode ---------------------------------------------------------
+
+
+def test_a_state_folder_keeps_the_mode_it_was_made_in(tls_stack: TlsStack, tmp_path: Path) -> None:
+    plain_on_tls = run_script({**os.environ, **tls_stack.stack.script_env, "STACK_TLS": "0"}, "up")
+    assert plain_on_tls.returncode == 1
+    assert "holds a TLS stack: set STACK_TLS=1" in plain_on_tls.stderr
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").touch()
+    tls_on_plain = run_script(
+        {**os.environ, "PAYMENTS_STATE_DIR": str(tmp_path), "STACK_TLS": "1"}, "up"
+    )
+    assert tls_on_plain.returncode == 1
+    assert "holds a plaintext stack" in tls_on_plain.stderr
+    assert not (tmp_path / "tls").exists()
