@@ -8,8 +8,8 @@ import faust
 import pytest
 
 from app import tls
-from app.exceptions import CertificateRejected
-from app.settings import Settings
+from app.exceptions import CertificateRejected, SettingsError
+from app.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,28 @@ def test_postgres_verify_ca_checks_the_ca_only(ca_file: str) -> None:
     assert context.check_hostname is False
 
 
-def test_postgres_missing_root_cert_fails_at_once() -> None:
-    with pytest.raises(FileNotFoundError):
-        tls.postgres_ssl(Settings(db_sslmode="verify-full", db_ssl_root_cert="/nonexistent.crt"))
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "DB_SSL_ROOT_CERT",
+        "KAFKA_SSL_CA_FILE",
+        "KAFKA_SSL_CERT_FILE",
+        "KAFKA_SSL_KEY_FILE",
+        "REDIS_TLS_CA_FILE",
+    ],
+)
+def test_a_missing_tls_file_is_named_at_start(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "/nonexistent/ca.crt")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert f"{variable}='/nonexistent/ca.crt': no such file" in str(caught.value)
+
+
+def test_an_empty_tls_file_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SSL_CA_FILE", "")
+    assert load_settings().kafka_ssl_ca_file is None
 
 
 def test_kafka_ssl(ca_file: str) -> None:
