@@ -13,14 +13,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
-import asyncpg
 import click
 from faust.cli import AppCommand, argument, option
 
 from app import database, staging_admin
 from app import dlq as dead_letters
 from app import partitions as partition_jobs
-from app.database import connect_options
 from app.exceptions import CommandError, PaymentsError
 from app.lookup import lookup_reference
 from app.migrations import migrate as apply_migrations
@@ -48,7 +46,9 @@ def _note(command: AppCommand) -> dead_letters.Say:
 async def migrate(self: AppCommand) -> None:
     """Apply pending database migrations (idempotent; safe while workers run)."""
     app = cast("PaymentService", self.app)
-    connection = await asyncpg.connect(**connect_options(app.settings))
+    # database.connect says what to check (the host, or the CA setting for a rejected certificate).
+    with _operator_errors(self):
+        connection = await database.connect(app.settings)
     try:
         applied = await apply_migrations(connection)
     finally:
