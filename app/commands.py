@@ -14,7 +14,6 @@ from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-import asyncpg
 import click
 from faust.cli import AppCommand, argument, option
 from mode import ServiceT, Worker
@@ -24,7 +23,6 @@ from app import dlq as dead_letters
 from app import partitions as partition_jobs
 from app.access import new_token
 from app.audit import AuditEntry, audited, command_line_actor
-from app.database import connect_options
 from app.exceptions import CommandError, PaymentsError
 from app.log_format import FormattedWorker
 from app.lookup import lookup_reference
@@ -80,7 +78,9 @@ class Command(AppCommand):
 async def migrate(self: AppCommand) -> None:
     """Apply pending database migrations (idempotent; safe while workers run)."""
     app = cast("PaymentService", self.app)
-    connection = await asyncpg.connect(**connect_options(app.settings))
+    # database.connect says what to check (the host, or the CA setting for a rejected certificate).
+    with _operator_errors(self):
+        connection = await database.connect(app.settings)
     try:
         applied = await apply_migrations(connection)
     finally:

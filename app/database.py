@@ -9,7 +9,8 @@ from typing import Any
 import asyncpg
 from mode import Service
 
-from app.exceptions import DependencyUnavailable, PaymentsError
+from app import tls
+from app.exceptions import CertificateRejected, DependencyUnavailable, PaymentsError
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,19 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "database": settings.db_database,
         "user": settings.db_username,
         "password": settings.db_password.get_secret_value(),
+        "ssl": tls.postgres_ssl(settings),
         "command_timeout": 60,
         "server_settings": {"application_name": settings.kafka_client_id},
     }
+
+
+def certificate_rejected(settings: Settings, exc: BaseException) -> CertificateRejected | None:
+    """The error for ``exc`` when a Postgres certificate failed verification; else None."""
+    failure = tls.certificate_error(exc)
+    if failure is None:
+        return None
+    where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
+    return tls.rejected("Postgres", where, failure, "DB_SSL_ROOT_CERT", "DB_HOST")
 
 
 async def connect_pool(settings: Settings) -> asyncpg.Pool:
@@ -72,6 +83,9 @@ async def connect_pool(settings: Settings) -> asyncpg.Pool:
                 max_size=settings.db_pool_max,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            rejected = certificate_rejected(settings, exc)
+            if rejected is not None:
+                raise rejected from exc  # waiting will not make the certificate match
             pause = min(float(attempt), MAX_BACKOFF_SECONDS)
             if loop.time() + pause > deadline:
                 raise DependencyUnavailable(
@@ -113,6 +127,9 @@ async def connect(settings: Settings) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(**connect_options(settings), timeout=10)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        rejected = certificate_rejected(settings, exc)
+        if rejected is not None:
+            raise rejected from exc
         where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
         raise DependencyUnavailable(
             f"cannot reach Postgres at {where} ({exc}): is it up? "

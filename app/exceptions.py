@@ -20,6 +20,13 @@ class DependencyUnavailable(PaymentsError):
     retriable = True
 
 
+class CertificateRejected(DependencyUnavailable):
+    """A server's TLS certificate failed verification; the message names the setting to check."""
+
+    # A wrong CA or host name stays wrong until the configuration changes.
+    retriable = False
+
+
 class MigrationError(PaymentsError):
     """A migration failed or an applied migration was edited after it ran."""
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka import AIOKafkaClient
 from mode import Service
 
+from app import tls
 from app.settings import Settings
 from app.topics import required_topics
 
@@ -48,11 +49,16 @@ class KafkaProbe(Service):
                     bootstrap_servers=list(self.settings.kafka_brokers),
                     client_id=f"{self.settings.kafka_client_id}-health",
                     request_timeout_ms=5000,
+                    **tls.kafka_options(self.settings),
                 )
                 try:
                     await client.bootstrap()
-                except BaseException:
+                except BaseException as exc:
                     await client.close()
+                    if isinstance(exc, Exception):
+                        rejected = await tls.kafka_certificate_rejected(self.settings)
+                        if rejected is not None:
+                            raise rejected from exc
                     raise
                 self._client = client
             return self._client

@@ -14,10 +14,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
+from app import tls
 from app.exceptions import PublishFailed
 from app.metrics import KAFKA_MESSAGES
 from app.settings import Settings
@@ -49,8 +50,16 @@ class Publisher(Service):
             linger_ms=5,
             max_batch_size=512 * 1024,
             request_timeout_ms=30_000,
+            **tls.kafka_options(self.settings),
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            rejected = await tls.kafka_certificate_rejected(self.settings)
+            if rejected is not None:
+                raise rejected from exc
+            raise
         self._producer = producer
 
     async def on_stop(self) -> None:

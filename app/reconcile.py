@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
+from app import tls
 from app.database import connect_options
 from app.models import utc_text
 from app.settings import Settings
@@ -122,6 +123,7 @@ async def read_events(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        **tls.kafka_options(settings),
     )
     await consumer.start()
     events: dict[str, tuple[str, int]] = {}

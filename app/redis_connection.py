@@ -10,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from app import tls
 from app.settings import Settings
 
 #: Redis is a cache and a guard here, never the authority: fail fast, then fall back.
@@ -49,6 +50,7 @@ class RedisConnection(Service):
                 # long after Redis was back, one stale connection at a time).
                 retry=Retry(NoBackoff(), retries=1),
                 retry_on_error=[RedisConnectionError],
+                **tls.redis_options(self.settings),
             )
             self._client = redis.Redis(connection_pool=pool)
 

@@ -30,6 +30,7 @@ from app.redis_connection import RedisConnection
 from app.settings import Settings
 from app.signatures import Verifier
 from app.staging import StagingPoller
+from app.tls import faust_credentials
 from app.topics import INTAKE_PARTITIONS
 from app.webhook_counts import WebhookCounts, process_name
 from tables.references import References
@@ -46,6 +47,8 @@ class PaymentService(faust.App):
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         options: dict[str, Any] = {
             "broker": settings.kafka_url,
+            # TLS and SASL for Faust's consumer and producer, as for our own clients.
+            "broker_credentials": faust_credentials(settings),
             "store": "rocksdb://",
             "datadir": settings.data_dir,
             "web_port": settings.port,

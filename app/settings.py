@@ -59,6 +59,15 @@ ROLES = ("viewer", "operator")
 TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
+#: Settings naming a certificate, key or CA file (PEM); each must exist when set.
+TLS_FILE_FIELDS = (
+    "db_ssl_root_cert",
+    "kafka_ssl_ca_file",
+    "kafka_ssl_cert_file",
+    "kafka_ssl_key_file",
+    "redis_tls_ca_file",
+)
+
 #: Standard Webhooks secrets are base64 after this prefix.
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 
@@ -377,6 +386,20 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator(*TLS_FILE_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(*TLS_FILE_FIELDS)
+    @classmethod
+    def _tls_file_exists(cls, value: str | None) -> str | None:
+        # Checked here so a wrong path stops the start with the variable's name, not a traceback
+        # from deep inside the first client that loads it.
+        if value is not None and not Path(value).is_file():
+            raise ValueError("no such file (a PEM file is expected)")
+        return value
 
     @field_validator("kafka_brokers", mode="before")
     @classmethod

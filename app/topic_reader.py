@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
+from app import tls
 from app.exceptions import DependencyUnavailable
 from app.settings import Settings
 
@@ -69,6 +70,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             request_timeout_ms=15_000,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            **tls.kafka_options(settings),
         )
         self._started = False
 
@@ -77,7 +79,8 @@ class TopicReader:
             await self._consumer.start()
         except (KafkaError, OSError) as exc:
             await self._consumer.stop()
-            raise kafka_unreachable(self.settings, exc) from exc
+            rejected = await tls.kafka_certificate_rejected(self.settings)
+            raise (rejected or kafka_unreachable(self.settings, exc)) from exc
         self._started = True
         return self
 

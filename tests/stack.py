@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -94,6 +95,8 @@ class Stack:
     #: Variables scripts/stack needs to find this stack (native only).
     script_env: Mapping[str, str] = field(default_factory=dict)
     native: bool = True
+    #: More settings the service needs to reach this stack (the TLS stack's, from `env`).
+    client_env: Mapping[str, str] = field(default_factory=dict)
 
     def service_env(self, **extra: str) -> dict[str, str]:
         """The environment a worker or command subprocess gets to reach this stack."""
@@ -108,6 +111,7 @@ class Stack:
             REDIS_PORT=str(self.redis_port),
             KAFKA_BROKERS=self.kafka_bootstrap,
         )
+        env.update(self.client_env)
         env.update(extra)
         for name in extra:
             if name.endswith("_FILE") and name.removesuffix("_FILE") not in extra:
@@ -127,6 +131,7 @@ class Stack:
             "db_pool_min": 1,
             "db_pool_max": 5,
         }
+        values.update({name.lower(): value for name, value in self.client_env.items()})
         values.update(overrides)
         return Settings(**values)
 
@@ -213,6 +218,60 @@ def native_stack(script_env: Mapping[str, str]) -> Stack:
     )
     migrate(stack)
     return stack
+
+
+def exported(output: str) -> dict[str, str]:
+    """The variables of `scripts/stack env`'s ``export A=B C=D`` lines."""
+    variables: dict[str, str] = {}
+    for line in output.splitlines():
+        words = shlex.split(line)
+        if words and words[0] == "export":
+            for word in words[1:]:
+                name, _, value = word.partition("=")
+                variables[name] = value
+    return variables
+
+
+@contextlib.contextmanager
+def native_tls_stack(state: Path, **script_env: str) -> Iterator[Stack]:
+    """A TLS-only stack of its own (STACK_TLS=1) in ``state``, on free ports; wiped on exit.
+
+    Its ``client_env`` holds what `scripts/stack env` prints to turn TLS on.
+    """
+    kafka, controller, db, redis = free_ports(4)
+    script_env = {
+        "PAYMENTS_STATE_DIR": str(state),
+        "STACK_TLS": "1",
+        "KAFKA_PORT": str(kafka),
+        "KAFKA_CONTROLLER_PORT": str(controller),
+        "DB_PORT": str(db),
+        "REDIS_PORT": str(redis),
+        "KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m",
+        **script_env,
+    }
+    env = {**os.environ, **script_env}
+    try:
+        up = run_script(env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        printed = run_script(env, "env")
+        assert printed.returncode == 0, printed.stderr
+        variables = exported(printed.stdout)
+        stack = Stack(
+            kafka_bootstrap=variables.pop("KAFKA_BROKERS"),
+            db_host=variables.pop("DB_HOST"),
+            db_port=int(variables.pop("DB_PORT")),
+            db_database=variables.pop("DB_DATABASE"),
+            db_username=variables.pop("DB_USERNAME"),
+            db_password=variables.pop("DB_PASSWORD"),
+            redis_host=variables.pop("REDIS_HOST"),
+            redis_port=int(variables.pop("REDIS_PORT")),
+            script_env=script_env,
+            client_env=variables,
+        )
+        migrate(stack)
+        yield stack
+    finally:
+        run_script(env, "reset", timeout=120)
 
 
 def migrate(stack: Stack) -> None:
