@@ -95,7 +95,8 @@ async def migrate(self: AppCommand) -> None:
 async def reconcile(self: AppCommand) -> None:
     """Check the invariants between Postgres and payment.events; exit 0 only if they hold."""
     app = cast("PaymentService", self.app)
-    report = await check_invariants(app.settings, progress=self.say)
+    with _operator_errors(self):
+        report = await check_invariants(app.settings, progress=self.say)
     figures = report.as_dict()
     width = max(len(name) for name in figures)
     for name, value in figures.items():

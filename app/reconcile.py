@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from app import tls
-from app.database import connect_options
+from app import database, tls
 from app.models import utc_text
 from app.settings import Settings
 from app.topic_reader import partitions_of
@@ -186,7 +184,7 @@ async def reconcile(
     say(f"read {report.events_read} events ({len(events)} distinct); reading payments ...")
     by_payment = {payment_id: digest for payment_id, digest in events.values()}
     del events
-    connection = await asyncpg.connect(**connect_options(settings))
+    connection = await database.connect(settings)
     try:
         counts = await connection.fetchrow(COUNTS)
         report.references = counts["references"]
