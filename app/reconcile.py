@@ -15,11 +15,12 @@ from decimal import Decimal
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from app import database, tls
 from app.models import utc_text
 from app.settings import Settings
-from app.topic_reader import partitions_of
+from app.topic_reader import kafka_unreachable, partitions_of
 
 COUNTS = """
 SELECT
@@ -123,7 +124,11 @@ async def read_events(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         **tls.kafka_options(settings),
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise kafka_unreachable(settings, exc) from exc
     events: dict[str, tuple[str, int]] = {}
     read = 0
     two_contents = 0
