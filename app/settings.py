@@ -415,13 +415,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"each broker must be host:port, got {broker!r}")
         return brokers
 
-    @field_validator("api_tokens", mode="before")
-    @classmethod
-    def _token_list(cls, value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        return _split_commas(value)
-
     @field_validator("api_tokens")
     @classmethod
     def _token_shape(cls, tokens: list[SecretStr]) -> list[SecretStr]:
@@ -459,7 +452,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR") from None
         return networks
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "api_tokens", mode="before")
     @classmethod
     def _secret_list(cls, value: Any) -> Any:
         if isinstance(value, SecretStr):

@@ -29,6 +29,7 @@ from web.access import caller_or_refusal
 
 if TYPE_CHECKING:
     from app.service import PaymentService
+    from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,63 +61,57 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel | dict[st
         return {"error": "invalid_request", "message": "the body breaks a rule", "errors": errors}
 
 
-class DlqReplayView(View):
+class OperatorAction(View):
+    """An audited operator action: a token with the operator role, a JSON body, one audit row."""
+
+    action: str
+    body_model: type[BaseModel]
+
+    async def run(self, settings: Settings, asked: Any) -> dict[str, Any]:
+        """Do the action; its counts go to the audit row and the answer."""
+        raise NotImplementedError
+
     async def post(self, request: Request) -> Response:
         caller = caller_or_refusal(self, request, "operator")
         if not isinstance(caller, Caller):
             return caller
-        asked = await _body(request, ReplayRequest)
-        if not isinstance(asked, ReplayRequest):
+        asked = await _body(request, self.body_model)
+        if not isinstance(asked, self.body_model):
+            assert isinstance(asked, dict)
             return self.json(asked, status=422 if "errors" in asked else 400)
         settings = cast("PaymentService", self.app).settings
-        lines: list[str] = []
-        try:
-            reason = dead_letters.check_reason(asked.reason)
-            async with audited(
-                settings,
-                actor=caller.name,
-                via="http",
-                action="dlq.replay",
-                parameters=asked.model_dump(),
-            ) as entry:
-                report = await dead_letters.replay(
-                    settings, reason=reason, dry_run=asked.dry_run, say=lines.append, note=log.info
-                )
-                entry.result = report.as_dict()
-        except PaymentsError as exc:
-            return self.json({"error": "failed", "message": str(exc)}, status=_status(exc))
-        return self.json({**report.as_dict(), "dry_run": asked.dry_run, "audit_id": entry.id})
-
-
-class StagingRequeueView(View):
-    async def post(self, request: Request) -> Response:
-        caller = caller_or_refusal(self, request, "operator")
-        if not isinstance(caller, Caller):
-            return caller
-        asked = await _body(request, RequeueRequest)
-        if not isinstance(asked, RequeueRequest):
-            return self.json(asked, status=422 if "errors" in asked else 400)
-        settings = cast("PaymentService", self.app).settings
+        parameters = asked.model_dump()
         try:
             async with audited(
-                settings,
-                actor=caller.name,
-                via="http",
-                action="staging.requeue",
-                parameters=asked.model_dump(),
+                settings, actor=caller.name, via="http", action=self.action, parameters=parameters
             ) as entry:
-                report = await staging_admin.requeue(
-                    settings,
-                    first=asked.from_id,
-                    last=asked.to_id,
-                    dry_run=asked.dry_run,
-                    say=log.info,
-                )
-                entry.result = {"rows": report.rows, "chunks": report.chunks}
+                entry.result = await self.run(settings, asked)
         except PaymentsError as exc:
             return self.json({"error": "failed", "message": str(exc)}, status=_status(exc))
-        body = {"rows": report.rows, "dry_run": asked.dry_run, "audit_id": entry.id}
-        return self.json(body)
+        return self.json({**entry.result, "dry_run": parameters["dry_run"], "audit_id": entry.id})
+
+
+class DlqReplayView(OperatorAction):
+    action = "dlq.replay"
+    body_model = ReplayRequest
+
+    async def run(self, settings: Settings, asked: ReplayRequest) -> dict[str, Any]:
+        reason = dead_letters.check_reason(asked.reason)
+        report = await dead_letters.replay(
+            settings, reason=reason, dry_run=asked.dry_run, say=log.debug, note=log.info
+        )
+        return report.as_dict()
+
+
+class StagingRequeueView(OperatorAction):
+    action = "staging.requeue"
+    body_model = RequeueRequest
+
+    async def run(self, settings: Settings, asked: RequeueRequest) -> dict[str, Any]:
+        report = await staging_admin.requeue(
+            settings, first=asked.from_id, last=asked.to_id, dry_run=asked.dry_run, say=log.info
+        )
+        return {"rows": report.rows, "chunks": report.chunks}
 
 
 def _status(exc: PaymentsError) -> int:
