@@ -27,6 +27,9 @@ from app.models import DeadLetter, Decision
 
 log = logging.getLogger("payments.audit")
 
+#: The LogRecord attribute holding a batch's entries (app/log_format.py writes one line each).
+BATCH_ATTRIBUTE = "audit_batch"
+
 #: Client-sent values (webhook-id, channel in the path) are cut to this many characters.
 MAX_CLIENT_TEXT = 255
 
@@ -37,11 +40,18 @@ def enabled() -> bool:
 
 
 def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -> None:
-    """One line per decision, and one per dead letter that is not a conflict (a decision too)."""
+    """One line per decision, and one per dead letter that is not a conflict (a decision too).
+
+    A batch's lines travel as ONE log record (``audit_batch``: each line's message and
+    fields), which the JSON formatter writes as one line per entry: a LogRecord and a
+    python-json-logger pass per decision cost ~150 µs of the record agent's ~400 µs per
+    record (bench/staging). Text logs show the entries' messages, one per line.
+    """
     if not enabled():
         return
+    entries: list[tuple[str, dict[str, Any]]] = []
     for decision in decided:
-        extra: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "audit": "decision",
             "outcome": decision.outcome,
             "reference_number": decision.reference_number,
@@ -51,37 +61,39 @@ def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -
             "payment_id": str(decision.payment_id),
         }
         if decision.outcome == "conflict":
-            extra["differing_fields"] = list(decision.differing_fields)
-        log.info(
-            "%s %s from %s %s",
-            decision.outcome,
-            decision.reference_number,
-            decision.source,
-            decision.source_id,
-            extra=extra,
+            fields["differing_fields"] = list(decision.differing_fields)
+        message = (
+            f"{decision.outcome} {decision.reference_number} "
+            f"from {decision.source} {decision.source_id}"
         )
+        entries.append((message, fields))
     for letter in dead_letters:
         if letter.reason == "conflict":
             continue
         original = letter.original if isinstance(letter.original, dict) else {}
         channel = original.get("payment_channel")
-        log.info(
-            "rejected %s from %s %s: %s",
-            letter.reference_number,
-            letter.source,
-            letter.source_id,
-            letter.reason,
-            extra={
-                "audit": "decision",
-                "outcome": "rejected",
-                "reason": letter.reason,
-                "reference_number": letter.reference_number,
-                "source": letter.source,
-                "source_id": letter.source_id,
-                "channel": channel if isinstance(channel, str) else None,
-                "fields": [detail.field for detail in letter.details],
-            },
+        message = (
+            f"rejected {letter.reference_number} from {letter.source} {letter.source_id}: "
+            f"{letter.reason}"
         )
+        entries.append(
+            (
+                message,
+                {
+                    "audit": "decision",
+                    "outcome": "rejected",
+                    "reason": letter.reason,
+                    "reference_number": letter.reference_number,
+                    "source": letter.source,
+                    "source_id": letter.source_id,
+                    "channel": channel if isinstance(channel, str) else None,
+                    "fields": [detail.field for detail in letter.details],
+                },
+            )
+        )
+    if entries:
+        text = "\n".join(message for message, _ in entries)
+        log.info("%s", text, extra={BATCH_ATTRIBUTE: entries})
 
 
 def webhook_rejected(

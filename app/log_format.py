@@ -14,6 +14,7 @@ escaped, so a line is always one line and always valid UTF-8.
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from mode import Worker
 from pythonjsonlogger.json import JsonFormatter
 
+from app.audit_trail import BATCH_ATTRIBUTE
 from app.settings import LogFormat
 
 #: LogRecord attributes → JSON keys, in this order (extras come after them).
@@ -36,9 +38,28 @@ class JsonLines(JsonFormatter):
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
-        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        log_data["time"] = stamp.replace("+00:00", "Z")
+        log_data["time"] = _utc(record.created)
         super().add_fields(log_data, record, message_dict)
+
+    def format(self, record: logging.LogRecord) -> str:
+        batch = getattr(record, BATCH_ATTRIBUTE, None)
+        if batch is None:
+            return super().format(record)
+        # Many audit lines in one record: the same keys, in the same order, as one line each.
+        head = {"time": _utc(record.created), "level": record.levelname, "logger": record.name}
+        return "\n".join(
+            json.dumps(
+                {**head, "message": message, "pid": record.process, **fields},
+                ensure_ascii=True,
+                default=str,
+            )
+            for message, fields in batch
+        )
+
+
+def _utc(created: float) -> str:
+    stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def use_log_format(logger: logging.Logger, log_format: LogFormat) -> None:

@@ -22,9 +22,10 @@ def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     """The captured payments.audit records as their JSON lines, parsed."""
     formatter = JsonLines()
     return [
-        json.loads(formatter.format(record))
+        json.loads(line)
         for record in caplog.records
         if record.name == "payments.audit"
+        for line in formatter.format(record).splitlines()
     ]
 
 
