@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 #: Largest serialized metadata object accepted.
 METADATA_MAX_BYTES = 16 * 1024
+#: Deepest metadata nesting accepted. The record travels through the intake topic as JSON,
+#: and the agent's parser (pydantic-core) stops at about 128 levels: deeper metadata was
+#: accepted at the door, then dead-lettered as undecodable (tests/unit/test_properties.py).
+METADATA_MAX_DEPTH = 32
 
 #: payment_id and event_id derive from the reference under these namespaces, so
 #: the same reference maps to the same ids in the HTTP answer, the row and the event,
@@ -173,6 +177,8 @@ class PaymentRecord(BaseModel):
             ) from None
         if len(text) > METADATA_MAX_BYTES:
             raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON")
+        if _depth(value) > METADATA_MAX_DEPTH:
+            raise ValueError(f"must nest at most {METADATA_MAX_DEPTH} levels of lists and objects")
         if b"\\u0000" in text:
             # Postgres jsonb refuses NUL characters: stop them here with a clear error.
             raise ValueError("must not contain NUL characters")
@@ -203,6 +209,23 @@ class PaymentRecord(BaseModel):
             "payment_date": self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
             "payment_channel": self.payment_channel or "",
         }
+
+
+def _depth(value: Any) -> int:
+    """Levels of lists and objects in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def utc_text(value: datetime) -> str:

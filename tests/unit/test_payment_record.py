@@ -101,6 +101,19 @@ def test_each_rule_names_its_field(changes: dict[str, Any], field: str) -> None:
     assert field in errors_for(**changes)
 
 
+def test_metadata_nests_at_most_32_levels() -> None:
+    def nested(levels: int) -> dict[str, Any]:
+        value: Any = "bottom"
+        for _ in range(levels - 1):
+            value = [value]
+        return {"next": value}
+
+    assert record(metadata=nested(32)).metadata == nested(32)
+    assert "metadata" in errors_for(metadata=nested(33))
+    # what the agent reads back from the intake holds the same metadata
+    assert decode_record(encode_record(record(metadata=nested(32)))).metadata == nested(32)
+
+
 def test_metadata_may_say_nan_and_infinity_in_words() -> None:
     words = {"note": "NaN", "plan": ["Infinity", "-Infinity"]}
     assert record(metadata=words).metadata == words
