@@ -14,7 +14,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaConnectionError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
@@ -27,6 +34,18 @@ log = logging.getLogger(__name__)
 
 Message = tuple[bytes | None, bytes]
 
+#: Errors after which the broker will refuse every later batch of this producer id: the
+#: idempotent producer's sequence for a partition is out of step (a batch failed after
+#: its sequence number was taken, e.g. NotLeaderForPartition while a topic's leader
+#: moved). Retrying with the same producer fails the same way for ever; a new producer
+#: (a new id, sequences from 0) does not. Found stalling the record agent on a DLQ send.
+BROKEN_SEQUENCE = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+
 
 class Publisher(Service):
     """Sends batches of keyed messages and returns once the broker has them all."""
@@ -36,11 +55,15 @@ class Publisher(Service):
         self.name = name
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
+        self._replacing = asyncio.Lock()
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
         if self._producer is not None:
             return
+        self._producer = await self._new_producer()
+
+    async def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=",".join(self.settings.kafka_brokers),
             client_id=f"{self.settings.kafka_client_id}-{self.name}",
@@ -60,7 +83,40 @@ class Publisher(Service):
             if rejected is not None:
                 raise rejected from exc
             raise
-        self._producer = producer
+        return producer
+
+    async def _restarted(self) -> AIOKafkaProducer:
+        """A producer after a replacement that could not start one (Kafka was away)."""
+        if not self.started:
+            raise PublishFailed("the publisher is not started")
+        async with self._replacing:
+            if self._producer is None:
+                try:
+                    self._producer = await self._new_producer()
+                except KafkaError as exc:
+                    raise PublishFailed(f"{self.name}: no Kafka producer: {exc!r}") from exc
+            return self._producer
+
+    async def _replace(self, broken: AIOKafkaProducer, error: BaseException) -> None:
+        """Swap ``broken`` for a new producer (once, however many sends saw it fail)."""
+        async with self._replacing:
+            if id(self._producer) != id(broken):  # (identity; `is not` would narrow the type)
+                return  # replaced already
+            log.warning(
+                "%s: Kafka refuses this producer's sequence (%r); starting a new producer",
+                self.name,
+                error,
+            )
+            self._producer = None
+            try:
+                await broken.stop()
+            except KafkaError as exc:
+                log.info("%s: stopping the old producer: %r", self.name, exc)
+            try:
+                self._producer = await self._new_producer()
+            except KafkaError as exc:
+                # The next publish starts one (and says so if Kafka is still away).
+                log.warning("%s: the new producer did not start yet: %r", self.name, exc)
 
     async def on_stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -81,9 +137,7 @@ class Publisher(Service):
         """
         if not messages:
             return {}
-        producer = self._producer
-        if producer is None:
-            raise PublishFailed("the publisher is not started")
+        producer = self._producer or await self._restarted()
         deliveries: list[tuple[asyncio.Future[Any], int]] = []
         try:
             if partitions is None:
@@ -107,6 +161,8 @@ class Publisher(Service):
         except KafkaError as exc:
             await asyncio.gather(*(delivery for delivery, _ in deliveries), return_exceptions=True)
             KAFKA_MESSAGES.labels(topic, "failed").inc(len(messages))
+            if isinstance(exc, BROKEN_SEQUENCE):
+                await self._replace(producer, exc)
             raise PublishFailed(f"Kafka refused a send to {topic}: {exc!r}") from exc
         results = await asyncio.gather(
             *(delivery for delivery, _ in deliveries), return_exceptions=True
@@ -121,6 +177,9 @@ class Publisher(Service):
         if failures:
             KAFKA_MESSAGES.labels(topic, "failed").inc(unacknowledged)
             first = failures[0][1]
+            broken = next((e for _, e in failures if isinstance(e, BROKEN_SEQUENCE)), None)
+            if broken is not None:
+                await self._replace(producer, broken)
             raise PublishFailed(
                 f"Kafka did not acknowledge {len(failures)} of {len(deliveries)} "
                 f"batches to {topic}: {first!r}"

@@ -1,0 +1,82 @@
+"""The publisher replaces a producer whose idempotent sequence Kafka no longer accepts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import NotLeaderForPartitionError, OutOfOrderSequenceNumber
+
+from app.exceptions import PublishFailed
+from app.publisher import Publisher
+from app.settings import Settings
+
+
+class FakeProducer:
+    """Acknowledges sends, or fails them with the errors it is given, in order."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors = errors
+        self.sent: list[bytes] = []
+        self.stopped = False
+
+    async def send(self, topic: str, value: bytes, key: Any, partition: int) -> asyncio.Future[Any]:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.errors:
+            done.set_exception(self.errors.pop(0))
+        else:
+            self.sent.append(value)
+            done.set_result(
+                type("Meta", (), {"offset": len(self.sent) - 1, "partition": partition})
+            )
+        return done
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_broken_sequence_gets_a_new_producer_and_the_retry_goes_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a moving partition leader did to the record agent's DLQ sends: one
+    # NotLeaderForPartition, then OutOfOrderSequenceNumber on every retry, for ever.
+    broken = FakeProducer([NotLeaderForPartitionError(), OutOfOrderSequenceNumber()] * 50)
+    fresh = FakeProducer([])
+    made = iter([broken, fresh])
+
+    async def new_producer(self: Publisher) -> FakeProducer:
+        return next(made)
+
+    monkeypatch.setattr(Publisher, "_new_producer", new_producer)
+    publisher = Publisher(Settings())
+    await publisher.start()
+    try:
+        message = [(b"REF-1", b"letter")]
+        with pytest.raises(PublishFailed, match="NotLeaderForPartition"):
+            await publisher.publish("payment.intake.dlq", message, [0])
+        with pytest.raises(PublishFailed, match="OutOfOrderSequenceNumber"):
+            await publisher.publish("payment.intake.dlq", message, [0])
+        assert broken.stopped
+        assert await publisher.publish("payment.intake.dlq", message, [0]) == {0: 0}
+        assert fresh.sent == [b"letter"]
+    finally:
+        await publisher.stop()
+
+
+async def test_other_failures_keep_the_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = FakeProducer([NotLeaderForPartitionError()])
+
+    async def new_producer(self: Publisher) -> FakeProducer:
+        return producer
+
+    monkeypatch.setattr(Publisher, "_new_producer", new_producer)
+    publisher = Publisher(Settings())
+    await publisher.start()
+    try:
+        with pytest.raises(PublishFailed):
+            await publisher.publish("payment.events", [(b"k", b"v")], [3])
+        assert not producer.stopped
+        assert await publisher.publish("payment.events", [(b"k", b"v")], [3]) == {3: 0}
+    finally:
+        await publisher.stop()
