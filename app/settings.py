@@ -91,12 +91,8 @@ def _check_webhook_secrets(secrets: list[SecretStr], name: str) -> list[SecretSt
     return secrets
 
 
-class _ChannelSecretsSource(PydanticBaseSettingsSource):
-    """Collects ``WEBHOOK_SECRET_<CHANNEL>`` variables into ``webhook_channel_secrets``.
-
-    pydantic-settings maps one variable to one field; per-channel secrets have
-    open-ended names, so this source scans for the prefix instead.
-    """
+class _EnvironSource(PydanticBaseSettingsSource):
+    """A settings source that reads the whole environment at once (not one field at a time)."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str | None]) -> None:
         super().__init__(settings_cls)
@@ -104,6 +100,14 @@ class _ChannelSecretsSource(PydanticBaseSettingsSource):
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
+
+
+class _ChannelSecretsSource(_EnvironSource):
+    """Collects ``WEBHOOK_SECRET_<CHANNEL>`` variables into ``webhook_channel_secrets``.
+
+    pydantic-settings maps one variable to one field; per-channel secrets have
+    open-ended names, so this source scans for the prefix instead.
+    """
 
     def __call__(self) -> dict[str, Any]:
         channels: dict[str, Any] = {}
@@ -122,18 +126,11 @@ class _ChannelSecretsSource(PydanticBaseSettingsSource):
         return {"webhook_channel_secrets": channels} if channels else {}
 
 
-class _SecretFilesSource(PydanticBaseSettingsSource):
+class _SecretFilesSource(_EnvironSource):
     """``<NAME>_FILE`` for every secret: the file's content is the value (Docker, Kubernetes).
 
     Setting both ``NAME`` and ``NAME_FILE`` is refused: which one wins would be a guess.
     """
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str | None]) -> None:
-        super().__init__(settings_cls)
-        self._environ = environ
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
