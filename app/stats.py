@@ -13,14 +13,14 @@ from typing import Any
 
 import asyncpg
 
+from app.staging import BACKLOG
+
 STAGING_TODAY = """
 SELECT coalesce(sum(total_records), 0) AS processed,
        avg(extract(epoch FROM completed_at - started_at) * 1000) AS average_ms
 FROM payment_service.staging_process_log
 WHERE status = 'completed' AND completed_at >= $1
 """
-
-PENDING = "SELECT count(*) FROM public.payment_staging WHERE NOT processed"
 
 WEBHOOKS_TODAY = """
 SELECT coalesce(sum(requests), 0) AS received,
@@ -41,7 +41,7 @@ async def todays_stats(pool: asyncpg.Pool, now: datetime | None = None) -> dict[
     midnight = start_of_day(now or datetime.now(UTC))
     async with pool.acquire() as connection:
         staging = await connection.fetchrow(STAGING_TODAY, midnight.replace(tzinfo=None))
-        pending = await connection.fetchval(PENDING)
+        pending = await connection.fetchval(BACKLOG)
         webhooks = await connection.fetchrow(WEBHOOKS_TODAY, midnight)
     received = int(webhooks["received"])
     return {
