@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,7 +24,7 @@ from tests.pipeline import (
     wait_consumed,
     wait_drained,
 )
-from tests.stack import ROOT, Stack, Worker, run_worker, wait_for
+from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
 
 SECRET = "whsec_" + "b3BlcmF0b3IgY2xpIHRlc3Qgc2VjcmV0IQ=="
@@ -233,16 +231,7 @@ def test_lookup_finds_a_reference_in_postgres_redis_the_changelog_and_events(
 
 
 def test_commands_say_what_to_do_when_a_service_is_down(stack: Stack, run: str) -> None:
-    env = stack.service_env(**app_env(run, LOG_LEVEL="warning", KAFKA_BROKERS="127.0.0.1:1"))
-    process = subprocess.run(
-        [sys.executable, "-m", "app", "dlq", "list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
+    process = command(stack, run, "dlq", "list", KAFKA_BROKERS="127.0.0.1:1")
     assert process.returncode == 1
     assert "error: cannot reach Kafka at 127.0.0.1:1" in process.stderr
     assert "is the broker up? (`make up`" in process.stderr
