@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app import audit_trail
@@ -93,6 +95,24 @@ def _die() -> None:
     os._exit(FAULT_EXIT_CODE)
 
 
+def _freeze_once() -> Callable[[], None]:
+    """FAULT_POINT=freeze_in_transaction: stop the whole process (SIGSTOP) once, mid-transaction.
+
+    The test sends SIGCONT: the worker wakes as a zombie whose session and
+    group membership may have expired meanwhile.
+    """
+    frozen = False
+
+    def freeze() -> None:
+        nonlocal frozen
+        if not frozen:
+            frozen = True
+            log.warning("FAULT_POINT freeze_in_transaction: stopping with claims uncommitted")
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    return freeze
+
+
 def register(app: PaymentService) -> Any:
     """Add the intake topic and the agent to ``app``; returns the agent."""
     settings = app.settings
@@ -107,7 +127,14 @@ def register(app: PaymentService) -> Any:
 
     async def record_payments(stream: Any) -> None:
         recorder = Recorder(
-            PaymentStore(app.database.pool, settings.kafka_topic, app.date_window.max_future),
+            PaymentStore(
+                app.database.pool,
+                settings.kafka_topic,
+                app.date_window.max_future,
+                after_claim=(
+                    _freeze_once() if settings.fault_point == "freeze_in_transaction" else None
+                ),
+            ),
             app.references,
             app.publisher,
             events_topic=settings.kafka_topic,

@@ -55,7 +55,12 @@ def connect_options(settings: Settings) -> dict[str, Any]:
         "password": settings.db_password.get_secret_value(),
         "ssl": tls.postgres_ssl(settings),
         "command_timeout": 60,
-        "server_settings": {"application_name": settings.kafka_client_id},
+        "server_settings": {
+            "application_name": settings.kafka_client_id,
+            "idle_in_transaction_session_timeout": str(
+                int(settings.db_idle_in_transaction_timeout_seconds * 1000)
+            ),
+        },
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -135,14 +135,21 @@ class PaymentStore:
 
     ``max_future`` is PAYMENT_DATE_MAX_FUTURE_DAYS: how far a recorded payment_date
     may lie past its recording, which bounds where late duplicates can be.
+    ``after_claim`` (tests only, FAULT_POINT) runs inside the transaction once a
+    batch has claimed references, before anything else is written.
     """
 
     def __init__(
-        self, pool: asyncpg.Pool, events_topic: str, max_future: timedelta = timedelta(days=1)
+        self,
+        pool: asyncpg.Pool,
+        events_topic: str,
+        max_future: timedelta = timedelta(days=1),
+        after_claim: Callable[[], None] | None = None,
     ) -> None:
         self.pool = pool
         self.events_topic = events_topic
         self.max_future = max_future
+        self._after_claim = after_claim
         self._months: set[date] = set()
 
     async def known(self, references: Iterable[str]) -> dict[str, KnownReference]:
@@ -194,6 +201,8 @@ class PaymentStore:
                 [record.fingerprint for record in records],
             )
             claimed_refs = {row["reference_number"] for row in claimed}
+            if claimed_refs and self._after_claim is not None:
+                self._after_claim()
             taken = [ref for ref in by_reference if ref not in claimed_refs]
             if taken:
                 rows = await connection.fetch(KNOWN_REFERENCES, taken)

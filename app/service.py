@@ -61,6 +61,7 @@ class PaymentService(faust.App):
             # We never route requests between workers, so it need not be reachable.
             "canonical_url": f"http://{settings.worker_id}.payment-service",
             "topic_partitions": INTAKE_PARTITIONS,
+            "broker_session_timeout": settings.kafka_session_timeout_seconds,
             # A standby consumes every changelog record of the partitions it stands by for:
             # with two workers that doubled the records each one handled (bench/staging).
             "table_standby_replicas": settings.table_standby_replicas,

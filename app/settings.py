@@ -199,6 +199,15 @@ class Settings(BaseSettings):
     db_password: SecretStr = SecretStr("admin_password")
     db_pool_min: int = Field(10, ge=0)
     db_pool_max: int = Field(50, ge=1)
+    db_idle_in_transaction_timeout_seconds: float = Field(
+        60,
+        ge=0,
+        description=(
+            "Postgres ends a session of ours idle this long inside a transaction (0: never), "
+            "so a frozen worker cannot hold its batch's claims and block the worker that "
+            "takes over its partitions."
+        ),
+    )
     db_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         "prefer",
         description=(
@@ -238,6 +247,15 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_session_timeout_seconds: float = Field(
+        60,
+        ge=6,
+        le=300,
+        description=(
+            "A worker silent this long leaves the consumer group and its partitions move "
+            "to the others (within the broker's group.min/max.session.timeout.ms)."
+        ),
+    )
     kafka_replication_factor: int = Field(
         1, ge=1, description="For the topics Faust creates (table changelogs); 3 in production."
     )
@@ -316,11 +334,13 @@ class Settings(BaseSettings):
         ),
     )
 
-    fault_point: Literal["", "after_commit"] = Field(
+    fault_point: Literal["", "after_commit", "freeze_in_transaction"] = Field(
         "",
         description=(
-            "Tests only: the worker kills itself at this point (after_commit = after the "
-            "Postgres commit, before the events are published). Refused in production."
+            "Tests only: after_commit = the worker kills itself after the Postgres commit, "
+            "before the events are published; freeze_in_transaction = it stops itself "
+            "(SIGSTOP) once, holding its first batch's claims uncommitted, until a SIGCONT. "
+            "Refused in production."
         ),
     )
 

@@ -1,0 +1,362 @@
+"""The fault harness: load through both inputs, one fault, recovery, then the invariants.
+
+A scenario (tests/integration/test_faults.py) stages rows and/or sends signed
+webhooks, breaks one thing (a worker, the broker, Postgres, Redis), repairs it,
+waits for the pipeline to drain and calls :func:`check_invariants`:
+
+- every reference an input acknowledged (a staged row the ETL committed, a
+  webhook answered 2xx) is recorded;
+- nothing outside the sent set is recorded;
+- payments rows = distinct references among them = ``payment_references`` rows
+  = distinct event ids on ``payment.events``, each reference with one event id
+  (a repeated event carries the same id);
+- ``python -m app reconcile`` exits 0.
+
+Everything random comes from one seed: ``FAULT_SEED`` (default
+:data:`DEFAULT_SEED`). Every failure names it, so a failing run can be replayed
+with the same load and the same fault points (timing still varies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from app.topics import EVENTS_DEFAULT
+from tests.pipeline import fetch, read_topic, reconcile, wait_consumed, wait_drained
+from tests.stack import Stack, Worker, run_worker, wait_for
+from tests.webhook_client import signed
+
+DEFAULT_SEED = 20261128
+WEBHOOK = "/api/v1/payments/webhook"
+#: The secret the harness's workers verify and its load signs with.
+SECRET = "whsec_" + "ZmF1bHQgaGFybmVzcyB3ZWJob29rIHNlY3JldCE="
+ACKNOWLEDGED = frozenset({200, 201, 202})
+
+
+def fault_seed() -> int:
+    return int(os.environ.get("FAULT_SEED", DEFAULT_SEED))
+
+
+@dataclass
+class Ledger:
+    """What the harness sent and what each input acknowledged, by reference."""
+
+    seed: int = field(default_factory=fault_seed)
+    sent: set[str] = field(default_factory=set)
+    acknowledged: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)  # noqa: S311 (test data, not secrets)
+
+    def staged(self, rows: list[tuple[Any, ...]], invalid_marker: str = "-BAD-") -> None:
+        """Rows the ETL committed to the staging table: the valid ones are acknowledged."""
+        references = {row[0] for row in rows}
+        self.sent |= references
+        self.acknowledged |= {ref for ref in references if invalid_marker not in ref}
+
+    def fail(self, message: str) -> AssertionError:
+        return AssertionError(f"{message}\n(FAULT_SEED={self.seed} replays this run's load)")
+
+    def check(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise self.fail(message)
+
+
+# --- webhook load -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One webhook request: its reference and what came back (status 0: no answer)."""
+
+    reference: str
+    status: int
+    retry_after: str | None
+    started: float
+    ended: float
+    body: dict[str, Any]
+
+
+@dataclass
+class WebhookLoad:
+    """Signed webhooks from ``senders`` concurrent clients, round robin over ``urls``.
+
+    Each request is a new payment, or (``duplicate_rate``) the same body again
+    under a new webhook-id: a sender retrying. References come from the ledger's
+    seed; answers are kept in order of completion.
+    """
+
+    ledger: Ledger
+    urls: list[str]
+    prefix: str
+    senders: int = 4
+    duplicate_rate: float = 0.2
+    #: Pause of each sender between two requests (keeps the load steady, not maximal).
+    pause: float = 0.02
+    timeout: float = 15.0
+    answers: list[Answer] = field(default_factory=list)
+    _bodies: list[tuple[str, bytes]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _next(self) -> tuple[str, bytes]:
+        rng = self.ledger.rng
+        if self._bodies and rng.random() < self.duplicate_rate:
+            return rng.choice(self._bodies)
+        reference = f"{self.prefix}-W{len(self._bodies):07d}"
+        day = datetime.now(UTC) - timedelta(days=rng.randrange(0, 30))
+        body = json.dumps(
+            {
+                "reference_number": reference,
+                "loan_account_number": f"LN{rng.randrange(10**6):07d}",
+                "cif": f"C{rng.randrange(10**6):07d}",
+                "amount": rng.randrange(100, 10**7) / 100,
+                "payment_date": day.date().isoformat(),
+            }
+        ).encode()
+        self._bodies.append((reference, body))
+        return reference, body
+
+    async def _sender(self, number: int, session: aiohttp.ClientSession) -> None:
+        url = self.urls[number % len(self.urls)] + WEBHOOK
+        while not self._stop.is_set():
+            reference, body = self._next()
+            self.ledger.sent.add(reference)
+            headers = {
+                "Content-Type": "application/json",
+                **signed(SECRET, body, msg_id=f"msg_{uuid.uuid4().hex}"),
+            }
+            started = time.monotonic()
+            status, retry_after, answer = 0, None, {}
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                        answer = await response.json()
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # no answer: not acknowledged, maybe recorded
+            self.answers.append(
+                Answer(reference, status, retry_after, started, time.monotonic(), answer)
+            )
+            if status in ACKNOWLEDGED:
+                self.ledger.acknowledged.add(reference)
+            await asyncio.sleep(self.pause)
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        connector = aiohttp.TCPConnector(limit=self.senders)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            await asyncio.gather(*(self._sender(n, session) for n in range(self.senders)))
+
+    def __enter__(self) -> WebhookLoad:
+        """Send, from a thread of its own, until the block ends."""
+        self._thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=self.timeout + 10)
+        assert not self._thread.is_alive(), "the webhook load did not stop"
+
+    def acknowledged_after(self, moment: float) -> int:
+        """New payments (201/202) answered after ``moment``: ingest going on."""
+        return sum(1 for a in self.answers if a.ended > moment and a.status in (201, 202))
+
+    def between(self, start: float, end: float) -> list[Answer]:
+        """Requests sent after ``start`` and answered before ``end`` (monotonic seconds)."""
+        return [a for a in self.answers if a.started >= start and a.ended <= end]
+
+
+# --- workers ----------------------------------------------------------------------
+
+
+class Fleet:
+    """N workers of one run, each with its own folder, WORKER_ID and web port."""
+
+    def __init__(self, stack: Stack, root: Path, count: int, run: str, **env: str) -> None:
+        self.stack = stack
+        self.root = root
+        self.run = run
+        self.env = env
+        self.workers: list[Worker] = []
+        self._running: list[contextlib.ExitStack] = []
+        for number in range(count):
+            (root / f"worker-{number}").mkdir(parents=True, exist_ok=True)
+            self._running.append(contextlib.ExitStack())
+            self.workers.append(self._start(number))
+
+    def _start(self, number: int, **env: str) -> Worker:
+        return self._running[number].enter_context(
+            run_worker(
+                self.stack,
+                self.root / f"worker-{number}",
+                WORKER_ID=f"fault-{self.run}-{number}",
+                **{**self.env, **env},
+            )
+        )
+
+    def kill(self, number: int) -> None:
+        """SIGKILL worker ``number`` (its fronts follow it within a second)."""
+        worker = self.workers[number]
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(timeout=10)
+        self._running[number].close()
+
+    def start(self, number: int, **env: str) -> Worker:
+        """Start worker ``number`` again, with the same id and data folder."""
+        self.workers[number] = self._start(number, **env)
+        return self.workers[number]
+
+    def alive(self) -> None:
+        for worker in self.workers:
+            worker.assert_alive()
+
+    def close(self) -> None:
+        for running in self._running:
+            running.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def is_stopped(worker: Worker) -> bool:
+    """True while the worker's process is stopped (SIGSTOP): state T in /proc."""
+    stat = Path(f"/proc/{worker.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+# --- faults in the stack ----------------------------------------------------------
+
+
+def crash(stack: Stack, service: str) -> None:
+    """SIGKILL kafka or redis; ``pg_ctl stop -m immediate`` for postgres."""
+    stack.script("crash", service)
+
+
+def restart(stack: Stack, service: str) -> None:
+    stack.script("up", service, timeout=300)
+
+
+@contextlib.contextmanager
+def paused(stack: Stack, service: str) -> Iterator[None]:
+    """kafka or redis stopped with SIGSTOP for the block, then SIGCONT (also on failure)."""
+    stack.script("pause", service)
+    try:
+        yield
+    finally:
+        stack.script("resume", service)
+
+
+@contextlib.contextmanager
+def restored(stack: Stack) -> Iterator[None]:
+    """Whatever a scenario broke, the stack is whole again for the next test."""
+    try:
+        yield
+    finally:
+        for service in ("kafka", "redis"):
+            stack.script("resume", service, check=False)
+        stack.script("up", timeout=300)
+
+
+# --- settling and checking --------------------------------------------------------
+
+
+def settle(
+    stack: Stack, run: str, ledger: Ledger, fleet: Fleet | None = None, wait: float = 300
+) -> None:
+    """Wait until staging is read, every acknowledged payment recorded, the outbox sent and
+    every intake record decided (the group's offsets at the topic's end)."""
+    alive = None if fleet is None else fleet.alive
+    asyncio.run(wait_drained(stack, len(ledger.acknowledged), wait_seconds=wait, alive=alive))
+    asyncio.run(wait_consumed(stack, run, wait_seconds=wait))
+
+
+@dataclass(frozen=True)
+class Figures:
+    rows: int
+    references: int
+    events: int
+    distinct_events: int
+
+    @property
+    def repeated_events(self) -> int:
+        return self.events - self.distinct_events
+
+
+def events_by_reference(stack: Stack) -> tuple[int, dict[str, set[str]]]:
+    """How many events payment.events holds, and the event ids of each reference."""
+    messages = asyncio.run(read_topic(stack, EVENTS_DEFAULT))
+    ids: dict[str, set[str]] = defaultdict(set)
+    for _, value in messages:
+        event = json.loads(value)
+        ids[event["payment"]["reference_number"]].add(event["event_id"])
+    return len(messages), ids
+
+
+def check_invariants(stack: Stack, run: str, ledger: Ledger) -> Figures:
+    """The module doc's checks, each failure naming what broke and the seed."""
+    rows = fetch(stack, "SELECT reference_number FROM payment_service.payments")
+    references = fetch(stack, "SELECT count(*) AS n FROM payment_service.payment_references")[0]
+    recorded_refs = [row["reference_number"] for row in rows]
+    distinct = set(recorded_refs)
+    missing = ledger.acknowledged - distinct
+    ledger.check(
+        not missing,
+        f"{len(missing)} acknowledged references not recorded, e.g. {sorted(missing)[:5]}",
+    )
+    foreign = distinct - ledger.sent
+    ledger.check(
+        not foreign, f"{len(foreign)} recorded references never sent: {sorted(foreign)[:5]}"
+    )
+    ledger.check(
+        len(recorded_refs) == len(distinct),
+        f"{len(recorded_refs) - len(distinct)} references recorded twice",
+    )
+    ledger.check(
+        references["n"] == len(distinct),
+        f"payment_references has {references['n']} rows for {len(distinct)} payments",
+    )
+    count, ids = events_by_reference(stack)
+    two_ids = {ref: sorted(found) for ref, found in ids.items() if len(found) > 1}
+    ledger.check(not two_ids, f"references with two event ids: {dict(list(two_ids.items())[:3])}")
+    ledger.check(
+        set(ids) == distinct,
+        f"events without rows: {sorted(set(ids) - distinct)[:5]}; "
+        f"rows without events: {sorted(distinct - set(ids))[:5]}",
+    )
+    code, report = reconcile(stack, run)
+    ledger.check(code == 0, f"reconcile failed: {report}")
+    return Figures(len(recorded_refs), references["n"], count, len(ids))
+
+
+def wait_rows(stack: Stack, at_least: int, fleet: Fleet, timeout: float = 300) -> int:
+    """Wait until ``at_least`` payments are recorded; the count then."""
+
+    def reached() -> int:
+        fleet.alive()
+        rows = fetch(stack, "SELECT count(*) AS n FROM payment_service.payments")[0]["n"]
+        return int(rows) if rows >= at_least else 0
+
+    return int(wait_for(reached, timeout=timeout, interval=0.2, what=f"{at_least} payments"))
