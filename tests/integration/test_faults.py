@@ -51,4 +51,4 @@ def test_five_sigkills_of_three_workers_during_a_100k_staging_load(
         kills[-1][1] < load.created, f"the last kill came after the load was recorded: {kills}"
     )
     ledger.check(final.rows == load.created, f"{final} for {load.created} payments")
-    print(f"kills (worker, rows recorded then): {kills}; {final}")  # noqa: T201
+    print(f"kills (worker, rows recorded then): {kills}; {final}")
