@@ -36,9 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from app.topics import EVENTS_DEFAULT
-from tests.pipeline import fetch, read_topic, reconcile, wait_consumed, wait_drained
+from app.topics import EVENTS_DEFAULT, INTAKE
+from tests.pipeline import (
+    app_env,
+    fetch,
+    read_topic,
+    reconcile,
+    wait_consumed,
+    wait_drained,
+)
 from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
 
@@ -190,7 +200,7 @@ class WebhookLoad:
 
 
 class Fleet:
-    """N workers of one run, each with its own folder, WORKER_ID and web port."""
+    """Workers of one run, each with its own folder, WORKER_ID and web port."""
 
     def __init__(self, stack: Stack, root: Path, count: int, run: str, **env: str) -> None:
         self.stack = stack
@@ -198,19 +208,27 @@ class Fleet:
         self.run = run
         self.env = env
         self.workers: list[Worker] = []
+        self._settings: list[dict[str, str]] = []
         self._running: list[contextlib.ExitStack] = []
-        for number in range(count):
-            (root / f"worker-{number}").mkdir(parents=True, exist_ok=True)
-            self._running.append(contextlib.ExitStack())
-            self.workers.append(self._start(number))
+        for _ in range(count):
+            self.add()
 
-    def _start(self, number: int, **env: str) -> Worker:
+    def add(self, **env: str) -> Worker:
+        """One more worker, with ``env`` on top of the fleet's settings (kept for restarts)."""
+        number = len(self.workers)
+        (self.root / f"worker-{number}").mkdir(parents=True, exist_ok=True)
+        self._settings.append({**self.env, **env})
+        self._running.append(contextlib.ExitStack())
+        self.workers.append(self._start(number))
+        return self.workers[number]
+
+    def _start(self, number: int) -> Worker:
         return self._running[number].enter_context(
             run_worker(
                 self.stack,
                 self.root / f"worker-{number}",
                 WORKER_ID=f"fault-{self.run}-{number}",
-                **{**self.env, **env},
+                **self._settings[number],
             )
         )
 
@@ -221,10 +239,15 @@ class Fleet:
         worker.process.wait(timeout=10)
         self._running[number].close()
 
-    def start(self, number: int, **env: str) -> Worker:
-        """Start worker ``number`` again, with the same id and data folder."""
-        self.workers[number] = self._start(number, **env)
+    def start(self, number: int) -> Worker:
+        """Start worker ``number`` again, with the same id, settings and data folder."""
+        self.workers[number] = self._start(number)
         return self.workers[number]
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every worker (SIGSTOP / SIGCONT: freeze and thaw the fleet)."""
+        for worker in self.workers:
+            worker.process.send_signal(signum)
 
     def alive(self) -> None:
         for worker in self.workers:
@@ -238,7 +261,36 @@ class Fleet:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.signal(signal.SIGCONT)  # a stopped process ignores the SIGTERM that ends it
         self.close()
+
+
+def warm_up(worker: Worker, ledger: Ledger, timeout: float = 120) -> None:
+    """Wait until a new payment is answered 201: the worker's agent owns its partitions.
+
+    The payments it sends are in the ledger like any other.
+    """
+    worker.wait_web()
+
+    def decides() -> bool:
+        worker.assert_alive()
+        reference = f"WARM-{uuid.uuid4().hex[:12]}"
+        body = json.dumps(
+            {
+                "reference_number": reference,
+                "loan_account_number": "LN0000001",
+                "cif": "C0000001",
+                "amount": 1.5,
+                "payment_date": datetime.now(UTC).date().isoformat(),
+            }
+        ).encode()
+        ledger.sent.add(reference)
+        status, _, _ = worker.post(WEBHOOK, body, signed(SECRET, body, msg_id=f"msg_{reference}"))
+        if status in ACKNOWLEDGED:
+            ledger.acknowledged.add(reference)
+        return status == 201
+
+    wait_for(decides, timeout=timeout, interval=1, what="a webhook answered 201")
 
 
 def is_stopped(worker: Worker) -> bool:
@@ -257,6 +309,11 @@ def crash(stack: Stack, service: str) -> None:
 
 def restart(stack: Stack, service: str) -> None:
     stack.script("up", service, timeout=300)
+
+
+def stack_redis(stack: Stack) -> redis.Redis:
+    """A plain client of the stack's Redis (for FLUSHALL)."""
+    return redis.Redis(host=stack.redis_host, port=stack.redis_port, socket_timeout=5)
 
 
 @contextlib.contextmanager
@@ -278,6 +335,50 @@ def restored(stack: Stack) -> Iterator[None]:
         for service in ("kafka", "redis"):
             stack.script("resume", service, check=False)
         stack.script("up", timeout=300)
+
+
+# --- the intake's offsets ---------------------------------------------------------
+
+
+async def committed_offsets(stack: Stack, run: str) -> dict[int, int]:
+    """The run's consumer group's committed intake offset per partition (absent: none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(app_env(run)["KAFKA_CLIENT_ID"])
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == INTAKE}
+
+
+async def intake_keys_below(stack: Stack, offsets: dict[int, int]) -> list[tuple[int, int, str]]:
+    """(partition, offset, reference) of every intake record below ``offsets``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(INTAKE, p) for p, end in offsets.items() if end > 0]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        found: list[tuple[int, int, str]] = []
+        remaining = set(partitions)
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, batch in batches.items():
+                found += [
+                    (tp.partition, m.offset, m.key.decode())
+                    for m in batch
+                    if m.offset < offsets[tp.partition]
+                ]
+            for tp in list(remaining):
+                if await consumer.position(tp) >= offsets[tp.partition]:
+                    remaining.discard(tp)
+        return found
+    finally:
+        await consumer.stop()
 
 
 # --- settling and checking --------------------------------------------------------
@@ -313,6 +414,11 @@ def events_by_reference(stack: Stack) -> tuple[int, dict[str, set[str]]]:
         event = json.loads(value)
         ids[event["payment"]["reference_number"]].add(event["event_id"])
     return len(messages), ids
+
+
+def recorded_references(stack: Stack) -> set[str]:
+    rows = fetch(stack, "SELECT reference_number FROM payment_service.payments")
+    return {row["reference_number"] for row in rows}
 
 
 def check_invariants(stack: Stack, run: str, ledger: Ledger) -> Figures:

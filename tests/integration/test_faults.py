@@ -8,15 +8,45 @@ replays a run's load and fault points.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.faults import Fleet, Ledger, check_invariants, settle, wait_rows
-from tests.pipeline import app_env, make_load, stage
-from tests.stack import Stack
+from tests.faults import (
+    SECRET,
+    WEBHOOK,
+    Fleet,
+    Ledger,
+    WebhookLoad,
+    check_invariants,
+    committed_offsets,
+    crash,
+    intake_keys_below,
+    is_stopped,
+    recorded_references,
+    restart,
+    restored,
+    settle,
+    stack_redis,
+    wait_rows,
+    warm_up,
+)
+from tests.pipeline import app_env, fetch, make_load, stage
+from tests.stack import Stack, wait_for
+from tests.webhook_client import signed
 
-pytestmark = pytest.mark.faults
+#: Loads, faults and drains take minutes: each test gets up to ten.
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 #: Short enough that a worker gone for SESSION + 5 s has left the group (a rebalance).
 SESSION_SECONDS = 10
@@ -52,3 +82,213 @@ def test_five_sigkills_of_three_workers_during_a_100k_staging_load(
     )
     ledger.check(final.rows == load.created, f"{final} for {load.created} payments")
     print(f"kills (worker, rows recorded then): {kills}; {final}")
+
+
+def test_postgres_crash_mid_batch_moves_no_offset_past_an_uncommitted_batch(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    # Unique references only: a record skipped by its offset cannot hide behind a copy.
+    load = make_load(
+        30_000, f"P{run}", duplicate_rate=0, conflict_rate=0, invalid_rate=0.02, seed=ledger.seed
+    )
+    ledger.staged(load.rows)
+    asyncio.run(stage(stack, load.rows))
+    with restored(stack), Fleet(stack, tmp_path, 2, run, **app_env(run)) as fleet:
+        wait_rows(stack, int(ledger.rng.uniform(0.2, 0.5) * load.created), fleet)
+        crash(stack, "postgres")
+        asyncio.run(asyncio.sleep(8))  # batches in flight fail; retries back off
+        fleet.alive()
+        # Freeze the workers, then restart Postgres: it holds exactly what was
+        # committed before the crash, and nobody can add to it while we look.
+        fleet.signal(signal.SIGSTOP)
+        committed = asyncio.run(committed_offsets(stack, run))
+        restart(stack, "postgres")
+        in_postgres = recorded_references(stack)
+        fleet.signal(signal.SIGCONT)
+        below = asyncio.run(intake_keys_below(stack, committed))
+        undecided = [
+            (partition, offset, reference)
+            for partition, offset, reference in below
+            if reference not in in_postgres
+        ]
+        ledger.check(
+            not undecided,
+            f"{len(undecided)} intake records below the committed offsets were not recorded "
+            f"when Postgres crashed, e.g. {undecided[:5]}",
+        )
+        ledger.check(len(below) < load.created, "the crash came after the whole load")
+        settle(stack, run, ledger, fleet)
+    final = check_invariants(stack, run, ledger)
+    ledger.check(final.rows == load.created, f"{final} for {load.created} payments")
+    print(f"{len(below)} records below the offsets committed during the outage; {final}")
+
+
+def test_redis_flushed_killed_and_paused_during_webhook_load(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    windows: dict[str, tuple[float, float]] = {}
+
+    def fault(
+        name: str, seconds: float, begin: Callable[[], None], end: Callable[[], None]
+    ) -> None:
+        started = time.monotonic()
+        begin()
+        time.sleep(seconds)
+        end()
+        windows[name] = (started, time.monotonic())
+        time.sleep(6)  # between faults: Redis back, the clients reconnected
+
+    env = app_env(run, WEBHOOK_SECRET=SECRET)
+    with restored(stack), Fleet(stack, tmp_path, 1, run, **env) as fleet:
+        worker = fleet.workers[0]
+        warm_up(worker, ledger)
+        redis = stack_redis(stack)
+        with WebhookLoad(ledger, [worker.base_url], f"R{run}", duplicate_rate=0.3) as load:
+            time.sleep(6)
+            fault("flush", 6, redis.flushall, lambda: None)
+            fault("kill", 6, lambda: crash(stack, "redis"), lambda: restart(stack, "redis"))
+            fault(
+                "pause",
+                6,
+                lambda: stack.script("pause", "redis"),
+                lambda: stack.script("resume", "redis"),
+            )
+        settle(stack, run, ledger, fleet)
+    final = check_invariants(stack, run, ledger)
+    for name, (started, ended) in windows.items():
+        during = [a for a in load.answers if started <= a.started and a.ended <= ended + 1]
+        failed = [(a.status, a.body) for a in during if a.status == 0 or a.status >= 500]
+        ledger.check(not failed, f"Redis {name}: {len(failed)} failed answers, e.g. {failed[:3]}")
+        new = [a for a in during if a.status in (201, 202)]
+        ledger.check(len(new) > 0, f"Redis {name}: no new payment acknowledged meanwhile")
+    print(f"{len(load.answers)} webhooks, {final}")
+
+
+def test_a_zombie_worker_does_not_apply_its_batch_twice(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    load = make_load(
+        20_000, f"Z{run}", duplicate_rate=0.05, conflict_rate=0, invalid_rate=0, seed=ledger.seed
+    )
+    ledger.staged(load.rows)
+    asyncio.run(stage(stack, load.rows))
+    env = app_env(
+        run,
+        KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
+        DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
+    )
+    with Fleet(stack, tmp_path, 0, run, **env) as fleet:
+        # The zombie stops itself (SIGSTOP) inside its first batch's transaction,
+        # its references claimed and uncommitted; the other worker must take over.
+        zombie = fleet.add(FAULT_POINT="freeze_in_transaction")
+        fleet.add()
+        wait_for(lambda: is_stopped(zombie), timeout=180, what="the zombie to freeze")
+        # Liveness: everything is recorded while the zombie is still frozen (its
+        # partitions moved after the session timeout, its claims were released
+        # when Postgres ended its idle transaction).
+        wait_rows(stack, load.created, fleet)
+        ledger.check(is_stopped(zombie), "the zombie woke up before the load was recorded")
+        zombie.process.send_signal(signal.SIGCONT)
+        # The zombie resumes its batch on a session Postgres has ended, retries
+        # it (every reference is taken now) and rejoins the group.
+        wait_for(
+            lambda: zombie.assert_alive() or zombie.logged("record batch failed (attempt 1)"),
+            timeout=60,
+            what="the zombie to retry its stale batch",
+        )
+        wait_for(
+            lambda: zombie.get("/health/ready")[0] == 200,
+            timeout=120,
+            what="the zombie to rejoin the group",
+        )
+        settle(stack, run, ledger, fleet)
+    final = check_invariants(stack, run, ledger)
+    ledger.check(final.rows == load.created, f"{final} for {load.created} payments")
+    print(f"zombie: {final}")
+
+
+def test_two_workers_racing_the_same_references_through_both_inputs(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    count = 400
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
+    payments = [
+        (
+            f"X{run}-{n:05d}",
+            f"LN{n:07d}",
+            f"C{n:07d}",
+            Decimal(ledger.rng.randrange(100, 10**6)) / 100,
+        )
+        for n in range(count)
+    ]
+    rows = [
+        (ref, loan, cif, amount, day.replace(tzinfo=None), None, "{}")
+        for ref, loan, cif, amount in payments
+    ]
+    bodies = [
+        (
+            ref,
+            json.dumps(
+                {
+                    "reference_number": ref,
+                    "loan_account_number": loan,
+                    "cif": cif,
+                    "amount": str(amount),
+                    "payment_date": day.date().isoformat(),
+                }
+            ).encode(),
+        )
+        for ref, loan, cif, amount in payments
+    ]
+    ledger.staged(rows)
+    env = app_env(run, WEBHOOK_SECRET=SECRET)
+    with Fleet(stack, tmp_path, 2, run, **env) as fleet:
+        for worker in fleet.workers:
+            warm_up(worker, ledger)
+        urls = [worker.base_url + WEBHOOK for worker in fleet.workers]
+
+        async def race() -> list[tuple[str, int, dict[str, Any]]]:
+            # Every reference at once: staged, and posted to both workers.
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+                async def post(url: str, ref: str, body: bytes) -> tuple[str, int, dict[str, Any]]:
+                    headers = {
+                        "Content-Type": "application/json",
+                        **signed(SECRET, body, msg_id=f"msg_{uuid.uuid4().hex}"),
+                    }
+                    async with session.post(url, data=body, headers=headers) as response:
+                        return ref, response.status, await response.json()
+
+                posts = [post(url, ref, body) for ref, body in bodies for url in urls]
+                _, *answers = await asyncio.gather(stage(stack, rows), *posts)
+                return answers
+
+        answers = asyncio.run(race())
+        settle(stack, run, ledger, fleet)
+    final = check_invariants(stack, run, ledger)
+    payment_ids = {
+        row["reference_number"]: str(row["id"])
+        for row in fetch(stack, "SELECT reference_number, id FROM payment_service.payments")
+    }
+    racing = {ref for ref, _ in bodies}
+    created = Counter(ref for ref, status, _ in answers if status == 201)
+    odd = [(ref, status, body) for ref, status, body in answers if status not in (200, 201, 202)]
+    ledger.check(not odd, f"answers other than 200/201/202: {odd[:5]}")
+    ledger.check(
+        max(created.values(), default=0) <= 1,
+        f"two 201s for one reference: {created.most_common(3)}",
+    )
+    wrong = [
+        (ref, body) for ref, _, body in answers if body.get("payment_id") != payment_ids.get(ref)
+    ]
+    ledger.check(not wrong, f"answers naming another payment than the row's: {wrong[:3]}")
+    ledger.check(racing <= set(payment_ids), "racing references not recorded")
+    ledger.check(
+        final.events == final.distinct_events,
+        f"{final.repeated_events} events published twice: one event per reference expected",
+    )
+    print(f"race: {len(answers)} webhooks, {sum(created.values())} answered 201; {final}")
