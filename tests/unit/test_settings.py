@@ -207,3 +207,21 @@ def test_the_process_stops_with_one_line_per_bad_variable() -> None:
         "payment-service: invalid configuration: DB_PORT='not-a-port': "
         "Input should be a valid integer, unable to parse string as an integer"
     ]
+
+
+def test_the_timeouts_that_bound_a_hung_worker_reach_kafka_and_postgres(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.database import connect_options
+    from app.service import create_app
+
+    settings = Settings(
+        kafka_session_timeout_seconds=12, db_idle_in_transaction_timeout_seconds=7.5
+    )
+    assert connect_options(settings)["server_settings"]["idle_in_transaction_session_timeout"] == (
+        "7500"
+    )
+    assert create_app(settings).conf.broker_session_timeout == 12
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_SECONDS", "3")  # under the broker's minimum
+    with pytest.raises(SettingsError, match="KAFKA_SESSION_TIMEOUT_SECONDS"):
+        load_settings()
