@@ -34,16 +34,21 @@ When the head of a partition still stays missing for HEAD_GAP_GRACE_SECONDS,
 seek back to the committed offset so the records are fetched and processed
 again (at-least-once; the record agent's dedup absorbs the repeats). Every
 repair is logged as a warning.
+
+Its consumer thread also keeps a failed group join from stopping the worker
+(:class:`ConsumerThread`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust import streams as faust_streams
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
@@ -90,6 +95,9 @@ class Consumer(driver.Consumer):
         if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
             return False  # skipped by the stream (fix 1); it will be fetched again
         return bool(super().ack(message))
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
@@ -270,6 +278,44 @@ def _describe(offsets: Any) -> str:
     return ", ".join(
         f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(offsets.items())
     )
+
+
+class ConsumerThread(driver.AIOKafkaConsumerThread):
+    """The aiokafka consumer's thread, which lets the group coordinator retry a failed join.
+
+    aiokafka hands a group error it cannot handle (an unexpected JoinGroup or
+    SyncGroup answer, an authorization failure) to the user: it is raised once in
+    the fetch, and the coordinator then waits until ``check_errors`` takes it before
+    it tries again. Faust fetches without ``check_errors`` and stops the worker on
+    any fetch error. The broker answered JoinGroup with UNKNOWN_SERVER_ERROR while
+    it reloaded the group after a 40 s SIGSTOP, and a worker died of it. Such an
+    error, or a retriable one, is now taken and logged, and the group is joined again.
+    """
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,  # noqa: ASYNC109  # Faust's signature
+        max_records: int | None = None,
+    ) -> Any:
+        try:
+            return await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+        except KafkaError as exc:
+            coordinator = consumer._coordinator
+            if coordinator._coordination_task.done() or not _rejoinable(exc):
+                raise
+            log.warning("Kafka consumer group: %r; joining the group again", exc)
+            with contextlib.suppress(KafkaError):
+                coordinator.check_errors()  # takes the error: the coordinator goes on
+            return {}
+
+
+def _rejoinable(exc: KafkaError) -> bool:
+    """Retriable, or aiokafka's plain KafkaError for an unexpected group answer."""
+    return type(exc) is KafkaError or bool(exc.retriable)
 
 
 class Transport(driver.Transport):

@@ -138,6 +138,14 @@ class Publisher(Service):
         if not messages:
             return {}
         producer = self._producer or await self._restarted()
+        # aiokafka refreshes metadata for the topics its client tracks (every topic while
+        # it tracks none), and ``send`` tracks a topic only when its partitions are
+        # unknown. A topic first seen in an every-topic refresh thus leaves the metadata
+        # as soon as another topic is tracked; its batches then wait for a leader, the
+        # sender asking for metadata in a busy loop (thousands of connects a second with
+        # the broker down), until request_timeout_ms fails them (NotLeaderForPartition).
+        # Found stalling the record agent's first events for 30 s. A tracked topic is a no-op.
+        await producer.client.add_topic(topic)
         deliveries: list[tuple[asyncio.Future[Any], int]] = []
         try:
             if partitions is None:

@@ -129,6 +129,10 @@ class WebhookLoad:
         rng = self.ledger.rng
         if self._bodies and rng.random() < self.duplicate_rate:
             return rng.choice(self._bodies)
+        return self._new()
+
+    def _new(self) -> tuple[str, bytes]:
+        rng = self.ledger.rng
         reference = f"{self.prefix}-W{len(self._bodies):07d}"
         day = datetime.now(UTC) - timedelta(days=rng.randrange(0, 30))
         body = json.dumps(
@@ -143,37 +147,66 @@ class WebhookLoad:
         self._bodies.append((reference, body))
         return reference, body
 
+    async def _send(
+        self, session: aiohttp.ClientSession, url: str, reference: str, body: bytes
+    ) -> Answer:
+        """POST one body under a new webhook-id; ledger and answers note the outcome."""
+        self.ledger.sent.add(reference)
+        headers = {
+            "Content-Type": "application/json",
+            **signed(SECRET, body, msg_id=f"msg_{uuid.uuid4().hex}"),
+        }
+        started = time.monotonic()
+        status, retry_after, answer = 0, None, {}
+        try:
+            async with session.post(url + WEBHOOK, data=body, headers=headers) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
+                    answer = await response.json()
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # no answer: not acknowledged, maybe recorded
+        result = Answer(reference, status, retry_after, started, time.monotonic(), answer)
+        self.answers.append(result)
+        if status in ACKNOWLEDGED:
+            self.ledger.acknowledged.add(reference)
+        return result
+
     async def _sender(self, number: int, session: aiohttp.ClientSession) -> None:
-        url = self.urls[number % len(self.urls)] + WEBHOOK
+        url = self.urls[number % len(self.urls)]
         while not self._stop.is_set():
-            reference, body = self._next()
-            self.ledger.sent.add(reference)
-            headers = {
-                "Content-Type": "application/json",
-                **signed(SECRET, body, msg_id=f"msg_{uuid.uuid4().hex}"),
-            }
-            started = time.monotonic()
-            status, retry_after, answer = 0, None, {}
-            try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    status = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
-                        answer = await response.json()
-            except (aiohttp.ClientError, TimeoutError):
-                pass  # no answer: not acknowledged, maybe recorded
-            self.answers.append(
-                Answer(reference, status, retry_after, started, time.monotonic(), answer)
-            )
-            if status in ACKNOWLEDGED:
-                self.ledger.acknowledged.add(reference)
+            await self._send(session, url, *self._next())
             await asyncio.sleep(self.pause)
 
-    async def _run(self) -> None:
+    def _session(self) -> aiohttp.ClientSession:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        connector = aiohttp.TCPConnector(limit=self.senders)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        return aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(limit=self.senders)
+        )
+
+    async def _run(self) -> None:
+        async with self._session() as session:
             await asyncio.gather(*(self._sender(n, session) for n in range(self.senders)))
+
+    def warm_up(self, timeout: float = 90) -> None:
+        """Send new payments to each URL until it answers 201: its worker decides at once.
+
+        Before that a worker may still be joining the group or recovering its
+        table, and answers 202 or 503 for reasons that are not the scenario's.
+        """
+
+        async def created(url: str) -> bool:
+            async with self._session() as session:
+                reference, body = self._new()
+                return (await self._send(session, url, reference, body)).status == 201
+
+        for url in self.urls:
+            wait_for(
+                lambda url=url: asyncio.run(created(url)),
+                timeout=timeout,
+                interval=1,
+                what=f"a 201 from {url}",
+            )
 
     def __enter__(self) -> WebhookLoad:
         """Send, from a thread of its own, until the block ends."""
@@ -265,32 +298,10 @@ class Fleet:
         self.close()
 
 
-def warm_up(worker: Worker, ledger: Ledger, timeout: float = 120) -> None:
-    """Wait until a new payment is answered 201: the worker's agent owns its partitions.
-
-    The payments it sends are in the ledger like any other.
-    """
+def warm_up(worker: Worker, ledger: Ledger) -> None:
+    """Wait until ``worker`` answers a new payment 201 (its sends count in the ledger)."""
     worker.wait_web()
-
-    def decides() -> bool:
-        worker.assert_alive()
-        reference = f"WARM-{uuid.uuid4().hex[:12]}"
-        body = json.dumps(
-            {
-                "reference_number": reference,
-                "loan_account_number": "LN0000001",
-                "cif": "C0000001",
-                "amount": 1.5,
-                "payment_date": datetime.now(UTC).date().isoformat(),
-            }
-        ).encode()
-        ledger.sent.add(reference)
-        status, _, _ = worker.post(WEBHOOK, body, signed(SECRET, body, msg_id=f"msg_{reference}"))
-        if status in ACKNOWLEDGED:
-            ledger.acknowledged.add(reference)
-        return status == 201
-
-    wait_for(decides, timeout=timeout, interval=1, what="a webhook answered 201")
+    WebhookLoad(ledger, [worker.base_url], f"WARM-{uuid.uuid4().hex[:8]}").warm_up()
 
 
 def is_stopped(worker: Worker) -> bool:

@@ -33,6 +33,7 @@ from tests.faults import (
     crash,
     intake_keys_below,
     is_stopped,
+    paused,
     recorded_references,
     restart,
     restored,
@@ -50,6 +51,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 #: Short enough that a worker gone for SESSION + 5 s has left the group (a rebalance).
 SESSION_SECONDS = 10
+#: Load kept on after a broker repair, and the longest wait for the first 2xx after it.
+RECOVERY_SECONDS = 15
+RECOVERY_WAIT_SECONDS = 90
 
 
 def test_five_sigkills_of_three_workers_during_a_100k_staging_load(
@@ -82,6 +86,69 @@ def test_five_sigkills_of_three_workers_during_a_100k_staging_load(
     )
     ledger.check(final.rows == load.created, f"{final} for {load.created} payments")
     print(f"kills (worker, rows recorded then): {kills}; {final}")
+
+
+def test_broker_sigkill_and_sigstop_during_webhook_load(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    ledger = Ledger()
+    env = app_env(run, WEBHOOK_SECRET=SECRET, KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_SECONDS))
+    outages: dict[str, tuple[float, float]] = {}
+    with restored(stack), Fleet(stack, tmp_path, 2, run, **env) as fleet:
+        for worker in fleet.workers:
+            worker.wait_web()
+        load = WebhookLoad(ledger, [worker.base_url for worker in fleet.workers], f"B{run}")
+        load.warm_up()
+        with load:
+            time.sleep(10)
+            crash(stack, "kafka")
+            down = time.monotonic()
+            time.sleep(ledger.rng.uniform(10, 15))
+            outages["crash"] = (down, time.monotonic())
+            restart(stack, "kafka")
+            resumed(ledger, load, fleet, "the broker's restart", since=time.monotonic())
+            with paused(stack, "kafka"):
+                stopped = time.monotonic()
+                time.sleep(40)
+                outages["pause"] = (stopped, time.monotonic())
+            resumed(ledger, load, fleet, "the broker's SIGCONT", since=time.monotonic())
+        fleet.alive()
+        settle(stack, run, ledger, fleet)
+        fleet.alive()
+    figures = check_invariants(stack, run, ledger)
+    seen: dict[str, Counter[int]] = {}
+    for fault, (start, end) in outages.items():
+        answers = load.between(start, end)
+        seen[fault] = Counter(a.status for a in answers)
+        refused = [a for a in answers if a.status == 503 and a.retry_after]
+        hot = [a for a in answers if a.status == 200 and a.body.get("status") == "duplicate"]
+        other = [a for a in answers if a not in refused and a not in hot]
+        ledger.check(
+            not other,
+            f"while the broker was down ({fault}), answers other than 503 with Retry-After "
+            f"or a cached duplicate: {other[:5]}",
+        )
+        ledger.check(bool(refused), f"no 503 while the broker was down ({fault}): {answers[:5]}")
+        # Answered after the repair or not: never a server error, never no answer.
+        failed = [a for a in load.answers if start <= a.started < end and a.status in (0, 500)]
+        ledger.check(not failed, f"requests sent during the {fault} failed: {failed[:5]}")
+    everything = Counter(a.status for a in load.answers)
+    print(f"answers {dict(everything)}; while down {seen}; {figures}")
+
+
+def resumed(ledger: Ledger, load: WebhookLoad, fleet: Fleet, repair: str, since: float) -> None:
+    """Keep the load on for RECOVERY_SECONDS; new payments must be answered 201/202 by then
+    (or within RECOVERY_WAIT_SECONDS on a slow machine)."""
+    deadline = since + RECOVERY_WAIT_SECONDS
+    while time.monotonic() < since + RECOVERY_SECONDS or (
+        not load.acknowledged_after(since) and time.monotonic() < deadline
+    ):
+        fleet.alive()
+        time.sleep(0.5)
+    ledger.check(
+        load.acknowledged_after(since) > 0,
+        f"no new payment answered 201/202 within {RECOVERY_WAIT_SECONDS} s of {repair}",
+    )
 
 
 def test_postgres_crash_mid_batch_moves_no_offset_past_an_uncommitted_batch(

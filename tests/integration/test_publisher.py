@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.publisher import Publisher
 from app.topics import EVENTS_DEFAULT, INTAKE
@@ -60,3 +64,35 @@ async def test_batches_land_where_single_sends_would_in_order(stack: Stack, run:
         sent_order = [value for _, _, value in found]
         assert sent_order == sorted(sent_order)  # values carry their send order
     assert last == {p: found[-1][0] for p, found in records.items()}
+
+
+async def test_a_published_topic_stays_in_the_metadata_when_another_is_published(
+    stack: Stack, run: str
+) -> None:
+    # aiokafka refreshes every topic while its client tracks none, and its send tracks
+    # only topics it does not know. A topic known from such a refresh left the metadata
+    # once another topic was tracked: the record agent's first events, sent next to its
+    # first records to a table changelog Faust had just created, waited 30 s for a leader.
+    publisher = Publisher(stack.settings())
+    await publisher.start()
+    try:
+        producer: Any = publisher._producer
+        client = producer.client
+        for _ in range(100):  # (the run's topics were just created)
+            await client.force_metadata_update()
+            if EVENTS_DEFAULT in client.cluster.topics():
+                break
+            await asyncio.sleep(0.1)
+        assert not client._topics, "the refresh must cover every topic"
+        created = f"publisher-{run}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(created, 1, 1)])
+        finally:
+            await admin.close()
+        await publisher.publish(EVENTS_DEFAULT, [(b"k", b"event")])
+        await publisher.publish(created, [(b"k", b"change")], [0])
+        assert EVENTS_DEFAULT in client.cluster.topics()
+    finally:
+        await publisher.stop()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
 import faust.streams
 import pytest
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, RequestTimedOutError
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
 from app import kafka_transport
-from app.kafka_transport import Consumer
+from app.kafka_transport import Consumer, ConsumerThread
 from app.service import create_app
 from app.settings import Settings
 from app.topics import INTAKE
@@ -210,3 +212,66 @@ def test_a_hand_over_that_could_block_is_raced_against_suspended_flow(
 
     assert (direct, raced) == ([], [5, 6])
     assert consumer._read_offset[tp] == 6
+
+
+class FakeCoordinator:
+    """aiokafka's group coordinator holding an error for the user, as after a failed join."""
+
+    def __init__(self, pending: Exception, *, alive: bool = True) -> None:
+        self.pending: Exception | None = pending
+        self._coordination_task = SimpleNamespace(done=lambda: not alive)
+
+    def check_errors(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            raise pending
+
+
+def _aiokafka_consumer(error: Exception, coordinator: FakeCoordinator) -> Any:
+    """An aiokafka consumer whose fetch raises ``error`` (the coordinator's abort_waiters)."""
+
+    async def fetched_records(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    class Subscriptions:
+        def fetch_context(self) -> Any:
+            return contextlib.nullcontext()
+
+    fetcher = SimpleNamespace(
+        fetched_records=fetched_records, _closed=False, _subscriptions=Subscriptions()
+    )
+    return SimpleNamespace(_fetcher=fetcher, _closed=False, _coordinator=coordinator)
+
+
+def _offline_thread() -> ConsumerThread:
+    """The service consumer's aiokafka thread, never started."""
+    thread = create_app(Settings(), store="memory://").consumer._thread  # type: ignore[attr-defined]
+    assert isinstance(thread, ConsumerThread)
+    thread.thread_loop.close()
+    return thread
+
+
+@pytest.mark.parametrize(
+    "error", [KafkaError("UnknownError()"), RequestTimedOutError()], ids=["unexpected", "retriable"]
+)
+def test_a_failed_group_join_is_handed_back_and_the_fetch_goes_on(
+    loop: asyncio.AbstractEventLoop, error: KafkaError
+) -> None:
+    # What a JoinGroup answered UNKNOWN_SERVER_ERROR did after a broker's SIGSTOP:
+    # Faust stopped the worker on the fetch's error.
+    thread = _offline_thread()
+    coordinator = FakeCoordinator(error)
+    fetch = thread._fetch_records(_aiokafka_consumer(error, coordinator), set(), timeout=0.1)
+    assert loop.run_until_complete(fetch) == {}
+    assert coordinator.pending is None  # taken: the coordinator joins again
+
+
+@pytest.mark.parametrize("alive", [True, False], ids=["fatal error", "coordinator dead"])
+def test_other_group_errors_still_stop_the_fetch(
+    loop: asyncio.AbstractEventLoop, alive: bool
+) -> None:
+    thread = _offline_thread()
+    error = GroupAuthorizationFailedError() if alive else KafkaError("coordination died")
+    consumer = _aiokafka_consumer(error, FakeCoordinator(error, alive=alive))
+    with pytest.raises(KafkaError):
+        loop.run_until_complete(thread._fetch_records(consumer, set(), timeout=0.1))

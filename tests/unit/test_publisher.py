@@ -1,4 +1,8 @@
-"""The publisher replaces a producer whose idempotent sequence Kafka no longer accepts."""
+"""The publisher replaces a producer whose idempotent sequence Kafka no longer accepts.
+
+Its fake producer also checks that every topic is tracked for metadata before a send to it
+(tests/integration/test_publisher.py shows what happens otherwise).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,19 @@ from app.publisher import Publisher
 from app.settings import Settings
 
 
+class FakeClient:
+    """The producer's metadata client: which topics it tracks."""
+
+    def __init__(self) -> None:
+        self.topics: set[str] = set()
+
+    def add_topic(self, topic: str) -> asyncio.Future[bool]:
+        self.topics.add(topic)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
+
+
 class FakeProducer:
     """Acknowledges sends, or fails them with the errors it is given, in order."""
 
@@ -20,8 +37,10 @@ class FakeProducer:
         self.errors = errors
         self.sent: list[bytes] = []
         self.stopped = False
+        self.client = FakeClient()
 
     async def send(self, topic: str, value: bytes, key: Any, partition: int) -> asyncio.Future[Any]:
+        assert topic in self.client.topics, "sent to a topic the metadata may drop"
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.errors:
             done.set_exception(self.errors.pop(0))
