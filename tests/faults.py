@@ -46,6 +46,7 @@ from tests.pipeline import (
     fetch,
     read_topic,
     reconcile,
+    stage,
     wait_consumed,
     wait_drained,
 )
@@ -227,6 +228,50 @@ class WebhookLoad:
     def between(self, start: float, end: float) -> list[Answer]:
         """Requests sent after ``start`` and answered before ``end`` (monotonic seconds)."""
         return [a for a in self.answers if a.started >= start and a.ended <= end]
+
+
+# --- staging load ----------------------------------------------------------------
+
+
+class StagingFeed:
+    """The ETL writing ``rows`` as ``chunks`` COPYs spread over ``seconds``, from a thread.
+
+    A chunk's rows are acknowledged in the ledger once its COPY has committed.
+    """
+
+    def __init__(
+        self, stack: Stack, ledger: Ledger, rows: list[tuple[Any, ...]], seconds: float, chunks: int
+    ) -> None:
+        self.stack = stack
+        self.ledger = ledger
+        self.rows = rows
+        self.seconds = seconds
+        self.chunks = chunks
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._feed, daemon=True)
+        self._error: BaseException | None = None
+
+    def _feed(self) -> None:
+        size = -(-len(self.rows) // self.chunks)
+        try:
+            for start in range(0, len(self.rows), size):
+                chunk = self.rows[start : start + size]
+                asyncio.run(stage(self.stack, chunk))
+                self.ledger.staged(chunk)
+                time.sleep(self.seconds / self.chunks)
+        except BaseException as exc:  # reported by __exit__
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def __enter__(self) -> StagingFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(timeout=self.seconds + 120)
+        if self._error is not None:
+            raise self._error
 
 
 # --- workers ----------------------------------------------------------------------
