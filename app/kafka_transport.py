@@ -24,16 +24,27 @@ in the middle of a staging load (tests/integration/test_recording_crashes.py):
    stays assigned across a rebalance resumes where its fetcher had got to, past
    records fetched in the old generation and never processed. (A second worker
    joining a fresh group lost ~800 records per partition this way.)
+6. **A dropped tail is never fetched again.** Records a partition's fetch
+   delivered and nobody processed (skipped, cleared from a stream's buffer, or
+   dropped by the filters below) are noticed only when a later offset of the
+   partition is acked. When they were the partition's last records, nothing
+   later comes, the commit stays where it is and the partition keeps its lag for
+   good, without a word in the logs (three workers, rebalances near the end of a
+   load: the recording stopped for minutes).
 
-The fix for all five is the same invariant: commit only a run of acked offsets
-that starts at the committed offset, and start a partition that has none at the
-beginning of its log. After every seek, records of that partition are let
+The fix for the first five is the same invariant: commit only a run of acked
+offsets that starts at the committed offset, and start a partition that has none
+at the beginning of its log. After every seek, records of that partition are let
 through only from the offset sought: whatever arrives first from a fetch issued
 before the seek is dropped before Faust can count it as read (the cause of 2).
+That filter is set before the seek it waits for (one cause of 6 was a filter
+set after the fetch loop had already taken the offset sought).
 When the head of a partition still stays missing for HEAD_GAP_GRACE_SECONDS,
 seek back to the committed offset so the records are fetched and processed
-again (at-least-once; the record agent's dedup absorbs the repeats). Every
-repair is logged as a warning.
+again (at-least-once; the record agent's dedup absorbs the repeats); likewise
+when a partition with records past its committed offset has nothing acked,
+nothing in flight and no progress for as long (6). Every repair is logged as a
+warning.
 
 Its consumer thread also keeps a failed group join from stopping the worker
 (:class:`ConsumerThread`).
@@ -50,6 +61,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 from faust import streams as faust_streams
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 
@@ -89,6 +101,13 @@ class Consumer(driver.Consumer):
         self._repairs: set[asyncio.Future[None]] = set()
         #: partition -> (the offset that must come next after a seek, since when); see getmany.
         self._resume_at: dict[Any, tuple[int, float]] = {}
+        #: partition -> ((committed, read offset), drain cycle, since when) while it
+        #: has records past its commit and nothing acked; see _repair_stalled_partitions.
+        self._stalls: dict[Any, tuple[tuple[int, int | None], int, float]] = {}
+        #: partition -> (committed offset, grace) after a repair of its stall.
+        self._stall_grace: dict[Any, tuple[int, float]] = {}
+        #: Fetches the fetch loop has handed over completely (see _drain_messages).
+        self._drain_cycles = 0
 
     def ack(self, message: Any) -> bool:
         app = self.app
@@ -112,18 +131,24 @@ class Consumer(driver.Consumer):
         unstarted = [tp for tp in acking if not self._committed_offset.get(tp)]
         if unstarted:
             starts = await self.earliest_offsets(*unstarted)
-            await self.seek_wait(starts)
             self._committed_offset.update(starts)
             log.info("no committed offsets yet; starting from the log start: %s", _describe(starts))
         # Table changelogs are read through this consumer too, from their own
         # positions: only the acked topics resume at their committed offsets.
+        resume = {
+            tp: offset for tp in acking if (offset := self._committed_offset.get(tp)) is not None
+        }
         now = time.monotonic()
         self._resume_at.clear()
-        self._resume_at.update(
-            (tp, (offset, now))
-            for tp in acking
-            if (offset := self._committed_offset.get(tp)) is not None
-        )
+        self._resume_at.update((tp, (offset, now)) for tp, offset in resume.items())
+        # Seek (again) now that getmany waits for these offsets. After a rebalance
+        # the recovery has already resumed the fetch loop when Faust seeks here, so
+        # records fetched from the committed offset could be delivered before the
+        # filter was set; getmany then waited for an offset already gone by and
+        # dropped the rest of the partition for HEAD_GAP_GRACE_SECONDS, and for
+        # good when that was its tail (nothing acked after it, so no head gap).
+        if resume:
+            await self.seek_wait(resume)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109  # Faust's signature
         """Faust's fetch loop, minus records fetched before the latest seek of their partition.
@@ -195,6 +220,7 @@ class Consumer(driver.Consumer):
                     else:
                         await self.wait_first(deliver(message), self.suspend_flow.wait())
                     read_offset[tp] = offset
+                self._drain_cycles += 1
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
@@ -262,11 +288,109 @@ class Consumer(driver.Consumer):
             first_acked - 1,
             committed,
         )
-        self._resume_at[tp] = (committed, now)
+        self._seek_back(tp, committed, now)
+
+    def _seek_back(self, tp: Any, offset: int, now: float) -> None:
+        """Fetch ``tp`` again from ``offset``; getmany lets it through from there only."""
+        self._resume_at[tp] = (offset, now)
         # In the consumer's own thread, as Faust seeks after a rebalance.
-        repair = asyncio.ensure_future(self.seek_wait({tp: committed}))
+        repair = asyncio.ensure_future(self.seek_wait({tp: offset}))
         self._repairs.add(repair)
         repair.add_done_callback(self._repair_done)
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        # Faust commits every broker_commit_interval: the stall check rides along (fix 6).
+        self._repair_stalled_partitions()
+        return bool(await super().commit(topics, start_new_transaction=start_new_transaction))
+
+    def _repair_stalled_partitions(self) -> None:
+        """Seek back a partition whose unprocessed records nothing will ever fetch again (fix 6).
+
+        The head-gap repair needs a later offset of the partition acked. A
+        partition is stalled when it has records past its committed offset (the
+        highwater is above it) but for HEAD_GAP_GRACE_SECONDS (doubled after each
+        repair at the same committed offset) nothing of it was acked, its commit
+        and read offset stayed put, the fetch loop handed over whole fetches (it
+        is not held up by a full buffer), and at the end none of its records is
+        in a stream's buffer or in an agent's hands. Not while rebalancing or
+        with flow suspended: the seek after the rebalance does it then.
+        """
+        app = self.app
+        stalls = self._stalls
+        if app.rebalancing or not (self.flow_active and app.flow_control.is_active()):
+            stalls.clear()
+            return
+        now = time.monotonic()
+        cycles = self._drain_cycles
+        watched = set()
+        stalled: list[tuple[Any, int, int, float]] = []
+        for tp in self.assignment():
+            if not app.topics.acks_enabled_for(tp.topic) or tp in self._paused_partitions:
+                continue
+            committed = self._committed_offset.get(tp)
+            highwater = self._known_highwater(tp)
+            if committed is None or highwater is None or highwater <= committed:
+                continue  # nothing to process
+            if self._acked.get(tp):
+                continue  # progressing, or a head gap (_repair_head_gap)
+            watched.add(tp)
+            state = (committed, self._read_offset.get(tp))
+            stall = stalls.get(tp)
+            if stall is None or stall[0] != state:
+                stalls[tp] = (state, cycles, now)
+                continue
+            _, since_cycles, since = stall
+            grace_at, grace = self._stall_grace.get(tp, (committed, HEAD_GAP_GRACE_SECONDS))
+            if grace_at != committed:
+                grace = HEAD_GAP_GRACE_SECONDS  # it progressed since the last repair
+            if now - since >= grace and cycles >= since_cycles + 2:
+                stalled.append((tp, committed, highwater, grace))
+        for tp in stalls.keys() - watched:
+            del stalls[tp]
+        if not stalled:
+            return
+        in_flight = self._partitions_in_flight()
+        for tp, committed, highwater, grace in stalled:
+            del stalls[tp]
+            if tp in in_flight:
+                continue  # an agent has it: watch again from now
+            self._stall_grace[tp] = (committed, min(2 * grace, HEAD_GAP_GRACE_MAX_SECONDS))
+            log.warning(
+                "%s: offsets %d..%d were never processed and nothing after them was "
+                "(no progress for %.0f s); seeking back to %d to fetch them again "
+                "(repeats are deduplicated)",
+                tp,
+                committed,
+                highwater - 1,
+                grace,
+                committed,
+            )
+            self._seek_back(tp, committed, now)
+
+    def _known_highwater(self, tp: Any) -> int | None:
+        """The end of ``tp``'s log as of the last fetch, or None if not known yet."""
+        try:
+            highwater = self.highwater(tp)
+        except (ConsumerNotStarted, AssertionError):  # aiokafka asserts that tp is assigned
+            return None
+        return highwater if isinstance(highwater, int) else None
+
+    def _partitions_in_flight(self) -> set[Any]:
+        """Partitions with a record in a stream's buffer or taken and not yet acked."""
+        generation = self.app.consumer_generation_id
+        busy = {
+            message.tp
+            for message in list(self._unacked_messages)
+            if not message.acked and message.generation_id == generation
+        }
+        index = self.app.topics._tp_index  # type: ignore[attr-defined]  # see _hand_over_cannot_block
+        channels = {id(channel): channel for chans in index.values() for channel in chans}
+        for channel in channels.values():
+            for event in list(getattr(channel.queue, "_queue", ())):
+                message = getattr(event, "message", None)
+                if message is not None:
+                    busy.add(message.tp)
+        return busy
 
     def _repair_done(self, repair: asyncio.Future[None]) -> None:
         self._repairs.discard(repair)

@@ -76,7 +76,8 @@ def test_a_partition_without_a_commit_starts_at_the_log_start(
     )
     loop.run_until_complete(consumer.perform_seek())
 
-    assert seeks == [{fresh: 7, zero: 7}]
+    # One seek, after getmany's filter is set (see the next test): all of them.
+    assert seeks == [{fresh: 7, zero: 7, started: 500}]
     assert {tp: consumer._committed_offset[tp] for tp in (fresh, zero, started)} == {
         fresh: 7,
         zero: 7,
@@ -122,6 +123,59 @@ def test_after_a_seek_records_fetched_before_it_are_dropped(
     ]
 
 
+class FakeLog:
+    """One intake partition's log and aiokafka's position in it; fetches of ``max_records``."""
+
+    def __init__(self, tp: TP, end: int, max_records: int = 3) -> None:
+        self.tp, self.end, self.max_records = tp, end, max_records
+        self.position = 0
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        fetched = range(self.position, min(self.position + self.max_records, self.end))
+        self.position = fetched.stop
+        for offset in fetched:
+            yield self.tp, SimpleNamespace(offset=offset)
+
+
+async def _fetch(consumer: Consumer, fetches: int = 1) -> list[int]:
+    """The offsets that Faust's fetches deliver through the consumer's filter."""
+    delivered: list[int] = []
+    for _ in range(fetches):
+        delivered += [message.offset async for _, message in consumer.getmany(timeout=1)]
+    return delivered
+
+
+def test_records_fetched_while_seeking_after_a_rebalance_do_not_drop_the_tail(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a rebalance the table recovery has resumed the fetch loop when Faust
+    # seeks to the committed offsets: a fetch from the offset sought (5..7) could
+    # be delivered before getmany's filter was set, which then waited for 5 and
+    # dropped 8 and 9. They were the partition's last records: nothing was acked
+    # after them, no head gap, no repair, the partition kept its lag for good.
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    log = FakeLog(tp, end=10)
+    monkeypatch.setattr(driver.Consumer, "getmany", log.getmany)
+    delivered_while_seeking: list[int] = []
+
+    async def seek_to_committed() -> Mapping[TP, int]:
+        log.position = 5
+        # One fetch is delivered before the seek's answer gets back to the loop.
+        delivered_while_seeking.extend(await _fetch(consumer))
+        return {tp: 5}
+
+    async def seek_wait(partitions: Mapping[TP, int]) -> None:
+        log.position = partitions[tp]
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer.seek_wait = seek_wait  # type: ignore[method-assign]
+    loop.run_until_complete(consumer.perform_seek())
+    assert delivered_while_seeking == [5, 6, 7]
+
+    assert set(loop.run_until_complete(_fetch(consumer, fetches=5))) >= {8, 9}
+
+
 def test_a_seek_whose_offset_never_comes_does_not_stall_the_partition(
     loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +194,137 @@ def test_a_seek_whose_offset_never_comes_does_not_stall_the_partition(
         return [message.offset async for _, message in consumer.getmany(timeout=1)]
 
     assert loop.run_until_complete(delivered()) == [50, 51]
+
+
+class FakeClock:
+    """kafka_transport's ``time``, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class TrackedMessage:
+    """A record an agent took and has not acked (held weakly by Consumer._unacked_messages)."""
+
+    def __init__(self, tp: TP, generation_id: int) -> None:
+        self.tp, self.generation_id, self.acked = tp, generation_id, False
+
+
+def _stalled_partition(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Consumer, list[dict[TP, int]], FakeClock]:
+    """Committed at 5, the log ending at 10, flow running, nothing acked or in flight."""
+    tp = TP(INTAKE, 0)
+    consumer, seeks = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    loop.run_until_complete(consumer.perform_seek())
+    seeks.clear()
+    consumer.app.flow_control.resume()
+    consumer.highwater = lambda tp: 10  # type: ignore[method-assign]
+    clock = FakeClock()
+    monkeypatch.setattr(kafka_transport, "time", clock)
+    return consumer, seeks, clock
+
+
+def _commit_after(
+    consumer: Consumer, clock: FakeClock, seconds: float, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Let ``seconds`` go by, with the fetch loop handing over (empty) fetches, then commit."""
+    clock.now += seconds
+    consumer._drain_cycles += 2
+    loop.run_until_complete(consumer.commit())
+    loop.run_until_complete(asyncio.sleep(0))  # the repair's seek
+
+
+def test_a_partition_whose_last_records_were_dropped_is_fetched_again(
+    loop: asyncio.AbstractEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Records 5..9 were delivered and dropped unprocessed (skipped in an old
+    # generation, cleared from the stream's buffer, or filtered): nothing after
+    # them was acked, so there was no head gap to repair, and the pipeline stopped
+    # with lag and without a word in the logs.
+    tp = TP(INTAKE, 0)
+    consumer, seeks, clock = _stalled_partition(loop, monkeypatch)
+
+    _commit_after(consumer, clock, 0, loop)
+    _commit_after(consumer, clock, kafka_transport.HEAD_GAP_GRACE_SECONDS - 1, loop)
+    assert seeks == []
+    _commit_after(consumer, clock, 1, loop)
+
+    assert seeks == [{tp: 5}]
+    assert consumer._resume_at[tp] == (5, clock.now)
+    assert "offsets 5..9 were never processed" in caplog.text
+
+
+def test_stall_repairs_of_a_partition_back_off(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tp = TP(INTAKE, 0)
+    consumer, seeks, clock = _stalled_partition(loop, monkeypatch)
+    grace = kafka_transport.HEAD_GAP_GRACE_SECONDS
+
+    _commit_after(consumer, clock, 0, loop)
+    _commit_after(consumer, clock, grace, loop)
+    assert len(seeks) == 1
+    _commit_after(consumer, clock, 1, loop)  # watched again from here
+    _commit_after(consumer, clock, grace, loop)
+    assert len(seeks) == 1  # the refetched records may queue behind others: wait longer
+    _commit_after(consumer, clock, grace, loop)
+    assert len(seeks) == 2
+
+    consumer._committed_offset[tp] = 7  # progress: the grace starts over
+    _commit_after(consumer, clock, 1, loop)
+    _commit_after(consumer, clock, grace, loop)
+    assert seeks[2:] == [{tp: 7}]
+
+
+@pytest.mark.parametrize(
+    "situation",
+    [
+        "taken by the agent",
+        "in the stream's buffer",
+        "acked later",
+        "caught up",
+        "fetch loop held",
+        "flow suspended",
+    ],
+)
+def test_a_partition_is_not_taken_for_stalled_while_it_moves(
+    loop: asyncio.AbstractEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    situation: str,
+) -> None:
+    tp = TP(INTAKE, 0)
+    consumer, seeks, clock = _stalled_partition(loop, monkeypatch)
+    message = TrackedMessage(tp, consumer.app.consumer_generation_id)
+    if situation == "taken by the agent":
+        consumer._unacked_messages.add(message)  # type: ignore[arg-type]
+    elif situation == "in the stream's buffer":
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue.put_nowait(SimpleNamespace(message=message))
+        consumer.app.topics._tp_index[tp] = [SimpleNamespace(queue=queue)]  # type: ignore[attr-defined]
+    elif situation == "acked later":
+        consumer._acked[tp] = [8]  # a head gap: _repair_head_gap's business
+    elif situation == "caught up":
+        consumer.highwater = lambda tp: 5  # type: ignore[method-assign]
+    elif situation == "flow suspended":
+        consumer.app.flow_control.suspend()
+
+    for _ in range(4):
+        clock.now += kafka_transport.HEAD_GAP_GRACE_SECONDS
+        if situation != "fetch loop held":  # e.g. waiting for room in a full stream buffer
+            consumer._drain_cycles += 2
+        loop.run_until_complete(consumer.commit())
+        loop.run_until_complete(asyncio.sleep(0))
+
+    assert "nothing after them was" not in caplog.text
+    if situation != "acked later":  # there, the head-gap repair seeks (and logs its own warning)
+        assert seeks == []
 
 
 def _drain(consumer: Consumer, fetched: list[int], loop: Any) -> tuple[list[int], list[int]]:
