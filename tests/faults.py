@@ -42,8 +42,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from app.topics import EVENTS_DEFAULT, INTAKE
 from tests.pipeline import (
+    StagingLoad,
     app_env,
     fetch,
+    make_load,
     read_topic,
     reconcile,
     stage,
@@ -231,6 +233,16 @@ class WebhookLoad:
 
 
 # --- staging load ----------------------------------------------------------------
+
+
+def stage_load(
+    stack: Stack, ledger: Ledger, count: int, prefix: str, **rates: float
+) -> StagingLoad:
+    """``make_load``'s rows from the ledger's seed, staged at once and in the ledger."""
+    load = make_load(count, prefix, seed=ledger.seed, **rates)
+    asyncio.run(stage(stack, load.rows))
+    ledger.staged(load.rows)
+    return load
 
 
 class StagingFeed:
@@ -477,8 +489,11 @@ def recorded_references(stack: Stack) -> set[str]:
     return {row["reference_number"] for row in rows}
 
 
-def check_invariants(stack: Stack, run: str, ledger: Ledger) -> Figures:
-    """The module doc's checks, each failure naming what broke and the seed."""
+def check_invariants(
+    stack: Stack, run: str, ledger: Ledger, payments: int | None = None
+) -> Figures:
+    """The module doc's checks, each failure naming what broke and the seed; with
+    ``payments``, also that exactly that many are recorded."""
     rows = fetch(stack, "SELECT reference_number FROM payment_service.payments")
     references = fetch(stack, "SELECT count(*) AS n FROM payment_service.payment_references")[0]
     recorded_refs = [row["reference_number"] for row in rows]
@@ -510,7 +525,9 @@ def check_invariants(stack: Stack, run: str, ledger: Ledger) -> Figures:
     )
     code, report = reconcile(stack, run)
     ledger.check(code == 0, f"reconcile failed: {report}")
-    return Figures(len(recorded_refs), references["n"], count, len(ids))
+    figures = Figures(len(recorded_refs), references["n"], count, len(ids))
+    ledger.check(payments in (None, figures.rows), f"{figures} for {payments} payments")
+    return figures
 
 
 def wait_rows(stack: Stack, at_least: int, fleet: Fleet, timeout: float = 300) -> int:
