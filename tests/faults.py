@@ -37,7 +37,6 @@ from typing import Any
 
 import aiohttp
 import redis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.topics import EVENTS_DEFAULT, INTAKE
@@ -46,6 +45,7 @@ from tests.pipeline import (
     app_env,
     fetch,
     make_load,
+    read_records,
     read_topic,
     reconcile,
     stage,
@@ -419,34 +419,10 @@ async def committed_offsets(stack: Stack, run: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == INTAKE}
 
 
-async def intake_keys_below(stack: Stack, offsets: dict[int, int]) -> list[tuple[int, int, str]]:
+def intake_keys_below(stack: Stack, offsets: dict[int, int]) -> list[tuple[int, int, str]]:
     """(partition, offset, reference) of every intake record below ``offsets``."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(INTAKE, p) for p, end in offsets.items() if end > 0]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        found: list[tuple[int, int, str]] = []
-        remaining = set(partitions)
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, batch in batches.items():
-                found += [
-                    (tp.partition, m.offset, m.key.decode())
-                    for m in batch
-                    if m.offset < offsets[tp.partition]
-                ]
-            for tp in list(remaining):
-                if await consumer.position(tp) >= offsets[tp.partition]:
-                    remaining.discard(tp)
-        return found
-    finally:
-        await consumer.stop()
+    records = asyncio.run(read_records(stack, INTAKE, until=offsets))
+    return [(m.partition, m.offset, m.key.decode()) for m in records if m.key is not None]
 
 
 # --- settling and checking --------------------------------------------------------

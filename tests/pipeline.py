@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -303,8 +303,10 @@ async def wait_consumed(stack: Stack, run: str, wait_seconds: float = 60) -> Non
 # --- reading topics -------------------------------------------------------------
 
 
-async def read_topic(stack: Stack, topic: str) -> list[tuple[bytes | None, bytes]]:
-    """Every message of ``topic`` up to its current end, as (key, value)."""
+async def read_records(
+    stack: Stack, topic: str, until: dict[int, int] | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` up to its current end (or, per partition, below ``until``)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=stack.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
@@ -316,18 +318,25 @@ async def read_topic(stack: Stack, topic: str) -> list[tuple[bytes | None, bytes
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        messages: list[tuple[bytes | None, bytes]] = []
+        if until is not None:
+            ends = {tp: min(end, until.get(tp.partition, 0)) for tp, end in ends.items()}
+        records: list[ConsumerRecord[bytes, bytes]] = []
         remaining = {tp for tp in partitions if ends[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, batch in batches.items():
-                messages += [(m.key, m.value) for m in batch if m.offset < ends[tp]]
+                records += [m for m in batch if m.offset < ends[tp]]
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
-        return messages
+        return records
     finally:
         await consumer.stop()
+
+
+async def read_topic(stack: Stack, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """Every message of ``topic`` up to its current end, as (key, value)."""
+    return [(m.key, m.value) for m in await read_records(stack, topic)]
 
 
 async def topic_size(stack: Stack, topic: str) -> int:

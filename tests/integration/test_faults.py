@@ -175,7 +175,7 @@ def test_postgres_crash_mid_batch_moves_no_offset_past_an_uncommitted_batch(
         restart(stack, "postgres")
         in_postgres = recorded_references(stack)
         fleet.signal(signal.SIGCONT)
-        below = asyncio.run(intake_keys_below(stack, committed))
+        below = intake_keys_below(stack, committed)
         undecided = [
             (partition, offset, reference)
             for partition, offset, reference in below
