@@ -23,33 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-#: ISO 4217 currencies whose minor unit is not 1/100 (the rest have two decimals).
-MINOR_UNIT_EXPONENTS = {
-    **dict.fromkeys(
-        (
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ),
-        0,
-    ),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
-
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+from app.currencies import CurrencyCode, minor_unit_exponent
 
 
 class _Body(BaseModel):
@@ -83,7 +57,7 @@ class BankTransferNotice(_Body):
     end_to_end_id: StrictStr
     #: A decimal string, never a JSON number: "1500000.00".
     amount: Annotated[StrictStr, Field(pattern=r"^\d{1,13}(\.\d{1,2})?$")]
-    currency: Currency
+    currency: CurrencyCode
     value_date: date
     loan_account_number: StrictStr
     cif: StrictStr
@@ -117,14 +91,14 @@ class CardCaptureNotice(_Body):
 
     id: StrictStr
     amount_minor: StrictInt = Field(gt=0)
-    currency: Currency
+    currency: CurrencyCode
     captured_at: datetime
     loan_account_number: StrictStr
     cif: StrictStr
     card: Card | None = None
 
     def canonical(self) -> dict[str, Any]:
-        exponent = MINOR_UNIT_EXPONENTS.get(self.currency, 2)
+        exponent = minor_unit_exponent(self.currency)
         metadata: dict[str, Any] = {"currency": self.currency, "amount_minor": self.amount_minor}
         if self.card is not None:
             metadata["card"] = self.card.model_dump()

@@ -83,6 +83,33 @@ def test_card_minor_units_follow_the_currency(minor: int, currency: str, amount:
     assert convert(CHANNELS["card"], body).amount == amount
 
 
+@pytest.mark.parametrize(
+    ("minor", "currency", "amount"),
+    [
+        (10000, "CLF", Decimal("1")),  # 4 decimals: the old table's default made it 100.00
+        (12300, "UYW", Decimal("1.23")),
+        (500, "UYI", Decimal("500")),  # no minor unit: the old default made it 5.00
+        (12345, "BOV", Decimal("123.45")),
+    ],
+)
+def test_card_exponents_come_from_iso_4217(minor: int, currency: str, amount: Decimal) -> None:
+    body = documented_example("card") | {"amount_minor": minor, "currency": currency}
+    assert convert(CHANNELS["card"], body).amount == amount
+
+
+def test_a_fourth_decimal_is_refused_not_rounded() -> None:
+    body = documented_example("card") | {"amount_minor": 12345, "currency": "CLF"}  # 1.2345
+    assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
+
+
+@pytest.mark.parametrize("channel", ["card", "bank_transfer"])
+@pytest.mark.parametrize("currency", ["XYZ", "ABC", "XAU", "XXX", "XTS"])
+def test_unknown_and_non_payment_currencies_are_refused(channel: str, currency: str) -> None:
+    rejected = rejection(CHANNELS[channel], documented_example(channel) | {"currency": currency})
+    assert (rejected.status, fields(rejected)) == (422, ["currency"])
+    assert "ISO 4217" in rejected.errors[0].message
+
+
 def test_a_third_decimal_is_refused_under_the_senders_field_name() -> None:
     body = documented_example("card") | {"amount_minor": 1234, "currency": "BHD"}  # 1.234
     assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
