@@ -56,7 +56,7 @@ class BankTransferNotice(_Body):
 
     end_to_end_id: StrictStr
     #: A decimal string, never a JSON number: "1500000.00".
-    amount: Annotated[StrictStr, Field(pattern=r"^\d{1,13}(\.\d{1,2})?$")]
+    amount: Annotated[StrictStr, Field(pattern=r"^[0-9]{1,13}(\.[0-9]{1,2})?$")]
     currency: CurrencyCode
     value_date: date
     loan_account_number: StrictStr

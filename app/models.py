@@ -63,6 +63,10 @@ FINGERPRINT_FIELDS = (
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+#: An amount written as text: ASCII digits, an optional sign and fraction, nothing else.
+_DECIMAL_TEXT = re.compile(r"\s*[+-]?[0-9]+(\.[0-9]+)?\s*", re.ASCII)
+
+
 def _no_control_characters(value: str) -> str:
     if _CONTROL_CHARACTER.search(value):
         raise ValueError("must not contain control characters")
@@ -129,6 +133,15 @@ class PaymentRecord(BaseModel):
     source: Source
     source_id: Annotated[Identifier, Field(max_length=255)]
     received_at: datetime
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _ascii_decimal_text(cls, value: Any) -> Any:
+        # Decimal() also reads full-width or Arabic-Indic digits and "1_000": one amount,
+        # many spellings, and a sender that meant something else gets no error.
+        if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+            raise ValueError("must be a decimal number in ASCII digits, e.g. 1500000.50")
+        return value
 
     @field_validator("amount")
     @classmethod

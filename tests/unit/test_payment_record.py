@@ -26,6 +26,7 @@ from app.models import (
     field_errors,
     payment_id_for,
 )
+from app.staging import record_from_row
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
@@ -99,6 +100,31 @@ def test_a_valid_record_is_normalised() -> None:
 )
 def test_each_rule_names_its_field(changes: dict[str, Any], field: str) -> None:
     assert field in errors_for(**changes)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["\uff11\uff15\uff10\uff10", "1_000", "1_000.00", "\u0661\u0662.\u0665\u0660", "1e3", "0x10"],
+)
+def test_amounts_in_text_are_ascii_digits_only(amount: str) -> None:
+    assert "amount" in errors_for(amount=amount)
+
+
+@pytest.mark.parametrize("amount", ["\uff11\uff15\uff10\uff10", "1_000"])
+def test_the_intake_refuses_amounts_beyond_ascii_digits(amount: str) -> None:
+    value = json.dumps(raw(amount=amount)).encode()
+    with pytest.raises(ValidationError) as caught:
+        decode_record(value, WINDOW)
+    assert [error.field for error in field_errors(caught.value)] == ["amount"]
+
+
+@pytest.mark.parametrize("amount", ["\uff11\uff15\uff10\uff10", "1_000"])
+def test_a_staging_row_refuses_amounts_beyond_ascii_digits(amount: str) -> None:
+    row = {**raw(amount=amount), "id": 7, "payment_date": datetime(2026, 11, 27)}  # noqa: DTZ001
+    row["metadata"] = json.dumps(row["metadata"])
+    with pytest.raises(ValidationError) as caught:
+        record_from_row(row, WINDOW, NOW)
+    assert [error.field for error in field_errors(caught.value)] == ["amount"]
 
 
 def test_metadata_nests_at_most_32_levels() -> None:

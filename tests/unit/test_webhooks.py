@@ -121,6 +121,30 @@ def test_bank_transfer_amounts_must_be_decimal_strings() -> None:
     assert (rejected.status, fields(rejected)) == (422, ["amount"])
 
 
+@pytest.mark.parametrize(
+    "amount", ["\uff11\uff15\uff10\uff10", "1_000", "\u0661\u0665\u0660\u0660.50", "1500\u00a0000"]
+)
+def test_generic_amounts_are_ascii_digits_only(amount: str) -> None:
+    rejected = rejection(GENERIC, documented_example("generic") | {"amount": amount})
+    assert (rejected.status, fields(rejected)) == (422, ["amount"])
+    assert "ASCII digits" in rejected.errors[0].message
+
+
+@pytest.mark.parametrize(
+    "amount", ["\uff11\uff15\uff10\uff10.00", "\u0661\u0665\u0660\u0660", "1500000.\uff150"]
+)
+def test_bank_transfer_amounts_are_ascii_digits_only(amount: str) -> None:
+    body = documented_example("bank_transfer") | {"amount": amount}
+    rejected = rejection(CHANNELS["bank_transfer"], body)
+    assert (rejected.status, fields(rejected)) == (422, ["amount"])
+
+
+def test_plain_amount_spellings_still_count() -> None:
+    for amount in ("1500000.50", " 1500000.5 ", 1500000.5, 1500000):
+        body = documented_example("generic") | {"amount": amount}
+        assert convert(GENERIC, body).amount in (Decimal("1500000.50"), Decimal("1500000"))
+
+
 def test_payment_rules_apply_to_every_channel_with_the_bodys_field_names() -> None:
     body = documented_example("bank_transfer") | {"end_to_end_id": "  ", "value_date": "1999-12-31"}
     rejected = rejection(CHANNELS["bank_transfer"], body)
