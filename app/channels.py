@@ -17,11 +17,11 @@ Examples of each body are in ``docs/webhooks.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from app.currencies import CurrencyCode, minor_unit_exponent
 
@@ -92,7 +92,8 @@ class CardCaptureNotice(_Body):
     id: StrictStr
     amount_minor: StrictInt = Field(gt=0)
     currency: CurrencyCode
-    captured_at: datetime
+    #: The format requires an offset: a time without one is not taken as UTC, it is refused.
+    captured_at: AwareDatetime
     loan_account_number: StrictStr
     cif: StrictStr
     card: Card | None = None

@@ -115,6 +115,24 @@ def test_a_third_decimal_is_refused_under_the_senders_field_name() -> None:
     assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
 
 
+@pytest.mark.parametrize(
+    "captured_at", ["2026-11-27T09:45:10", "2026-11-27T09:45:10.5", "2026-11-27"]
+)
+def test_captured_at_without_an_offset_is_refused(captured_at: str) -> None:
+    body = documented_example("card") | {"captured_at": captured_at}
+    rejected = rejection(CHANNELS["card"], body)
+    assert (rejected.status, fields(rejected)) == (422, ["captured_at"])
+    assert "timezone" in rejected.errors[0].message
+
+
+def test_captured_at_with_any_offset_is_stored_in_utc() -> None:
+    for captured_at in ("2026-11-27T09:45:10Z", "2026-11-27T04:45:10-05:00"):
+        body = documented_example("card") | {"captured_at": captured_at}
+        assert convert(CHANNELS["card"], body).payment_date == datetime(
+            2026, 11, 27, 9, 45, 10, tzinfo=UTC
+        )
+
+
 def test_bank_transfer_amounts_must_be_decimal_strings() -> None:
     body = documented_example("bank_transfer") | {"amount": 1500000.0}
     rejected = rejection(CHANNELS["bank_transfer"], body)
