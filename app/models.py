@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -86,6 +88,49 @@ Identifier = Annotated[
     AfterValidator(_no_control_characters),
 ]
 
+#: Characters a reader cannot see that Unicode does not class as format (Cf) or
+#: separators: combining grapheme joiner, Hangul fillers, Khmer inherent vowels,
+#: Mongolian and other variation selectors, and the blank Braille pattern.
+_OTHER_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164"
+    "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
+
+
+def _nfc(value: Any) -> Any:
+    """One spelling per text: "é" as one code point or as "e" + U+0301 is the same reference."""
+    if isinstance(value, str) and not value.isascii():
+        return unicodedata.normalize("NFC", value)
+    return value
+
+
+def _no_invisible_characters(value: str) -> str:
+    if value.isascii():  # the common case: ASCII has none (controls are refused above)
+        return value
+    for position, char in enumerate(value):
+        category = unicodedata.category(char)
+        if (
+            category in ("Cf", "Zl", "Zp")
+            or (category == "Zs" and char != " ")
+            or _OTHER_INVISIBLE.match(char)
+        ):
+            raise ValueError(
+                f"must not contain invisible or format characters (U+{ord(char):04X} at "
+                f"position {position}): remove it, a text that looks the same must be the same"
+            )
+    return value
+
+
+#: A text that tells payments apart (the reference, account, cif, channel): normalized to
+#: NFC before the length rules count it, without control, format or invisible characters,
+#: so that what looks like one reference is one reference.
+IdentityText = Annotated[
+    str,
+    BeforeValidator(_nfc),
+    AfterValidator(_no_control_characters),
+    AfterValidator(_no_invisible_characters),
+]
+
 
 @dataclass(frozen=True)
 class DateWindow:
@@ -121,16 +166,16 @@ class PaymentRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
-    reference_number: Annotated[Identifier, Field(max_length=255)]
-    loan_account_number: Annotated[Identifier, Field(max_length=20)]
-    cif: Annotated[Identifier, Field(max_length=20)]
+    reference_number: Annotated[IdentityText, Field(min_length=1, max_length=255)]
+    loan_account_number: Annotated[IdentityText, Field(min_length=1, max_length=20)]
+    cif: Annotated[IdentityText, Field(min_length=1, max_length=20)]
     amount: Annotated[Decimal, Field(gt=0, lt=10**13, decimal_places=2)]
     payment_date: datetime
-    payment_channel: (
-        Annotated[str, Field(max_length=100), AfterValidator(_no_control_characters)] | None
-    ) = None
+    payment_channel: Annotated[IdentityText, Field(max_length=100)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: Source
+    # Not normalized: it names the sender's message (a webhook-id, a staging row id), not
+    # the payment, and decisions are looked up under it as the sender wrote it.
     source_id: Annotated[Identifier, Field(max_length=255)]
     received_at: datetime
 

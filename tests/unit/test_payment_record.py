@@ -102,6 +102,83 @@ def test_each_rule_names_its_field(changes: dict[str, Any], field: str) -> None:
     assert field in errors_for(**changes)
 
 
+#: Look-alikes of "REF-1" (or of "LA-1", "CIF-1"): format characters (Cf), separators that
+#: are not the ASCII space, and other invisible ones.
+INVISIBLE = [
+    "\u200b",  # zero-width space
+    "\u200d",  # zero-width joiner
+    "\u200e",  # left-to-right mark
+    "\u202e",  # right-to-left override
+    "\u2066",  # left-to-right isolate
+    "\ufeff",  # byte order mark
+    "\u00ad",  # soft hyphen
+    "\u2060",  # word joiner
+    "\U000e0041",  # tag letter A
+    "\u00a0",  # no-break space
+    "\u3000",  # ideographic space
+    "\u2028",  # line separator
+    "\u034f",  # combining grapheme joiner
+    "\u3164",  # Hangul filler
+    "\ufe0f",  # variation selector 16
+]
+
+
+@pytest.mark.parametrize("field", ["reference_number", "loan_account_number", "cif"])
+@pytest.mark.parametrize("char", INVISIBLE)
+def test_identity_fields_refuse_invisible_characters(field: str, char: str) -> None:
+    value = {"reference_number": "REF-1", "loan_account_number": "LA-1", "cif": "CIF-1"}[field]
+    message = errors_for(**{field: value[:2] + char + value[2:]})[field]
+    assert f"U+{ord(char):04X}" in message
+
+
+@pytest.mark.parametrize("char", ["\u200b", "\u202e", "\u00a0"])
+def test_the_channel_refuses_invisible_characters(char: str) -> None:
+    assert "payment_channel" in errors_for(payment_channel=f"ca{char}rd")
+
+
+NFD = "Cafe\u0301-\u1100\u1161-A\u030a"  # e + acute, Hangul jamo, A + ring: decomposed
+NFC = "Caf\u00e9-\uac00-\u00c5"
+
+
+def test_identity_fields_are_normalized_to_nfc() -> None:
+    decomposed = record(reference_number=NFD, loan_account_number="L\u0301", cif="C\u0327")
+    composed = record(reference_number=NFC, loan_account_number="\u0139", cif="\u00c7")
+    assert decomposed.reference_number == NFC
+    assert (decomposed.loan_account_number, decomposed.cif) == ("\u0139", "\u00c7")
+    assert decomposed.fingerprint == composed.fingerprint
+    assert decomposed.payment_id == composed.payment_id
+    assert record(payment_channel="cafe\u0301").payment_channel == "caf\u00e9"
+
+
+def test_lengths_count_the_normalized_text() -> None:
+    assert len(record(reference_number="e\u0301" * 200).reference_number) == 200
+
+
+def test_the_intake_normalizes_and_refuses_like_the_webhooks() -> None:
+    decoded = decode_record(json.dumps(raw(reference_number=NFD)).encode(), WINDOW)
+    assert decoded.reference_number == NFC
+    with pytest.raises(ValidationError) as caught:
+        decode_record(json.dumps(raw(reference_number="REF\u200b-1")).encode(), WINDOW)
+    assert [error.field for error in field_errors(caught.value)] == ["reference_number"]
+
+
+def staging_row(**changes: Any) -> dict[str, Any]:
+    """A payment_staging row as asyncpg hands it over (naive UTC timestamp, JSON text)."""
+    row = {**raw(**changes), "id": 7, "payment_date": datetime(2026, 11, 27)}  # noqa: DTZ001
+    row["metadata"] = json.dumps(row["metadata"])
+    return row
+
+
+def test_a_staging_row_normalizes_and_refuses_like_the_webhooks() -> None:
+    decomposed = record_from_row(staging_row(reference_number=NFD), WINDOW, NOW)
+    composed = record_from_row(staging_row(reference_number=NFC), WINDOW, NOW)
+    assert decomposed.reference_number == NFC
+    assert decomposed.fingerprint == composed.fingerprint
+    with pytest.raises(ValidationError) as caught:
+        record_from_row(staging_row(cif="CIF\u200e-1"), WINDOW, NOW)
+    assert [error.field for error in field_errors(caught.value)] == ["cif"]
+
+
 @pytest.mark.parametrize(
     "amount",
     ["\uff11\uff15\uff10\uff10", "1_000", "1_000.00", "\u0661\u0662.\u0665\u0660", "1e3", "0x10"],
@@ -120,10 +197,8 @@ def test_the_intake_refuses_amounts_beyond_ascii_digits(amount: str) -> None:
 
 @pytest.mark.parametrize("amount", ["\uff11\uff15\uff10\uff10", "1_000"])
 def test_a_staging_row_refuses_amounts_beyond_ascii_digits(amount: str) -> None:
-    row = {**raw(amount=amount), "id": 7, "payment_date": datetime(2026, 11, 27)}  # noqa: DTZ001
-    row["metadata"] = json.dumps(row["metadata"])
     with pytest.raises(ValidationError) as caught:
-        record_from_row(row, WINDOW, NOW)
+        record_from_row(staging_row(amount=amount), WINDOW, NOW)
     assert [error.field for error in field_errors(caught.value)] == ["amount"]
 
 

@@ -163,6 +163,40 @@ def test_plain_amount_spellings_still_count() -> None:
         assert convert(GENERIC, body).amount in (Decimal("1500000.50"), Decimal("1500000"))
 
 
+@pytest.mark.parametrize(
+    ("channel", "field", "changes"),
+    [
+        ("generic", "reference_number", {"reference_number": "PAY-2026\u200b-000123"}),
+        ("generic", "cif", {"cif": "\u202eC000987"}),
+        ("generic", "payment_channel", {"payment_channel": "branch\u200dcash"}),
+        ("bank_transfer", "end_to_end_id", {"end_to_end_id": "E2E-2026\u200e1127"}),
+        ("bank_transfer", "loan_account_number", {"loan_account_number": "LN0001\ufeff234"}),
+        ("card", "id", {"id": "ch_3QxYz\u20602026A"}),
+        ("card", "cif", {"cif": "C000\u00a0987"}),
+    ],
+)
+def test_invisible_characters_are_refused_under_the_senders_field_name(
+    channel: str, field: str, changes: dict[str, str]
+) -> None:
+    door = GENERIC if channel == "generic" else CHANNELS[channel]
+    rejected = rejection(door, documented_example(channel) | changes)
+    assert (rejected.status, rejected.error, fields(rejected)) == (422, "invalid_payment", [field])
+    assert "invisible" in rejected.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("channel", "field"),
+    [("generic", "reference_number"), ("bank_transfer", "end_to_end_id"), ("card", "id")],
+)
+def test_nfd_and_nfc_references_are_one_payment(channel: str, field: str) -> None:
+    door = GENERIC if channel == "generic" else CHANNELS[channel]
+    decomposed = convert(door, documented_example(channel) | {field: "PAGO-Nin\u0303o-1"})
+    composed = convert(door, documented_example(channel) | {field: "PAGO-Ni\u00f1o-1"})
+    assert decomposed.reference_number == composed.reference_number == "PAGO-Ni\u00f1o-1"
+    assert decomposed.fingerprint == composed.fingerprint
+    assert decomposed.payment_id == composed.payment_id
+
+
 def test_payment_rules_apply_to_every_channel_with_the_bodys_field_names() -> None:
     body = documented_example("bank_transfer") | {"end_to_end_id": "  ", "value_date": "1999-12-31"}
     rejected = rejection(CHANNELS["bank_transfer"], body)
