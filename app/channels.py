@@ -40,6 +40,7 @@ class GenericNotice(_Body):
     amount: Any
     payment_date: Any
     payment_channel: Any = None
+    currency: Any = None
     metadata: Any = None
 
     def canonical(self) -> dict[str, Any]:
@@ -65,6 +66,8 @@ class BankTransferNotice(_Body):
     remittance_information: StrictStr | None = Field(None, max_length=140)
 
     def canonical(self) -> dict[str, Any]:
+        # The currency is a field of the record (and fingerprinted); metadata keeps it too,
+        # as it did before, for consumers of the event that read it there.
         metadata: dict[str, Any] = {"currency": self.currency}
         if self.debtor is not None:
             metadata["debtor"] = self.debtor.model_dump(exclude_none=True)
@@ -77,6 +80,7 @@ class BankTransferNotice(_Body):
             "amount": Decimal(self.amount),
             "payment_date": self.value_date,
             "payment_channel": "bank_transfer",
+            "currency": self.currency,
             "metadata": metadata,
         }
 
@@ -110,6 +114,7 @@ class CardCaptureNotice(_Body):
             "amount": Decimal(self.amount_minor).scaleb(-exponent),
             "payment_date": self.captured_at,
             "payment_channel": "card",
+            "currency": self.currency,
             "metadata": metadata,
         }
 

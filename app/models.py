@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError, to_json
 
+from app.currencies import CurrencyCode, minor_unit_exponent
+
 if TYPE_CHECKING:
     from app.settings import Settings
 
@@ -58,6 +60,7 @@ FINGERPRINT_FIELDS = (
     "amount",
     "payment_date",
     "payment_channel",
+    "currency",
 )
 
 
@@ -169,6 +172,9 @@ class PaymentRecord(BaseModel):
     reference_number: Annotated[IdentityText, Field(min_length=1, max_length=255)]
     loan_account_number: Annotated[IdentityText, Field(min_length=1, max_length=20)]
     cif: Annotated[IdentityText, Field(min_length=1, max_length=20)]
+    #: ISO 4217; None when the input names none (staging rows have no currency column).
+    #: Before amount: the amount's validator checks it against the currency's minor unit.
+    currency: CurrencyCode | None = None
     amount: Annotated[Decimal, Field(gt=0, lt=10**13, decimal_places=2)]
     payment_date: datetime
     payment_channel: Annotated[IdentityText, Field(max_length=100)] | None = None
@@ -190,7 +196,15 @@ class PaymentRecord(BaseModel):
 
     @field_validator("amount")
     @classmethod
-    def _two_places(cls, amount: Decimal) -> Decimal:
+    def _two_places(cls, amount: Decimal, info: ValidationInfo) -> Decimal:
+        currency = info.data.get("currency")
+        if currency is not None:
+            places = minor_unit_exponent(currency)
+            if places < 2 and amount != amount.quantize(Decimal(1).scaleb(-places)):
+                raise ValueError(
+                    f"must have at most {places} decimal places in {currency} "
+                    "(its minor unit, ISO 4217)"
+                )
         # One spelling per value: 100, 100.0 and 100.00 fingerprint alike.
         return amount.quantize(Decimal("0.01"))
 
@@ -266,6 +280,7 @@ class PaymentRecord(BaseModel):
             "amount": f"{self.amount:.2f}",
             "payment_date": self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
             "payment_channel": self.payment_channel or "",
+            "currency": self.currency or "",
         }
 
 
@@ -299,8 +314,14 @@ def payment_id_for(reference_number: str) -> uuid.UUID:
 
 
 def fingerprint_of(fields: dict[str, str]) -> str:
-    """Hash the canonical spellings of :data:`FINGERPRINT_FIELDS` (unit separator between)."""
-    joined = "\x1f".join(fields[name] for name in FINGERPRINT_FIELDS)
+    """Hash the canonical spellings of :data:`FINGERPRINT_FIELDS` (unit separator between).
+
+    The currency counts only when there is one: payments recorded before it was a field
+    (their fingerprints are stored in payment_references and the references table) and
+    records without one, such as staging rows, hash exactly as they always did.
+    """
+    names = FINGERPRINT_FIELDS if fields.get("currency") else FINGERPRINT_FIELDS[:-1]
+    joined = "\x1f".join(fields[name] for name in names)
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
@@ -319,6 +340,8 @@ class RecordedPayment(BaseModel):
     amount: Decimal
     payment_date: datetime
     payment_channel: str | None
+    #: Added in schema_version 1 as an optional field: null when the input named none.
+    currency: str | None = None
     source: Source
     metadata: dict[str, Any]
 
@@ -361,6 +384,7 @@ class PaymentRecordedEvent(BaseModel):
                 amount=record.amount,
                 payment_date=record.payment_date,
                 payment_channel=record.payment_channel,
+                currency=record.currency,
                 source=record.source,
                 metadata=record.metadata,
             ),

@@ -251,6 +251,62 @@ def test_fingerprint_covers_the_defining_fields_and_not_metadata_or_source() -> 
         assert record(**changes).fingerprint != base.fingerprint, changes
 
 
+def test_payments_without_a_currency_keep_the_fingerprints_they_were_stored_with() -> None:
+    # Computed by the code before currency was a field: payment_references and the
+    # references table hold fingerprints like these.
+    assert record().fingerprint == (
+        "422edb9337eaa66e7e859bab4565d049c793bf6c5c1f3dc73f94c4ec8707242a"
+    )
+    assert record(payment_channel=None, metadata={"currency": "USD"}).fingerprint == (
+        "f4096d8d723b6367cb5bd7afbe2a4759554922ddd3eb202bdf83d2b1362167ba"
+    )
+
+
+def test_the_currency_tells_payments_apart() -> None:
+    usd, eur, none = record(currency="USD"), record(currency="EUR"), record()
+    assert len({usd.fingerprint, eur.fingerprint, none.fingerprint}) == 3
+    assert record(currency="USD").fingerprint == usd.fingerprint
+    assert differing_fields(usd.defining_fields(), eur.defining_fields()) == ["currency"]
+    assert differing_fields(none.defining_fields(), usd.defining_fields()) == ["currency"]
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "ok"),
+    [
+        ("JPY", "1500", True),
+        ("JPY", "1500.00", True),
+        ("JPY", "1500.5", False),
+        ("UYI", "10.01", False),
+        ("KWD", "1.25", True),
+        ("USD", "1.25", True),
+        ("CLF", "1.25", True),
+    ],
+)
+def test_the_amount_fits_the_currencys_minor_unit(currency: str, amount: str, ok: bool) -> None:
+    if ok:
+        assert record(currency=currency, amount=amount).amount == Decimal(amount)
+    else:
+        assert (
+            f"0 decimal places in {currency}"
+            in errors_for(currency=currency, amount=amount)["amount"]
+        )
+
+
+@pytest.mark.parametrize("currency", ["XYZ", "usd", "US", "XAU", 840])
+def test_a_currency_is_an_iso_4217_payment_currency(currency: Any) -> None:
+    assert record(currency="USD").currency == "USD"
+    assert "currency" in errors_for(currency=currency)
+
+
+def test_the_intake_carries_the_currency_and_leaves_it_out_when_there_is_none() -> None:
+    usd = record(currency="USD")
+    assert decode_record(encode_record(usd)) == usd
+    assert json.loads(encode_record(usd))["currency"] == "USD"
+    # a record without one is written as before, so a worker not yet upgraded reads it
+    assert "currency" not in json.loads(encode_record(record()))
+    assert decode_record(encode_record(record())).currency is None
+
+
 def test_differing_fields_names_what_changed() -> None:
     a = record().defining_fields()
     b = record(amount="1.00", cif="CIF-9").defining_fields()
@@ -284,6 +340,7 @@ def test_event_has_the_plan_shape_and_an_exact_number() -> None:
     assert b'"event_type":"payment.recorded"' in body
     assert b'"schema_version":1' in body
     assert b'"payment_date":"2026-11-27T10:00:00Z"' in body
+    assert b'"currency":null' in body
     decoded = decode_event(body)
     assert decoded.payment.amount == Decimal("1234567890123.45")
     assert decoded.event_id == payment.event_id
@@ -297,6 +354,7 @@ def test_event_has_the_plan_shape_and_an_exact_number() -> None:
         {"amount": "0.10", "payment_channel": None, "metadata": {}},
         {"amount": "9999999999999.99", "metadata": {"ünï": ["c", 1.5, None, {"deep": True}]}},
         {"reference_number": "RÉF/✓ 1", "payment_date": "2026-11-27T10:00:00.123456+05:30"},
+        {"currency": "VND", "amount": "1500000"},
     ],
 )
 def test_the_fast_event_encoding_equals_the_model(changes: dict[str, Any]) -> None:
@@ -305,3 +363,12 @@ def test_the_fast_event_encoding_equals_the_model(changes: dict[str, Any]) -> No
     fast = encode_event_for(payment, NOW)
     assert json.loads(fast) == json.loads(model)
     assert decode_event(fast) == decode_event(model)
+    assert decode_event(fast).payment.currency == payment.currency
+
+
+def test_the_event_names_the_currency_and_stays_schema_version_1() -> None:
+    body = json.loads(encode_event_for(record(currency="VND", amount="1500000"), NOW))
+    assert (body["schema_version"], body["payment"]["currency"]) == (1, "VND")
+    # an event written before currency was a field still decodes
+    del body["payment"]["currency"]
+    assert decode_event(json.dumps(body).encode()).payment.currency is None

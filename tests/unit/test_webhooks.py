@@ -97,6 +97,36 @@ def test_card_exponents_come_from_iso_4217(minor: int, currency: str, amount: De
     assert convert(CHANNELS["card"], body).amount == amount
 
 
+def test_one_charge_id_and_amount_in_two_currencies_are_two_payments() -> None:
+    usd = convert(CHANNELS["card"], documented_example("card") | {"currency": "USD"})
+    eur = convert(CHANNELS["card"], documented_example("card") | {"currency": "EUR"})
+    assert (usd.currency, eur.currency) == ("USD", "EUR")
+    assert usd.amount == eur.amount
+    assert usd.fingerprint != eur.fingerprint
+    assert usd.payment_id == eur.payment_id  # one reference: the second is a conflict
+    transfer = convert(CHANNELS["bank_transfer"], documented_example("bank_transfer"))
+    assert transfer.currency == "VND"
+    assert transfer.metadata["currency"] == "VND"  # kept where consumers read it before
+
+
+def test_the_generic_body_may_name_a_currency() -> None:
+    body = documented_example("generic")
+    assert convert(GENERIC, body).currency is None
+    assert convert(GENERIC, body | {"currency": "USD"}).currency == "USD"
+    assert convert(GENERIC, body | {"currency": "USD"}).fingerprint != (
+        convert(GENERIC, body).fingerprint
+    )
+    assert fields(rejection(GENERIC, body | {"currency": "usd"})) == ["currency"]
+    assert fields(rejection(GENERIC, body | {"currency": "XYZ"})) == ["currency"]
+    # 1500000.50 has a fraction the yen does not
+    assert fields(rejection(GENERIC, body | {"currency": "JPY"})) == ["amount"]
+
+
+def test_a_bank_transfer_amount_fits_its_currency() -> None:
+    body = documented_example("bank_transfer") | {"amount": "1500000.50"}  # VND has no minor unit
+    assert fields(rejection(CHANNELS["bank_transfer"], body)) == ["amount"]
+
+
 def test_a_fourth_decimal_is_refused_not_rounded() -> None:
     body = documented_example("card") | {"amount_minor": 12345, "currency": "CLF"}  # 1.2345
     assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
