@@ -62,6 +62,8 @@ FINGERPRINT_FIELDS = (
     "payment_channel",
     "currency",
 )
+#: The fingerprint of a payment without a currency: the fields before it was one.
+_FIELDS_BEFORE_CURRENCY = tuple(name for name in FINGERPRINT_FIELDS if name != "currency")
 
 
 #: Unicode's control characters (category Cc): C0, DEL and C1.
@@ -320,7 +322,7 @@ def fingerprint_of(fields: dict[str, str]) -> str:
     (their fingerprints are stored in payment_references and the references table) and
     records without one, such as staging rows, hash exactly as they always did.
     """
-    names = FINGERPRINT_FIELDS if fields.get("currency") else FINGERPRINT_FIELDS[:-1]
+    names = FINGERPRINT_FIELDS if fields.get("currency") else _FIELDS_BEFORE_CURRENCY
     joined = "\x1f".join(fields[name] for name in names)
     return hashlib.sha256(joined.encode()).hexdigest()
 
