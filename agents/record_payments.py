@@ -1,6 +1,6 @@
 """The record agent: ``payment.intake`` in batches → Postgres, ``payment.events``, the DLQ.
 
-Faust runs it at-least-once (DESIGN.md says why not ``exactly_once``). Offsets
+Faust runs it at-least-once (docs/architecture.md says why not ``exactly_once``). Offsets
 of a batch are committed only after :meth:`Recorder.handle` returns, so the
 batch is never acked before its rows are committed and its events published.
 """

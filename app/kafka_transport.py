@@ -39,6 +39,14 @@ through only from the offset sought: whatever arrives first from a fetch issued
 before the seek is dropped before Faust can count it as read (the cause of 2).
 That filter is set before the seek it waits for (one cause of 6 was a filter
 set after the fetch loop had already taken the offset sought).
+7. **A commit below the log start is repaired for ever.** When the topic's
+   retention deleted records a group never processed, the committed offset is
+   below the log start: a seek there answers "out of range", aiokafka resets to
+   the log start, the head looks missing, the repair seeks back, and the
+   partition never commits again. The consumer now resumes at the log start
+   with an error naming the lost range and counts it
+   (``payments_intake_records_lost_total``).
+
 When the head of a partition still stays missing for HEAD_GAP_GRACE_SECONDS,
 seek back to the committed offset so the records are fetched and processed
 again (at-least-once; the record agent's dedup absorbs the repeats); likewise
@@ -64,6 +72,8 @@ from faust import streams as faust_streams
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
+
+from app.metrics import INTAKE_RECORDS_LOST
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +138,19 @@ class Consumer(driver.Consumer):
         # fresh group lost ~800 records per partition). Without a commit, processing
         # starts at the beginning of the log: seek there and count it as committed.
         acking = [tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
-        unstarted = [tp for tp in acking if not self._committed_offset.get(tp)]
+        starts = await self.earliest_offsets(*acking) if acking else {}
+        unstarted = {
+            tp: start for tp, start in starts.items() if not self._committed_offset.get(tp)
+        }
         if unstarted:
-            starts = await self.earliest_offsets(*unstarted)
-            self._committed_offset.update(starts)
-            log.info("no committed offsets yet; starting from the log start: %s", _describe(starts))
+            self._committed_offset.update(unstarted)
+            log.info(
+                "no committed offsets yet; starting from the log start: %s", _describe(unstarted)
+            )
+        for tp, start in starts.items():
+            committed = self._committed_offset.get(tp)
+            if committed is not None and committed < start:
+                self._resume_at_log_start(tp, committed, start)  # fix 7
         # Table changelogs are read through this consumer too, from their own
         # positions: only the acked topics resume at their committed offsets.
         resume = {
@@ -292,11 +310,41 @@ class Consumer(driver.Consumer):
 
     def _seek_back(self, tp: Any, offset: int, now: float) -> None:
         """Fetch ``tp`` again from ``offset``; getmany lets it through from there only."""
-        self._resume_at[tp] = (offset, now)
-        # In the consumer's own thread, as Faust seeks after a rebalance.
-        repair = asyncio.ensure_future(self.seek_wait({tp: offset}))
+        repair = asyncio.ensure_future(self._refetch(tp, offset))
         self._repairs.add(repair)
         repair.add_done_callback(self._repair_done)
+
+    async def _refetch(self, tp: Any, offset: int) -> None:
+        # Seeking below the log start would answer "out of range", aiokafka would
+        # reset to the log start, the head would look missing again and the repair
+        # would seek back for ever: the partition never committed again (fix 7).
+        start = (await self.earliest_offsets(tp)).get(tp)
+        if start is not None and offset < start:
+            self._resume_at_log_start(tp, offset, start)
+            offset = start
+        self._resume_at[tp] = (offset, time.monotonic())
+        # In the consumer's own thread, as Faust seeks after a rebalance.
+        await self.seek_wait({tp: offset})
+
+    def _resume_at_log_start(self, tp: Any, committed: int, start: int) -> None:
+        """Records ``committed``..``start - 1`` are gone from Kafka: say so, count them, go on."""
+        INTAKE_RECORDS_LOST.labels(tp.topic).inc(start - committed)
+        log.error(
+            "%s: the committed offset %d is below the log start %d: records %d..%d were "
+            "deleted by the topic's retention before they were processed and cannot be read "
+            "from Kafka any more. Resuming at %d. Their payments are not recorded unless they "
+            "are sent again: find them at their source (staging rows still unprocessed, the "
+            "senders' webhooks), then run `python -m app reconcile`; raise the topic's "
+            "retention.ms above the longest backlog you expect.",
+            tp,
+            committed,
+            start,
+            committed,
+            start - 1,
+            start,
+        )
+        self._committed_offset[tp] = start
+        self._head_gap_since.pop(tp, None)
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         # Faust commits every broker_commit_interval: the stall check rides along (fix 6).

@@ -64,6 +64,12 @@ KAFKA_MESSAGES = Counter(
     "Messages our producer sent, by topic and result (ok: acknowledged; failed: not)",
     ["topic", "result"],
 )
+INTAKE_RECORDS_LOST = Counter(
+    "payments_intake_records_lost_total",
+    "Records a consumer group never processed because the topic's retention deleted them first"
+    " (its committed offset was below the log start; the error log names the range)",
+    ["topic"],
+)
 REDIS_UNAVAILABLE = Counter(
     "payments_redis_unavailable_total",
     "Redis calls that failed; the service went on without them (answers 202, no replay check)",

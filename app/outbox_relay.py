@@ -1,4 +1,4 @@
-"""Publishing outbox rows a crash left unsent (DESIGN.md invariant 2).
+"""Publishing outbox rows a crash left unsent (docs/architecture.md, invariant 2).
 
 The record agent writes one outbox row per batch (its events as arrays), publishes
 the events right after the commit and then deletes the row: the outbox holds only

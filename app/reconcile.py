@@ -1,4 +1,4 @@
-"""Checking DESIGN.md's invariants over what Postgres and ``payment.events`` hold now.
+"""Checking docs/architecture.md's invariants over what Postgres and ``payment.events`` hold now.
 
 Reads every event up to the end offsets seen at the start, and every payments
 row, and compares them by payment_id field by field. Memory grows with one small

@@ -1,6 +1,6 @@
 """Deciding a batch of intake records: created, duplicate or conflict, and dead letters.
 
-The order within a batch is the invariant-keeping order of DESIGN.md:
+The order within a batch is the invariant-keeping order of docs/architecture.md:
 
 1. decode and check each record (bad ones become dead letters);
 2. the ``references`` table answers the references it knows (a hit means committed);

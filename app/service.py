@@ -1,6 +1,6 @@
 """The Faust app: settings, connections and views wired together, nothing started yet.
 
-Start order matters (STYLE.md): the database pool, Redis client and Kafka probe
+Start order matters: the database pool, Redis client and Kafka probe
 are dependencies of the app, so mode starts them before the agents, tables and
 timers that Faust adds on first start.
 """
@@ -71,7 +71,7 @@ class PaymentService(faust.App):
             # per poll and buffer a few batches ahead (measured with bench/staging).
             "broker_max_poll_records": 4 * settings.record_batch_size,
             "stream_buffer_maxsize": 8 * settings.record_batch_size,
-            # agent.ask and timers can otherwise hold up a clean shutdown (DESIGN.md).
+            # agent.ask and timers can otherwise hold up a clean shutdown (docs/architecture.md).
             "stream_wait_empty": False,
             # Faust's built-in pages would expose table contents and topology.
             "web_stats_enabled": False,

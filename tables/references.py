@@ -6,7 +6,7 @@ miss means "ask Postgres", never "new".
 
 Keys are the reference's UTF-8 bytes, exactly the intake topic's key bytes, so
 the changelog partition of a key is the intake partition that key arrives on
-(DESIGN.md: str keys would be JSON-encoded and hash elsewhere).
+(docs/architecture.md: str keys would be JSON-encoded and hash elsewhere).
 """
 
 from __future__ import annotations

@@ -32,14 +32,16 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.topics import EVENTS_DEFAULT, INTAKE
+from app.topics import DLQ, EVENTS_DEFAULT, INTAKE
 from tests.pipeline import (
     StagingLoad,
     app_env,
@@ -515,3 +517,238 @@ def wait_rows(stack: Stack, at_least: int, fleet: Fleet, timeout: float = 300) -
         return int(rows) if rows >= at_least else 0
 
     return int(wait_for(reached, timeout=timeout, interval=0.2, what=f"{at_least} payments"))
+
+
+# --- hostile data -----------------------------------------------------------------
+
+#: Past any retention window the service may keep (PARTITION_RETENTION_MONTHS ≤ 24 in tests).
+LONG_AGO = timedelta(days=3 * 365)
+#: A date that overflows when converted to UTC.
+OVERFLOWING_DATE = "0001-01-01T00:00:00+14:00"
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One bad input: through which door, what it carries, and what must come of it.
+
+    ``expect`` is the dead letter's reason (staging, intake) or the HTTP status
+    class (webhook: "4xx"). ``key`` finds its dead letter (the intake key or the
+    staging reference).
+    """
+
+    name: str
+    door: str  # "webhook", "staging" or "intake"
+    key: str
+    expect: str
+    payload: Any
+
+
+def _nested(depth: int) -> Any:
+    value: Any = {"leaf": 1}
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+def hostile_inputs(prefix: str, ledger: Ledger) -> list[Hostile]:
+    """Every class of bad data of issue 16, through every door it can pass, seeded order."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    old = (now - LONG_AGO).replace(tzinfo=None)
+    yesterday = (now - timedelta(days=1)).replace(tzinfo=None)
+
+    def body(ref: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "reference_number": ref,
+            "loan_account_number": "LN-HOSTILE",
+            "cif": "C-HOSTILE",
+            "amount": "15.00",
+            "payment_date": yesterday.date().isoformat(),
+            **fields,
+        }
+
+    def row(ref: str, **fields: Any) -> tuple[Any, ...]:
+        values = {
+            "amount": Decimal("15.00"),
+            "payment_date": yesterday,
+            "metadata": "{}",
+            **fields,
+        }
+        return (
+            ref,
+            "LN-HOSTILE",
+            "C-HOSTILE",
+            values["amount"],
+            values["payment_date"],
+            "bank_transfer",
+            values["metadata"],
+        )
+
+    def record(ref: str, **fields: Any) -> bytes:
+        value = {
+            **body(ref),
+            "payment_date": yesterday.isoformat() + "Z",
+            "source": "webhook",
+            "source_id": f"raw-{ref}",
+            "received_at": now.isoformat(),
+            "metadata": {},
+            **fields,
+        }
+        return json.dumps(value).encode()
+
+    p = f"{prefix}-BAD"
+    big = {"blob": "x" * (2 * 1024 * 1024)}
+    inputs = [
+        # webhooks: refused at the door, never a 500, never a 2xx
+        Hostile("overflowing date", "webhook", f"{p}-W1", "4xx",
+                body(f"{p}-W1", payment_date=OVERFLOWING_DATE)),
+        Hostile("beyond retention", "webhook", f"{p}-W2", "4xx",
+                body(f"{p}-W2", payment_date=old.date().isoformat())),
+        Hostile("zero-width reference", "webhook", f"{p}-W3{ZERO_WIDTH_SPACE}", "4xx",
+                body(f"{p}-W3{ZERO_WIDTH_SPACE}")),
+        Hostile("full-width digits", "webhook", f"{p}-W4", "4xx",
+                body(f"{p}-W4", amount="\uff11\uff15\uff10\uff10")),
+        Hostile("underscored amount", "webhook", f"{p}-W5", "4xx",
+                body(f"{p}-W5", amount="1_000")),
+        Hostile("deep metadata", "webhook", f"{p}-W6", "4xx",
+                body(f"{p}-W6", metadata=_nested(40))),
+        Hostile("2 MB metadata", "webhook", f"{p}-W7", "4xx", body(f"{p}-W7", metadata=big)),
+        # staging rows: dead-lettered (cut down if needed) and marked processed
+        Hostile("2 MB metadata", "staging", f"{p}-S1", "invalid",
+                row(f"{p}-S1", metadata=json.dumps(big))),
+        Hostile("deep metadata", "staging", f"{p}-S2", "invalid",
+                row(f"{p}-S2", metadata=json.dumps(_nested(2000)))),
+        Hostile("beyond retention", "staging", f"{p}-S3", "beyond_retention",
+                row(f"{p}-S3", payment_date=old)),
+        Hostile("zero-width reference", "staging", f"{p}-S4{ZERO_WIDTH_SPACE}", "invalid",
+                row(f"{p}-S4{ZERO_WIDTH_SPACE}")),
+        # raw intake records: dead-lettered with their reason, the partition goes on
+        Hostile("not JSON, not UTF-8", "intake", f"{p}-I1", "undecodable", b"\xff" * 600_000),
+        Hostile("overflowing date", "intake", f"{p}-I2", "invalid",
+                record(f"{p}-I2", payment_date=OVERFLOWING_DATE)),
+        Hostile("beyond retention", "intake", f"{p}-I3", "beyond_retention",
+                record(f"{p}-I3", payment_date=old.isoformat() + "Z")),
+        Hostile("zero-width reference", "intake", f"{p}-I4{ZERO_WIDTH_SPACE}", "invalid",
+                record(f"{p}-I4{ZERO_WIDTH_SPACE}")),
+        Hostile("deep JSON", "intake", f"{p}-I5", "undecodable",
+                b'{"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        Hostile("full-width digits", "intake", f"{p}-I6", "invalid",
+                record(f"{p}-I6", amount="\uff11\uff15\uff10\uff10")),
+    ]  # fmt: skip
+    ledger.rng.shuffle(inputs)
+    ledger.sent |= {hostile.key for hostile in inputs}
+    return inputs
+
+
+def _good_raw_record(reference: str) -> bytes:
+    now = datetime.now(UTC).replace(microsecond=0)
+    return json.dumps(
+        {
+            "reference_number": reference,
+            "loan_account_number": "LN-BEHIND",
+            "cif": "C-BEHIND",
+            "amount": "21.00",
+            "payment_date": (now - timedelta(days=2)).isoformat(),
+            "source": "webhook",
+            "source_id": f"raw-{reference}",
+            "received_at": now.isoformat(),
+        }
+    ).encode()
+
+
+async def _send_hostile(
+    stack: Stack, urls: list[str], inputs: list[Hostile], ledger: Ledger
+) -> dict[str, int]:
+    """Put every input in through its door; behind each raw intake record, a good one on
+    the same partition. Returns each hostile webhook's status (0: no answer)."""
+    statuses: dict[str, int] = {}
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap, acks="all", max_request_size=4 * 1024 * 1024
+    )
+    await producer.start()
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for number, hostile in enumerate(inputs):
+                if hostile.door == "webhook":
+                    raw = json.dumps(hostile.payload).encode()
+                    headers = {
+                        "Content-Type": "application/json",
+                        **signed(SECRET, raw, msg_id=f"msg_{uuid.uuid4().hex}"),
+                    }
+                    url = urls[number % len(urls)] + WEBHOOK
+                    try:
+                        async with session.post(url, data=raw, headers=headers) as response:
+                            statuses[hostile.key] = response.status
+                    except (aiohttp.ClientError, TimeoutError):
+                        statuses[hostile.key] = 0
+                elif hostile.door == "staging":
+                    await stage(stack, [hostile.payload])
+                else:
+                    sent = await producer.send_and_wait(
+                        INTAKE, hostile.payload, key=hostile.key.encode()
+                    )
+                    behind = f"{hostile.key}-BEHIND".replace("-BAD-", "-OK-")
+                    behind = behind.replace(ZERO_WIDTH_SPACE, "")
+                    ledger.sent.add(behind)
+                    await producer.send_and_wait(
+                        INTAKE,
+                        _good_raw_record(behind),
+                        key=behind.encode(),
+                        partition=sent.partition,
+                    )
+                    ledger.acknowledged.add(behind)
+    finally:
+        await producer.stop()
+    return statuses
+
+
+def send_hostile(
+    stack: Stack, urls: list[str], inputs: list[Hostile], ledger: Ledger
+) -> dict[str, int]:
+    return asyncio.run(_send_hostile(stack, urls, inputs, ledger))
+
+
+def dead_letter_reasons(stack: Stack) -> dict[str, set[str]]:
+    """The reasons of the dead letters on the DLQ, by reference (or intake key)."""
+    reasons: dict[str, set[str]] = defaultdict(set)
+    for key, value in asyncio.run(read_topic(stack, DLQ)):
+        letter = json.loads(value)
+        reference = letter.get("reference_number") or (key or b"").decode(errors="replace")
+        reasons[reference].add(letter["reason"])
+    return reasons
+
+
+def check_hostile(
+    stack: Stack, ledger: Ledger, inputs: list[Hostile], statuses: dict[str, int]
+) -> None:
+    """Each bad input refused at the door (4xx) or dead-lettered with its reason, none
+    recorded, every bad staging row marked processed."""
+    reasons = dead_letter_reasons(stack)
+    recorded = recorded_references(stack)
+    processed = {
+        row["reference_number"]: row["processed"]
+        for row in fetch(
+            stack,
+            "SELECT reference_number, processed FROM public.payment_staging"
+            " WHERE reference_number = ANY($1::text[])",
+            [hostile.key for hostile in inputs if hostile.door == "staging"],
+        )
+    }
+    wrong = []
+    for hostile in inputs:
+        what = f"{hostile.name} through the {hostile.door}"
+        if hostile.door == "webhook":
+            status = statuses.get(hostile.key)
+            if status is None or not 400 <= status < 500:
+                wrong.append(f"{what}: answered {status}, expected a 4xx")
+        elif hostile.expect not in reasons.get(hostile.key, set()):
+            wrong.append(
+                f"{what}: dead letters {sorted(reasons.get(hostile.key, set()))},"
+                f" expected {hostile.expect!r}"
+            )
+        if hostile.door == "staging" and processed.get(hostile.key) is not True:
+            wrong.append(f"{what}: staging row not marked processed")
+        if hostile.key in recorded:
+            wrong.append(f"{what}: recorded")
+    ledger.check(not wrong, "hostile data mishandled:\n  " + "\n  ".join(wrong))

@@ -13,6 +13,7 @@ import pytest
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, RequestTimedOutError
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
+from prometheus_client import REGISTRY
 
 from app import kafka_transport
 from app.kafka_transport import Consumer, ConsumerThread
@@ -83,6 +84,56 @@ def test_a_partition_without_a_commit_starts_at_the_log_start(
         zero: 7,
         started: 500,
     }
+
+
+def test_a_commit_below_the_log_start_resumes_at_the_log_start(
+    loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The topic's retention deleted offsets 5..19 before the group processed them.
+    # Seeking to 5 answered "out of range", aiokafka reset to 20, the head looked
+    # missing and the repair sought back to 5, for ever: nothing committed again.
+    tp, kept = TP(INTAKE, 0), TP(INTAKE, 1)
+    consumer, seeks = _offline_consumer({tp: 5, kept: 30}, log_start=20, assigned={tp, kept})
+    lost = REGISTRY.get_sample_value("payments_intake_records_lost_total", {"topic": INTAKE}) or 0
+
+    loop.run_until_complete(consumer.perform_seek())
+
+    assert seeks == [{tp: 20, kept: 30}]
+    assert consumer._committed_offset[tp] == 20
+    assert "records 5..19 were deleted by the topic's retention" in caplog.text
+    after = REGISTRY.get_sample_value("payments_intake_records_lost_total", {"topic": INTAKE})
+    assert after == lost + 15
+    consumer._acked[tp] = [20, 21, 22]
+    assert consumer._new_offset(tp) == 23
+
+
+def test_a_head_gap_below_the_log_start_is_not_sought_for_ever(
+    loop: asyncio.AbstractEventLoop,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Retention overtook a partition the worker held: its head (5..19) is gone, and
+    # later records (20, 21) were processed. The repair must resume at the log start.
+    tp = TP(INTAKE, 0)
+    consumer, seeks = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    loop.run_until_complete(consumer.perform_seek())
+    seeks.clear()
+
+    async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+        return {tp: 20 for tp in partitions}
+
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
+    clock = FakeClock()
+    monkeypatch.setattr(kafka_transport, "time", clock)
+    consumer._acked[tp] = [20, 21]
+    assert consumer._new_offset(tp) is None  # the head gap starts
+    clock.now += kafka_transport.HEAD_GAP_GRACE_SECONDS
+    assert consumer._new_offset(tp) is None  # the repair starts
+    loop.run_until_complete(asyncio.sleep(0))
+
+    assert seeks == [{tp: 20}]
+    assert "records 5..19 were deleted" in caplog.text
+    assert consumer._new_offset(tp) == 22
 
 
 def test_nothing_commits_past_an_unprocessed_head(loop: asyncio.AbstractEventLoop) -> None:
