@@ -17,39 +17,13 @@ Examples of each body are in ``docs/webhooks.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-#: ISO 4217 currencies whose minor unit is not 1/100 (the rest have two decimals).
-MINOR_UNIT_EXPONENTS = {
-    **dict.fromkeys(
-        (
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ),
-        0,
-    ),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
-
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+from app.currencies import CurrencyCode, minor_unit_exponent
 
 
 class _Body(BaseModel):
@@ -66,6 +40,7 @@ class GenericNotice(_Body):
     amount: Any
     payment_date: Any
     payment_channel: Any = None
+    currency: Any = None
     metadata: Any = None
 
     def canonical(self) -> dict[str, Any]:
@@ -82,8 +57,8 @@ class BankTransferNotice(_Body):
 
     end_to_end_id: StrictStr
     #: A decimal string, never a JSON number: "1500000.00".
-    amount: Annotated[StrictStr, Field(pattern=r"^\d{1,13}(\.\d{1,2})?$")]
-    currency: Currency
+    amount: Annotated[StrictStr, Field(pattern=r"^[0-9]{1,13}(\.[0-9]{1,2})?$")]
+    currency: CurrencyCode
     value_date: date
     loan_account_number: StrictStr
     cif: StrictStr
@@ -91,6 +66,8 @@ class BankTransferNotice(_Body):
     remittance_information: StrictStr | None = Field(None, max_length=140)
 
     def canonical(self) -> dict[str, Any]:
+        # The currency is a field of the record (and fingerprinted); metadata keeps it too,
+        # as it did before, for consumers of the event that read it there.
         metadata: dict[str, Any] = {"currency": self.currency}
         if self.debtor is not None:
             metadata["debtor"] = self.debtor.model_dump(exclude_none=True)
@@ -103,6 +80,7 @@ class BankTransferNotice(_Body):
             "amount": Decimal(self.amount),
             "payment_date": self.value_date,
             "payment_channel": "bank_transfer",
+            "currency": self.currency,
             "metadata": metadata,
         }
 
@@ -117,14 +95,15 @@ class CardCaptureNotice(_Body):
 
     id: StrictStr
     amount_minor: StrictInt = Field(gt=0)
-    currency: Currency
-    captured_at: datetime
+    currency: CurrencyCode
+    #: The format requires an offset: a time without one is not taken as UTC, it is refused.
+    captured_at: AwareDatetime
     loan_account_number: StrictStr
     cif: StrictStr
     card: Card | None = None
 
     def canonical(self) -> dict[str, Any]:
-        exponent = MINOR_UNIT_EXPONENTS.get(self.currency, 2)
+        exponent = minor_unit_exponent(self.currency)
         metadata: dict[str, Any] = {"currency": self.currency, "amount_minor": self.amount_minor}
         if self.card is not None:
             metadata["card"] = self.card.model_dump()
@@ -135,6 +114,7 @@ class CardCaptureNotice(_Body):
             "amount": Decimal(self.amount_minor).scaleb(-exponent),
             "payment_date": self.captured_at,
             "payment_channel": "card",
+            "currency": self.currency,
             "metadata": metadata,
         }
 

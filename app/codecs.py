@@ -15,10 +15,17 @@ from pydantic_core import to_json
 from app.exceptions import UndecodableRecord
 from app.models import DateWindow, DeadLetter, PaymentRecord, PaymentRecordedEvent, utc_text
 
+#: Left out of an intake record that has none (see encode_record).
+_NO_CURRENCY = {"currency"}
+
 
 def encode_record(record: PaymentRecord) -> bytes:
     """``payment.intake`` value: the canonical record as JSON (amount as a decimal string)."""
-    return record.model_dump_json().encode()
+    # Without a currency the record is written as before currency was a field, so a
+    # worker not yet upgraded (its PaymentRecord forbids unknown fields) still reads it.
+    return record.model_dump_json(
+        exclude=_NO_CURRENCY if record.currency is None else None
+    ).encode()
 
 
 def decode_record(raw: bytes | None, window: DateWindow | None = None) -> PaymentRecord:
@@ -65,6 +72,7 @@ def encode_event_for(record: PaymentRecord, recorded_at: datetime | str) -> byte
                 "amount": float(record.amount),
                 "payment_date": utc_text(record.payment_date),
                 "payment_channel": record.payment_channel,
+                "currency": record.currency,
                 "source": record.source,
                 "metadata": record.metadata,
             },

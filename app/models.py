@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -28,6 +30,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticSerializationError, to_json
+
+from app.currencies import CurrencyCode, minor_unit_exponent
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -56,11 +60,18 @@ FINGERPRINT_FIELDS = (
     "amount",
     "payment_date",
     "payment_channel",
+    "currency",
 )
+#: The fingerprint of a payment without a currency: the fields before it was one.
+_FIELDS_BEFORE_CURRENCY = tuple(name for name in FINGERPRINT_FIELDS if name != "currency")
 
 
 #: Unicode's control characters (category Cc): C0, DEL and C1.
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+#: An amount written as text: ASCII digits, an optional sign and fraction, nothing else.
+_DECIMAL_TEXT = re.compile(r"\s*[+-]?[0-9]+(\.[0-9]+)?\s*", re.ASCII)
 
 
 def _no_control_characters(value: str) -> str:
@@ -80,6 +91,49 @@ Identifier = Annotated[
     str,
     Field(min_length=1),
     AfterValidator(_no_control_characters),
+]
+
+#: Characters a reader cannot see that Unicode does not class as format (Cf) or
+#: separators: combining grapheme joiner, Hangul fillers, Khmer inherent vowels,
+#: Mongolian and other variation selectors, and the blank Braille pattern.
+_OTHER_INVISIBLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164"
+    "\ufe00-\ufe0f\uffa0\U000e0100-\U000e01ef]"
+)
+
+
+def _nfc(value: Any) -> Any:
+    """One spelling per text: "é" as one code point or as "e" + U+0301 is the same reference."""
+    if isinstance(value, str) and not value.isascii():
+        return unicodedata.normalize("NFC", value)
+    return value
+
+
+def _no_invisible_characters(value: str) -> str:
+    if value.isascii():  # the common case: ASCII has none (controls are refused above)
+        return value
+    for position, char in enumerate(value):
+        category = unicodedata.category(char)
+        if (
+            category in ("Cf", "Zl", "Zp")
+            or (category == "Zs" and char != " ")
+            or _OTHER_INVISIBLE.match(char)
+        ):
+            raise ValueError(
+                f"must not contain invisible or format characters (U+{ord(char):04X} at "
+                f"position {position}): remove it, a text that looks the same must be the same"
+            )
+    return value
+
+
+#: A text that tells payments apart (the reference, account, cif, channel): normalized to
+#: NFC before the length rules count it, without control, format or invisible characters,
+#: so that what looks like one reference is one reference.
+IdentityText = Annotated[
+    str,
+    BeforeValidator(_nfc),
+    AfterValidator(_no_control_characters),
+    AfterValidator(_no_invisible_characters),
 ]
 
 
@@ -117,22 +171,42 @@ class PaymentRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
-    reference_number: Annotated[Identifier, Field(max_length=255)]
-    loan_account_number: Annotated[Identifier, Field(max_length=20)]
-    cif: Annotated[Identifier, Field(max_length=20)]
+    reference_number: Annotated[IdentityText, Field(min_length=1, max_length=255)]
+    loan_account_number: Annotated[IdentityText, Field(min_length=1, max_length=20)]
+    cif: Annotated[IdentityText, Field(min_length=1, max_length=20)]
+    #: ISO 4217; None when the input names none (staging rows have no currency column).
+    #: Before amount: the amount's validator checks it against the currency's minor unit.
+    currency: CurrencyCode | None = None
     amount: Annotated[Decimal, Field(gt=0, lt=10**13, decimal_places=2)]
     payment_date: datetime
-    payment_channel: (
-        Annotated[str, Field(max_length=100), AfterValidator(_no_control_characters)] | None
-    ) = None
+    payment_channel: Annotated[IdentityText, Field(max_length=100)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: Source
+    # Not normalized: it names the sender's message (a webhook-id, a staging row id), not
+    # the payment, and decisions are looked up under it as the sender wrote it.
     source_id: Annotated[Identifier, Field(max_length=255)]
     received_at: datetime
 
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _ascii_decimal_text(cls, value: Any) -> Any:
+        # Decimal() also reads full-width or Arabic-Indic digits and "1_000": one amount,
+        # many spellings, and a sender that meant something else gets no error.
+        if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+            raise ValueError("must be a decimal number in ASCII digits, e.g. 1500000.50")
+        return value
+
     @field_validator("amount")
     @classmethod
-    def _two_places(cls, amount: Decimal) -> Decimal:
+    def _two_places(cls, amount: Decimal, info: ValidationInfo) -> Decimal:
+        currency = info.data.get("currency")
+        if currency is not None:
+            places = minor_unit_exponent(currency)
+            if places < 2 and amount != amount.quantize(Decimal(1).scaleb(-places)):
+                raise ValueError(
+                    f"must have at most {places} decimal places in {currency} "
+                    "(its minor unit, ISO 4217)"
+                )
         # One spelling per value: 100, 100.0 and 100.00 fingerprint alike.
         return amount.quantize(Decimal("0.01"))
 
@@ -208,6 +282,7 @@ class PaymentRecord(BaseModel):
             "amount": f"{self.amount:.2f}",
             "payment_date": self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
             "payment_channel": self.payment_channel or "",
+            "currency": self.currency or "",
         }
 
 
@@ -241,8 +316,14 @@ def payment_id_for(reference_number: str) -> uuid.UUID:
 
 
 def fingerprint_of(fields: dict[str, str]) -> str:
-    """Hash the canonical spellings of :data:`FINGERPRINT_FIELDS` (unit separator between)."""
-    joined = "\x1f".join(fields[name] for name in FINGERPRINT_FIELDS)
+    """Hash the canonical spellings of :data:`FINGERPRINT_FIELDS` (unit separator between).
+
+    The currency counts only when there is one: payments recorded before it was a field
+    (their fingerprints are stored in payment_references and the references table) and
+    records without one, such as staging rows, hash exactly as they always did.
+    """
+    names = FINGERPRINT_FIELDS if fields.get("currency") else _FIELDS_BEFORE_CURRENCY
+    joined = "\x1f".join(fields[name] for name in names)
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
@@ -261,6 +342,8 @@ class RecordedPayment(BaseModel):
     amount: Decimal
     payment_date: datetime
     payment_channel: str | None
+    #: Added in schema_version 1 as an optional field: null when the input named none.
+    currency: str | None = None
     source: Source
     metadata: dict[str, Any]
 
@@ -303,6 +386,7 @@ class PaymentRecordedEvent(BaseModel):
                 amount=record.amount,
                 payment_date=record.payment_date,
                 payment_channel=record.payment_channel,
+                currency=record.currency,
                 source=record.source,
                 metadata=record.metadata,
             ),

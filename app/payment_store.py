@@ -39,9 +39,15 @@ FROM payment_service.payment_references
 WHERE reference_number = ANY($1::varchar[])
 """
 
+#: A payment recorded before currency was a column (0008) holds it only in the metadata
+#: its channel wrote (card, bank_transfer): a conflict names the currency only when it differs.
 STORED_PAYMENTS = """
 SELECT DISTINCT ON (reference_number)
-  reference_number, loan_account_number, cif, amount, payment_date, payment_channel
+  reference_number, loan_account_number, cif, amount, payment_date, payment_channel,
+  coalesce(
+    currency,
+    CASE WHEN payment_channel IN ('card', 'bank_transfer') THEN metadata->>'currency' END
+  ) AS currency
 FROM payment_service.payments
 WHERE reference_number = ANY($1::varchar[])
 ORDER BY reference_number, created_at
@@ -54,7 +60,7 @@ RETENTION_WATERMARK = "SELECT pruned_before FROM payment_service.reference_reten
 #: only memory left of them. payment_date bounds the search to the old partitions.
 RECORDED_BEFORE = """
 SELECT DISTINCT ON (reference_number)
-  reference_number, id, loan_account_number, cif, amount, payment_date, payment_channel
+  reference_number, id, loan_account_number, cif, amount, payment_date, payment_channel, currency
 FROM payment_service.payments
 WHERE reference_number = ANY($1::varchar[]) AND payment_date < $2
 ORDER BY reference_number, created_at
@@ -83,6 +89,7 @@ PAYMENT_COLUMNS = (
     "payment_channel",
     "source",
     "metadata",
+    "currency",
 )
 OUTBOX_COLUMNS = ("batch_id", "topic", "event_ids", "message_keys", "payloads")
 
@@ -127,6 +134,7 @@ def defining_fields_of(row: Mapping[str, Any]) -> dict[str, str]:
         "amount": f"{row['amount']:.2f}",
         "payment_date": row["payment_date"].isoformat(),
         "payment_channel": row["payment_channel"] or "",
+        "currency": row["currency"] or "",
     }
 
 
@@ -232,6 +240,7 @@ class PaymentStore:
                         record.payment_channel,
                         record.source,
                         to_json(record.metadata).decode(),
+                        record.currency,
                     )
                 )
                 result.events.append(

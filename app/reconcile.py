@@ -32,7 +32,7 @@ SELECT
 
 ALL_PAYMENTS = """
 SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
-       payment_channel, source, metadata::text AS metadata
+       payment_channel, source, metadata::text AS metadata, currency
 FROM payment_service.payments
 """
 
@@ -91,6 +91,7 @@ def content_hash(
     channel: str | None,
     source: str,
     metadata: Any,
+    currency: str | None,
 ) -> int:
     """One number for the fields an event and its row must agree on."""
     return hash(
@@ -104,6 +105,7 @@ def content_hash(
             channel,
             source,
             _freeze(metadata),
+            currency,
         )
     )
 
@@ -159,6 +161,8 @@ async def read_events(
                             payment.get("payment_channel"),
                             payment["source"],
                             payment.get("metadata") or {},
+                            # absent from events written before it was a field
+                            payment.get("currency"),
                         ),
                     )
                     previous = events.setdefault(event["event_id"], entry)
@@ -216,6 +220,7 @@ async def reconcile(
                     row["payment_channel"],
                     row["source"],
                     metadata,
+                    row["currency"],
                 )
                 if expected != digest:
                     report.mismatched_fields += 1

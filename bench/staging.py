@@ -65,6 +65,7 @@ async def copy_ceiling(stack: Stack, rows: list[tuple[Any, ...]]) -> float:
                 channel,
                 "staging",
                 metadata,
+                None,  # currency: staging rows have none
             )
         )
     connection = await asyncpg.connect(**stack.db_connect_kwargs())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -54,12 +55,12 @@ def generic(reference: str, **changes: Any) -> bytes:
     return json.dumps(body | changes).encode()
 
 
-def card(reference: str) -> bytes:
+def card(reference: str, currency: str = "USD") -> bytes:
     return json.dumps(
         {
             "id": reference,
             "amount_minor": 15025,
-            "currency": "USD",
+            "currency": currency,
             "captured_at": "2026-11-27T16:45:10+07:00",
             "loan_account_number": "LN0001234",
             "cif": "C000987",
@@ -422,3 +423,53 @@ def test_a_chunked_body_over_the_limit_gets_413(guarded: Worker) -> None:
             return response.status
 
     assert asyncio.run(post()) == 413
+
+
+def test_one_charge_in_another_currency_is_a_conflict_naming_the_currency(
+    stack: Stack, worker: Worker
+) -> None:
+    reference = f"CUR-{uuid.uuid4().hex[:10]}"
+    path = f"{WEBHOOK}/card"
+
+    def post(body: bytes, msg_id: str) -> tuple[int, Any]:
+        status, _, raw = worker.post(path, body, signed(CARD, body, msg_id=msg_id))
+        return status, json.loads(raw)
+
+    created = post(card(reference, "USD"), f"{reference}-usd")
+    conflict = post(card(reference, "EUR"), f"{reference}-eur")  # same id, same amount_minor
+    duplicate = post(card(reference, "USD"), f"{reference}-usd-again")
+    after = post(card(f"{reference}-next", "EUR"), f"{reference}-next")
+
+    payment_id = str(payment_id_for(reference))
+    assert created == (201, {"status": "created", "payment_id": payment_id})
+    assert conflict == (
+        409,
+        {"status": "conflict", "payment_id": payment_id, "differing_fields": ["currency"]},
+    )
+    assert duplicate == (200, {"status": "duplicate", "payment_id": payment_id})
+    assert after[0] == 201, after
+
+    async def rows() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(**stack.db_connect_kwargs())
+        try:
+            return await connection.fetch(
+                "SELECT reference_number, currency, amount FROM payment_service.payments"
+                " WHERE reference_number LIKE $1 ORDER BY reference_number",
+                f"{reference}%",
+            )
+        finally:
+            await connection.close()
+
+    assert [tuple(row) for row in asyncio.run(rows())] == [
+        (reference, "USD", Decimal("150.25")),
+        (f"{reference}-next", "EUR", Decimal("150.25")),
+    ]
+    events = [
+        json.loads(value)["payment"]
+        for key, value in asyncio.run(read_topic(stack, EVENTS_DEFAULT))
+        if b'"reference_number":"' + reference.encode() in value
+    ]
+    assert sorted((event["reference_number"], event["currency"]) for event in events) == [
+        (reference, "USD"),
+        (f"{reference}-next", "EUR"),
+    ]

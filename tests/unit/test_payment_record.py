@@ -26,6 +26,7 @@ from app.models import (
     field_errors,
     payment_id_for,
 )
+from app.staging import record_from_row
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
@@ -101,6 +102,106 @@ def test_each_rule_names_its_field(changes: dict[str, Any], field: str) -> None:
     assert field in errors_for(**changes)
 
 
+#: Look-alikes of "REF-1" (or of "LA-1", "CIF-1"): format characters (Cf), separators that
+#: are not the ASCII space, and other invisible ones.
+INVISIBLE = [
+    "\u200b",  # zero-width space
+    "\u200d",  # zero-width joiner
+    "\u200e",  # left-to-right mark
+    "\u202e",  # right-to-left override
+    "\u2066",  # left-to-right isolate
+    "\ufeff",  # byte order mark
+    "\u00ad",  # soft hyphen
+    "\u2060",  # word joiner
+    "\U000e0041",  # tag letter A
+    "\u00a0",  # no-break space
+    "\u3000",  # ideographic space
+    "\u2028",  # line separator
+    "\u034f",  # combining grapheme joiner
+    "\u3164",  # Hangul filler
+    "\ufe0f",  # variation selector 16
+]
+
+
+@pytest.mark.parametrize("field", ["reference_number", "loan_account_number", "cif"])
+@pytest.mark.parametrize("char", INVISIBLE)
+def test_identity_fields_refuse_invisible_characters(field: str, char: str) -> None:
+    value = {"reference_number": "REF-1", "loan_account_number": "LA-1", "cif": "CIF-1"}[field]
+    message = errors_for(**{field: value[:2] + char + value[2:]})[field]
+    assert f"U+{ord(char):04X}" in message
+
+
+@pytest.mark.parametrize("char", ["\u200b", "\u202e", "\u00a0"])
+def test_the_channel_refuses_invisible_characters(char: str) -> None:
+    assert "payment_channel" in errors_for(payment_channel=f"ca{char}rd")
+
+
+NFD = "Cafe\u0301-\u1100\u1161-A\u030a"  # e + acute, Hangul jamo, A + ring: decomposed
+NFC = "Caf\u00e9-\uac00-\u00c5"
+
+
+def test_identity_fields_are_normalized_to_nfc() -> None:
+    decomposed = record(reference_number=NFD, loan_account_number="L\u0301", cif="C\u0327")
+    composed = record(reference_number=NFC, loan_account_number="\u0139", cif="\u00c7")
+    assert decomposed.reference_number == NFC
+    assert (decomposed.loan_account_number, decomposed.cif) == ("\u0139", "\u00c7")
+    assert decomposed.fingerprint == composed.fingerprint
+    assert decomposed.payment_id == composed.payment_id
+    assert record(payment_channel="cafe\u0301").payment_channel == "caf\u00e9"
+
+
+def test_lengths_count_the_normalized_text() -> None:
+    assert len(record(reference_number="e\u0301" * 200).reference_number) == 200
+
+
+def test_the_intake_normalizes_and_refuses_like_the_webhooks() -> None:
+    decoded = decode_record(json.dumps(raw(reference_number=NFD)).encode(), WINDOW)
+    assert decoded.reference_number == NFC
+    with pytest.raises(ValidationError) as caught:
+        decode_record(json.dumps(raw(reference_number="REF\u200b-1")).encode(), WINDOW)
+    assert [error.field for error in field_errors(caught.value)] == ["reference_number"]
+
+
+def staging_row(**changes: Any) -> dict[str, Any]:
+    """A payment_staging row as asyncpg hands it over (naive UTC timestamp, JSON text)."""
+    row = {**raw(**changes), "id": 7, "payment_date": datetime(2026, 11, 27)}  # noqa: DTZ001
+    row["metadata"] = json.dumps(row["metadata"])
+    return row
+
+
+def test_a_staging_row_normalizes_and_refuses_like_the_webhooks() -> None:
+    decomposed = record_from_row(staging_row(reference_number=NFD), WINDOW, NOW)
+    composed = record_from_row(staging_row(reference_number=NFC), WINDOW, NOW)
+    assert decomposed.reference_number == NFC
+    assert decomposed.fingerprint == composed.fingerprint
+    with pytest.raises(ValidationError) as caught:
+        record_from_row(staging_row(cif="CIF\u200e-1"), WINDOW, NOW)
+    assert [error.field for error in field_errors(caught.value)] == ["cif"]
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["\uff11\uff15\uff10\uff10", "1_000", "1_000.00", "\u0661\u0662.\u0665\u0660", "1e3", "0x10"],
+)
+def test_amounts_in_text_are_ascii_digits_only(amount: str) -> None:
+    assert "amount" in errors_for(amount=amount)
+
+
+@pytest.mark.parametrize("amount", ["\uff11\uff15\uff10\uff10", "1_000"])
+def test_the_intake_refuses_amounts_beyond_ascii_digits(amount: str) -> None:
+    value = json.dumps(raw(amount=amount)).encode()
+    with pytest.raises(ValidationError) as caught:
+        decode_record(value, WINDOW)
+    assert [error.field for error in field_errors(caught.value)] == ["amount"]
+
+
+@pytest.mark.parametrize("amount", ["\uff11\uff15\uff10\uff10", "1_000"])
+def test_a_staging_row_refuses_amounts_beyond_ascii_digits(amount: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        record_from_row(staging_row(amount=amount), WINDOW, NOW)
+    assert [error.field for error in field_errors(caught.value)] == ["amount"]
+
+
 def test_metadata_nests_at_most_32_levels() -> None:
     def nested(levels: int) -> dict[str, Any]:
         value: Any = "bottom"
@@ -150,6 +251,62 @@ def test_fingerprint_covers_the_defining_fields_and_not_metadata_or_source() -> 
         assert record(**changes).fingerprint != base.fingerprint, changes
 
 
+def test_payments_without_a_currency_keep_the_fingerprints_they_were_stored_with() -> None:
+    # Computed by the code before currency was a field: payment_references and the
+    # references table hold fingerprints like these.
+    assert record().fingerprint == (
+        "422edb9337eaa66e7e859bab4565d049c793bf6c5c1f3dc73f94c4ec8707242a"
+    )
+    assert record(payment_channel=None, metadata={"currency": "USD"}).fingerprint == (
+        "f4096d8d723b6367cb5bd7afbe2a4759554922ddd3eb202bdf83d2b1362167ba"
+    )
+
+
+def test_the_currency_tells_payments_apart() -> None:
+    usd, eur, none = record(currency="USD"), record(currency="EUR"), record()
+    assert len({usd.fingerprint, eur.fingerprint, none.fingerprint}) == 3
+    assert record(currency="USD").fingerprint == usd.fingerprint
+    assert differing_fields(usd.defining_fields(), eur.defining_fields()) == ["currency"]
+    assert differing_fields(none.defining_fields(), usd.defining_fields()) == ["currency"]
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "ok"),
+    [
+        ("JPY", "1500", True),
+        ("JPY", "1500.00", True),
+        ("JPY", "1500.5", False),
+        ("UYI", "10.01", False),
+        ("KWD", "1.25", True),
+        ("USD", "1.25", True),
+        ("CLF", "1.25", True),
+    ],
+)
+def test_the_amount_fits_the_currencys_minor_unit(currency: str, amount: str, ok: bool) -> None:
+    if ok:
+        assert record(currency=currency, amount=amount).amount == Decimal(amount)
+    else:
+        assert (
+            f"0 decimal places in {currency}"
+            in errors_for(currency=currency, amount=amount)["amount"]
+        )
+
+
+@pytest.mark.parametrize("currency", ["XYZ", "usd", "US", "XAU", 840])
+def test_a_currency_is_an_iso_4217_payment_currency(currency: Any) -> None:
+    assert record(currency="USD").currency == "USD"
+    assert "currency" in errors_for(currency=currency)
+
+
+def test_the_intake_carries_the_currency_and_leaves_it_out_when_there_is_none() -> None:
+    usd = record(currency="USD")
+    assert decode_record(encode_record(usd)) == usd
+    assert json.loads(encode_record(usd))["currency"] == "USD"
+    # a record without one is written as before, so a worker not yet upgraded reads it
+    assert "currency" not in json.loads(encode_record(record()))
+    assert decode_record(encode_record(record())).currency is None
+
+
 def test_differing_fields_names_what_changed() -> None:
     a = record().defining_fields()
     b = record(amount="1.00", cif="CIF-9").defining_fields()
@@ -183,6 +340,7 @@ def test_event_has_the_plan_shape_and_an_exact_number() -> None:
     assert b'"event_type":"payment.recorded"' in body
     assert b'"schema_version":1' in body
     assert b'"payment_date":"2026-11-27T10:00:00Z"' in body
+    assert b'"currency":null' in body
     decoded = decode_event(body)
     assert decoded.payment.amount == Decimal("1234567890123.45")
     assert decoded.event_id == payment.event_id
@@ -196,6 +354,7 @@ def test_event_has_the_plan_shape_and_an_exact_number() -> None:
         {"amount": "0.10", "payment_channel": None, "metadata": {}},
         {"amount": "9999999999999.99", "metadata": {"ünï": ["c", 1.5, None, {"deep": True}]}},
         {"reference_number": "RÉF/✓ 1", "payment_date": "2026-11-27T10:00:00.123456+05:30"},
+        {"currency": "VND", "amount": "1500000"},
     ],
 )
 def test_the_fast_event_encoding_equals_the_model(changes: dict[str, Any]) -> None:
@@ -204,3 +363,12 @@ def test_the_fast_event_encoding_equals_the_model(changes: dict[str, Any]) -> No
     fast = encode_event_for(payment, NOW)
     assert json.loads(fast) == json.loads(model)
     assert decode_event(fast) == decode_event(model)
+    assert decode_event(fast).payment.currency == payment.currency
+
+
+def test_the_event_names_the_currency_and_stays_schema_version_1() -> None:
+    body = json.loads(encode_event_for(record(currency="VND", amount="1500000"), NOW))
+    assert (body["schema_version"], body["payment"]["currency"]) == (1, "VND")
+    # an event written before currency was a field still decodes
+    del body["payment"]["currency"]
+    assert decode_event(json.dumps(body).encode()).payment.currency is None

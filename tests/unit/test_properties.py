@@ -7,16 +7,21 @@ field errors (webhooks), a ValidationError (staging) or an UndecodableRecord /
 ValidationError (intake), which the pipeline turns into a dead letter. A record
 that is accepted must also survive the trip through the intake topic unchanged:
 that is what the record agent reads.
+
+Then identity: two inputs the service treats as one payment (NFC or NFD text, padding,
+amount spellings, one instant in two offsets, a staging row and a webhook) share a
+fingerprint, and two it treats as different (another amount, another currency) never do.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -211,3 +216,209 @@ def test_an_intake_value_is_a_record_or_a_dead_letter_reason(raw: bytes) -> None
     except (UndecodableRecord, ValidationError):
         return
     assert_travels(record)
+
+
+# Invariants of identity: whatever spelling a door receives, one payment has one
+# fingerprint (a repeat is a duplicate), and two payments never share one (the second
+# is a conflict, never silently taken for the first).
+
+#: Text a sender may write for one reference, account or cif: letters with accents that
+#: have a composed and a decomposed spelling, Hangul syllables, digits and punctuation.
+identity_text = st.text(
+    alphabet=st.sampled_from([*"ABCxyz019-_/.", "é", "ñ", "Å", "ü", "ệ", "가", "Ǻ"]),
+    min_size=1,
+    max_size=20,
+)
+#: Amounts with at most 2 places, below 10^13, positive.
+money = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("9999999999999.99"), places=2)
+#: Currencies whose minor unit allows 2 places (the amounts above fit them all).
+two_place_currencies = st.sampled_from(["USD", "EUR", "KWD", "BHD", "CLF", "UYW", "GBP", "CHF"])
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 2),  # noqa: DTZ001
+    max_value=datetime(2026, 11, 27),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
+
+
+def spelled(text: str, form: str, pad: str) -> str:
+    """``text`` in Unicode normalization ``form``, with ``pad`` around it."""
+    return f"{pad}{unicodedata.normalize(form, text)}{pad}"
+
+
+def amount_spelling(amount: Decimal, style: int) -> str:
+    """The JSON text of ``amount`` as a sender might write it: a number or a string."""
+    return [
+        f"{amount:.2f}",  # 1500.50
+        f"{amount:f}",  # 1500.5 when the places allow
+        f'"{amount:.2f}"',  # "1500.50"
+        f'"{amount:.4f}"',  # "1500.5000"
+        f'" {amount:.2f} "',  # " 1500.50 "
+    ][style]
+
+
+def generic_raw(fields: dict[str, str], amount: str) -> bytes:
+    """A generic body whose amount is the JSON text ``amount`` (kept exactly as written)."""
+    body = json.dumps({**fields, "amount": "AMOUNT"}).replace('"AMOUNT"', amount)
+    return body.encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    reference=identity_text,
+    account=identity_text,
+    cif=identity_text,
+    amount=money,
+    when=instants,
+    offsets=st.tuples(st.timezones(), st.timezones()),
+    forms=st.tuples(*[st.sampled_from(["NFC", "NFD"])] * 6),
+    pads=st.tuples(st.sampled_from(["", " ", "\t"]), st.sampled_from(["", "  "])),
+    styles=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    currency=st.one_of(st.none(), two_place_currencies),
+)
+def test_one_payment_has_one_fingerprint_however_it_is_spelled(
+    reference: str,
+    account: str,
+    cif: str,
+    amount: Decimal,
+    when: datetime,
+    offsets: tuple[Any, Any],
+    forms: tuple[str, ...],
+    pads: tuple[str, str],
+    styles: tuple[int, int],
+    currency: str | None,
+) -> None:
+    records = []
+    for side in (0, 1):
+        fields = {
+            "reference_number": spelled(reference, forms[side * 3], pads[side]),
+            "loan_account_number": spelled(account[:18], forms[side * 3 + 1], ""),
+            "cif": spelled(cif[:18], forms[side * 3 + 2], pads[side]),
+            "payment_date": when.astimezone(offsets[side]).isoformat(),
+        }
+        if currency is not None:
+            fields["currency"] = currency
+        outcome = accept(GENERIC, generic_raw(fields, amount_spelling(amount, styles[side])))
+        assert isinstance(outcome, PaymentRecord), outcome
+        records.append(outcome)
+    first, second = records
+    assert first.fingerprint == second.fingerprint
+    assert first.payment_id == second.payment_id
+    # and the record agent reads either back as the same payment
+    assert decode_record(encode_record(second), WINDOW).fingerprint == first.fingerprint
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    reference=identity_text,
+    amount=money,
+    when=instants,
+    form=st.sampled_from(["NFC", "NFD"]),
+    channel=st.one_of(st.none(), st.sampled_from(["branch_cash", "mobile", "Caf\u00e9"])),
+)
+def test_a_staging_row_and_a_generic_body_of_one_payment_share_a_fingerprint(
+    reference: str, amount: Decimal, when: datetime, form: str, channel: str | None
+) -> None:
+    row = dict(
+        zip(
+            ROW_COLUMNS,
+            (
+                1,
+                unicodedata.normalize(form, reference),
+                "LN1",
+                "C1",
+                amount,
+                when.replace(tzinfo=None),  # a TIMESTAMP column: naive UTC
+                channel and unicodedata.normalize(form, channel),
+                None,
+            ),
+            strict=True,
+        )
+    )
+    staged = record_from_row(row, WINDOW, NOW)
+    body = {
+        "reference_number": unicodedata.normalize("NFC", reference),
+        "loan_account_number": "LN1",
+        "cif": "C1",
+        "payment_date": when.isoformat(),
+        "payment_channel": channel,
+    }
+    sent = accept(GENERIC, generic_raw(body, f"{amount:.2f}"))
+    assert isinstance(sent, PaymentRecord), sent
+    assert staged.fingerprint == sent.fingerprint
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    reference=identity_text,
+    amounts=st.tuples(money, money),
+    currencies=st.tuples(st.one_of(st.none(), two_place_currencies), two_place_currencies),
+    when=instants,
+    differ=st.sampled_from(["amount", "currency", "both"]),
+)
+def test_two_payments_never_share_a_fingerprint(
+    reference: str,
+    amounts: tuple[Decimal, Decimal],
+    currencies: tuple[str | None, str],
+    when: datetime,
+    differ: str,
+) -> None:
+    first_amount, second_amount = amounts
+    first_currency, second_currency = currencies
+    if differ in ("amount", "both"):
+        assume(first_amount != second_amount)
+    else:
+        second_amount = first_amount
+    if differ in ("currency", "both"):
+        assume(first_currency != second_currency)
+    else:
+        second_currency = first_currency  # type: ignore[assignment]  # None is a currency here
+    records = []
+    for amount, currency in ((first_amount, first_currency), (second_amount, second_currency)):
+        fields = {
+            "reference_number": reference,
+            "loan_account_number": "LN1",
+            "cif": "C1",
+            "payment_date": when.isoformat(),
+        }
+        if currency is not None:
+            fields["currency"] = currency
+        outcome = accept(GENERIC, generic_raw(fields, f"{amount:.2f}"))
+        assert isinstance(outcome, PaymentRecord), outcome
+        records.append(outcome)
+    first, second = records
+    assert first.payment_id == second.payment_id  # one reference: the second is decided against it
+    assert first.fingerprint != second.fingerprint
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    charge=identity_text,
+    # a last digit of 0: 3-decimal currencies then fit the 2 places amounts have
+    minor=st.integers(min_value=1, max_value=10**11).map(lambda minor: minor * 10),
+    currency=st.sampled_from(["USD", "EUR", "JPY", "VND", "KWD"]),
+    when=instants,
+    offsets=st.tuples(st.timezones(), st.timezones()),
+)
+def test_a_card_charge_is_one_payment_per_currency(
+    charge: str, minor: int, currency: str, when: datetime, offsets: tuple[Any, Any]
+) -> None:
+    def capture(currency: str, offset: Any) -> PaymentRecord:
+        body = {
+            "id": charge,
+            "amount_minor": minor,
+            "currency": currency,
+            "captured_at": when.astimezone(offset).isoformat(),
+            "loan_account_number": "LN1",
+            "cif": "C1",
+        }
+        outcome = accept(CHANNELS["card"], serialise(body))
+        assert isinstance(outcome, PaymentRecord), outcome
+        return outcome
+
+    same = capture(currency, offsets[0]), capture(currency, offsets[1])
+    assert same[0].fingerprint == same[1].fingerprint
+    # the same charge id and amount_minor in a currency with the same minor unit
+    other = {"USD": "EUR", "EUR": "USD", "JPY": "VND", "VND": "JPY", "KWD": "BHD"}[currency]
+    elsewhere = capture(other, offsets[0])
+    assert elsewhere.amount == same[0].amount
+    assert elsewhere.fingerprint != same[0].fingerprint

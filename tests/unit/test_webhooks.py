@@ -83,15 +83,148 @@ def test_card_minor_units_follow_the_currency(minor: int, currency: str, amount:
     assert convert(CHANNELS["card"], body).amount == amount
 
 
+@pytest.mark.parametrize(
+    ("minor", "currency", "amount"),
+    [
+        (10000, "CLF", Decimal("1")),  # 4 decimals: the old table's default made it 100.00
+        (12300, "UYW", Decimal("1.23")),
+        (500, "UYI", Decimal("500")),  # no minor unit: the old default made it 5.00
+        (12345, "BOV", Decimal("123.45")),
+    ],
+)
+def test_card_exponents_come_from_iso_4217(minor: int, currency: str, amount: Decimal) -> None:
+    body = documented_example("card") | {"amount_minor": minor, "currency": currency}
+    assert convert(CHANNELS["card"], body).amount == amount
+
+
+def test_one_charge_id_and_amount_in_two_currencies_are_two_payments() -> None:
+    usd = convert(CHANNELS["card"], documented_example("card") | {"currency": "USD"})
+    eur = convert(CHANNELS["card"], documented_example("card") | {"currency": "EUR"})
+    assert (usd.currency, eur.currency) == ("USD", "EUR")
+    assert usd.amount == eur.amount
+    assert usd.fingerprint != eur.fingerprint
+    assert usd.payment_id == eur.payment_id  # one reference: the second is a conflict
+    transfer = convert(CHANNELS["bank_transfer"], documented_example("bank_transfer"))
+    assert transfer.currency == "VND"
+    assert transfer.metadata["currency"] == "VND"  # kept where consumers read it before
+
+
+def test_the_generic_body_may_name_a_currency() -> None:
+    body = documented_example("generic")
+    assert convert(GENERIC, body).currency is None
+    assert convert(GENERIC, body | {"currency": "USD"}).currency == "USD"
+    assert convert(GENERIC, body | {"currency": "USD"}).fingerprint != (
+        convert(GENERIC, body).fingerprint
+    )
+    assert fields(rejection(GENERIC, body | {"currency": "usd"})) == ["currency"]
+    assert fields(rejection(GENERIC, body | {"currency": "XYZ"})) == ["currency"]
+    # 1500000.50 has a fraction the yen does not
+    assert fields(rejection(GENERIC, body | {"currency": "JPY"})) == ["amount"]
+
+
+def test_a_bank_transfer_amount_fits_its_currency() -> None:
+    body = documented_example("bank_transfer") | {"amount": "1500000.50"}  # VND has no minor unit
+    assert fields(rejection(CHANNELS["bank_transfer"], body)) == ["amount"]
+
+
+def test_a_fourth_decimal_is_refused_not_rounded() -> None:
+    body = documented_example("card") | {"amount_minor": 12345, "currency": "CLF"}  # 1.2345
+    assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
+
+
+@pytest.mark.parametrize("channel", ["card", "bank_transfer"])
+@pytest.mark.parametrize("currency", ["XYZ", "ABC", "XAU", "XXX", "XTS"])
+def test_unknown_and_non_payment_currencies_are_refused(channel: str, currency: str) -> None:
+    rejected = rejection(CHANNELS[channel], documented_example(channel) | {"currency": currency})
+    assert (rejected.status, fields(rejected)) == (422, ["currency"])
+    assert "ISO 4217" in rejected.errors[0].message
+
+
 def test_a_third_decimal_is_refused_under_the_senders_field_name() -> None:
     body = documented_example("card") | {"amount_minor": 1234, "currency": "BHD"}  # 1.234
     assert fields(rejection(CHANNELS["card"], body)) == ["amount_minor"]
+
+
+@pytest.mark.parametrize(
+    "captured_at", ["2026-11-27T09:45:10", "2026-11-27T09:45:10.5", "2026-11-27"]
+)
+def test_captured_at_without_an_offset_is_refused(captured_at: str) -> None:
+    body = documented_example("card") | {"captured_at": captured_at}
+    rejected = rejection(CHANNELS["card"], body)
+    assert (rejected.status, fields(rejected)) == (422, ["captured_at"])
+    assert "timezone" in rejected.errors[0].message
+
+
+def test_captured_at_with_any_offset_is_stored_in_utc() -> None:
+    for captured_at in ("2026-11-27T09:45:10Z", "2026-11-27T04:45:10-05:00"):
+        body = documented_example("card") | {"captured_at": captured_at}
+        assert convert(CHANNELS["card"], body).payment_date == datetime(
+            2026, 11, 27, 9, 45, 10, tzinfo=UTC
+        )
 
 
 def test_bank_transfer_amounts_must_be_decimal_strings() -> None:
     body = documented_example("bank_transfer") | {"amount": 1500000.0}
     rejected = rejection(CHANNELS["bank_transfer"], body)
     assert (rejected.status, fields(rejected)) == (422, ["amount"])
+
+
+@pytest.mark.parametrize(
+    "amount", ["\uff11\uff15\uff10\uff10", "1_000", "\u0661\u0665\u0660\u0660.50", "1500\u00a0000"]
+)
+def test_generic_amounts_are_ascii_digits_only(amount: str) -> None:
+    rejected = rejection(GENERIC, documented_example("generic") | {"amount": amount})
+    assert (rejected.status, fields(rejected)) == (422, ["amount"])
+    assert "ASCII digits" in rejected.errors[0].message
+
+
+@pytest.mark.parametrize(
+    "amount", ["\uff11\uff15\uff10\uff10.00", "\u0661\u0665\u0660\u0660", "1500000.\uff150"]
+)
+def test_bank_transfer_amounts_are_ascii_digits_only(amount: str) -> None:
+    body = documented_example("bank_transfer") | {"amount": amount}
+    rejected = rejection(CHANNELS["bank_transfer"], body)
+    assert (rejected.status, fields(rejected)) == (422, ["amount"])
+
+
+def test_plain_amount_spellings_still_count() -> None:
+    for amount in ("1500000.50", " 1500000.5 ", 1500000.5, 1500000):
+        body = documented_example("generic") | {"amount": amount}
+        assert convert(GENERIC, body).amount in (Decimal("1500000.50"), Decimal("1500000"))
+
+
+@pytest.mark.parametrize(
+    ("channel", "field", "changes"),
+    [
+        ("generic", "reference_number", {"reference_number": "PAY-2026\u200b-000123"}),
+        ("generic", "cif", {"cif": "\u202eC000987"}),
+        ("generic", "payment_channel", {"payment_channel": "branch\u200dcash"}),
+        ("bank_transfer", "end_to_end_id", {"end_to_end_id": "E2E-2026\u200e1127"}),
+        ("bank_transfer", "loan_account_number", {"loan_account_number": "LN0001\ufeff234"}),
+        ("card", "id", {"id": "ch_3QxYz\u20602026A"}),
+        ("card", "cif", {"cif": "C000\u00a0987"}),
+    ],
+)
+def test_invisible_characters_are_refused_under_the_senders_field_name(
+    channel: str, field: str, changes: dict[str, str]
+) -> None:
+    door = GENERIC if channel == "generic" else CHANNELS[channel]
+    rejected = rejection(door, documented_example(channel) | changes)
+    assert (rejected.status, rejected.error, fields(rejected)) == (422, "invalid_payment", [field])
+    assert "invisible" in rejected.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("channel", "field"),
+    [("generic", "reference_number"), ("bank_transfer", "end_to_end_id"), ("card", "id")],
+)
+def test_nfd_and_nfc_references_are_one_payment(channel: str, field: str) -> None:
+    door = GENERIC if channel == "generic" else CHANNELS[channel]
+    decomposed = convert(door, documented_example(channel) | {field: "PAGO-Nin\u0303o-1"})
+    composed = convert(door, documented_example(channel) | {field: "PAGO-Ni\u00f1o-1"})
+    assert decomposed.reference_number == composed.reference_number == "PAGO-Ni\u00f1o-1"
+    assert decomposed.fingerprint == composed.fingerprint
+    assert decomposed.payment_id == composed.payment_id
 
 
 def test_payment_rules_apply_to_every_channel_with_the_bodys_field_names() -> None:
