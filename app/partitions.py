@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 
@@ -31,6 +31,18 @@ PARTITIONS_AHEAD = 3
 
 #: How long a detach or drop waits for its lock before giving up (it retries next run).
 LOCK_TIMEOUT = "5s"
+
+#: How long a payment the record agent records now must stay clear of prune. payment.intake
+#: keeps a record 7 days (retention.ms, scripts/kafka/topics.conf): until then the record can be
+#: delivered again (a crash before the offset commit, a rebalance, a reset offset) and must meet
+#: its row, not a dropped month. One day more covers clock skew between hosts and a late run.
+RECORDING_MARGIN = timedelta(days=8)
+
+#: Webhooks and the staging poller accept for longer still: a record accepted now may wait in
+#: payment.intake (a backlog, an outage of Postgres) before the agent decides it, and must still
+#: be inside the agent's window then. Two days of waiting are covered; a record that waits longer
+#: across a month boundary is dead-lettered ``beyond_retention`` (never recorded, never lost).
+ACCEPTING_MARGIN = RECORDING_MARGIN + timedelta(days=2)
 
 NAME = re.compile(r"^payments_(\d{4})_(\d{2})$")
 
@@ -81,6 +93,31 @@ def retention_cutoff(today: date, retention_months: int) -> date:
     go, November 2025 stays (the current month and the 12 before it are kept).
     """
     return add_months(date(today.year, today.month, 1), -retention_months)
+
+
+def expiry(month: date, retention_months: int) -> date:
+    """The first day on which ``month``'s partition is expired (prune drops it from then on)."""
+    return add_months(date(month.year, month.month, 1), retention_months + 1)
+
+
+def oldest_kept(now: datetime, retention_months: int, margin: timedelta) -> datetime:
+    """The start (UTC) of the oldest month whose partition prune keeps for ``margin`` more.
+
+    A payment_date from then on is in a month that is dropped only after ``now + margin``:
+    with 12 months and 8 days, on 2026-11-20 that is 2025-11-01 (November 2025 goes on
+    2026-12-01), on 2026-11-25 already 2025-12-01.
+    """
+    kept = retention_cutoff((now + margin).date(), retention_months)
+    return datetime.combine(kept, time(), UTC)
+
+
+def young_since(month: date, retention_months: int) -> datetime:
+    """Rows of ``month`` recorded at or after this (naive UTC) came when the window had closed.
+
+    The record agent records a month only while it is :func:`oldest_kept` with
+    RECORDING_MARGIN, that is until RECORDING_MARGIN before its :func:`expiry`.
+    """
+    return datetime.combine(expiry(month, retention_months), time()) - RECORDING_MARGIN
 
 
 async def list_partitions(connection: asyncpg.Connection) -> list[Partition]:
