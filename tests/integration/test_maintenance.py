@@ -263,6 +263,24 @@ async def test_a_late_duplicate_beyond_the_reference_window_stays_a_duplicate(
     assert (restored["payment_id"], restored["fingerprint"]) == (old.payment_id, old.fingerprint)
 
 
+async def test_a_month_dropped_after_this_worker_created_it_is_made_again(
+    pool: asyncpg.Pool,
+) -> None:
+    remembers = PaymentStore(pool, "payment.events")
+    last_month = datetime.now(UTC).replace(microsecond=0) - timedelta(days=35)
+    first = await remembers.record([payment("MONTH-1", last_month)])
+    assert [record.reference_number for record in first.created] == ["MONTH-1"]
+    # Maintenance (or an operator) drops the month; this worker still remembers creating it.
+    await pool.execute(f"DROP TABLE payment_service.{partitions.partition_name(last_month)}")
+
+    # Other workers, which never saw the month, would create it again and record: so must this
+    # one, rather than have Postgres refuse the record (a `rejected` dead letter).
+    again = await remembers.record([payment("MONTH-2", last_month)])
+    assert [record.reference_number for record in again.created] == ["MONTH-2"]
+    rows = await pool.fetch("SELECT reference_number FROM payment_service.payments")
+    assert [row["reference_number"] for row in rows] == ["MONTH-2"]
+
+
 def test_the_leaders_timer_keeps_partitions_ahead_and_expires_references(
     stack: Stack, tmp_path: Path
 ) -> None:
