@@ -175,7 +175,8 @@ class PaymentStore:
         return {row["reference_number"]: defining_fields_of(row) for row in rows}
 
     async def ensure_partitions(self, records: Iterable[PaymentRecord]) -> None:
-        """Create the monthly partitions these records need (each month asked once per process).
+        """Create the monthly partitions these records need (each month asked once per process,
+        and again once :meth:`record` finds it dropped).
 
         In its own short transaction: DDL on the parent must not sit inside the batch's.
         """

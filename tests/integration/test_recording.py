@@ -249,3 +249,29 @@ def test_payments_older_than_retention_are_dead_lettered_and_the_rest_recorded(
         assert after[0]["t"] is None
     code, figures = reconcile(stack, run)
     assert code == 0, figures
+
+
+def test_a_worker_records_a_month_dropped_after_it_created_it(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    last_month = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=35)
+    name = f"payment_service.{partition_name(last_month.date())}"
+
+    def row(reference: str) -> tuple[Any, ...]:
+        return (reference, "LA-1", "CIF-1", Decimal("5.00"), last_month, "bank", "{}")
+
+    with run_worker(stack, tmp_path, **app_env(run)) as worker:
+        asyncio.run(stage(stack, [row(f"FIRST-{run}")]))
+        asyncio.run(wait_drained(stack, 1, wait_seconds=120, alive=worker.assert_alive))
+        # Maintenance (or an operator) drops the month this worker remembers creating.
+        asyncio.run(_rows(stack, f"DROP TABLE {name}"))
+        asyncio.run(stage(stack, [row(f"SECOND-{run}"), row(f"THIRD-{run}")]))
+        # Staged, published and decided: then look at what came of it.
+        asyncio.run(wait_drained(stack, 0, wait_seconds=120, alive=worker.assert_alive))
+        asyncio.run(wait_consumed(stack, run))
+        letters = [decode_dead_letter(value) for _, value in asyncio.run(read_topic(stack, DLQ))]
+        assert [(letter.reason, letter.reference_number) for letter in letters] == []
+        assert worker.logged("were dropped after this worker created them; creating them again")
+
+    rows = asyncio.run(_rows(stack, "SELECT reference_number FROM payment_service.payments"))
+    assert {row["reference_number"] for row in rows} == {f"SECOND-{run}", f"THIRD-{run}"}
