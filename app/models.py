@@ -136,12 +136,17 @@ class DateWindow:
     def check(
         self, payment_date: datetime, now: datetime | None = None, *, recording: bool = False
     ) -> WindowRefusal | None:
-        """Why ``payment_date`` is outside the window, or None when it is inside."""
+        """Why ``payment_date`` is outside the window, or None when it is inside.
+
+        Before PAYMENT_DATE_MIN is a plain refusal; after it but before retention's
+        start, ``beyond_retention``.
+        """
         now = now or datetime.now(UTC)
+        if payment_date < datetime.combine(self.earliest, datetime.min.time(), UTC):
+            # Before PAYMENT_DATE_MIN is wrong whatever retention keeps: invalid.
+            return WindowRefusal(f"must not be before {self.earliest.isoformat()}")
         earliest = self.earliest_at(now, recording=recording)
         if payment_date < earliest:
-            if earliest.date() == self.earliest:
-                return WindowRefusal(f"must not be before {self.earliest.isoformat()}")
             return WindowRefusal(
                 f"must not be before {earliest.date().isoformat()}: older months are past "
                 f"PARTITION_RETENTION_MONTHS={self.retention_months} and are dropped",

@@ -93,7 +93,7 @@ def test_the_settings_window_carries_retention() -> None:
 
 
 #: hypothesis wants naive bounds; the test makes each value UTC.
-EARLIEST, LATEST = datetime(2001, 1, 1), datetime(2090, 1, 1)  # noqa: DTZ001
+EARLIEST, LATEST = datetime(2003, 1, 1), datetime(2090, 1, 1)  # noqa: DTZ001
 
 
 @given(
@@ -151,7 +151,14 @@ def test_a_record_older_than_retention_fails_validation_with_its_own_type() -> N
     assert error.field == "payment_date"
     assert error.message.startswith("must not be before ")
     assert "PARTITION_RETENTION_MONTHS=12" in error.message
-    # Older than a PAYMENT_DATE_MIN later than retention's start is still plain invalid.
+    # Older than PAYMENT_DATE_MIN is plain invalid, whatever retention keeps...
+    with pytest.raises(ValidationError) as ancient:
+        PaymentRecord.model_validate(
+            values(payment_date=datetime(1999, 12, 31, tzinfo=UTC)), context={"window": window(12)}
+        )
+    assert not beyond_retention(ancient.value)
+    assert field_errors(ancient.value)[0].message == "must not be before 2000-01-01"
+    # ...and so when PAYMENT_DATE_MIN is later than retention's start.
     recent = window(12, earliest=(datetime.now(UTC) - 30 * DAY).date())
     with pytest.raises(ValidationError) as plain:
         PaymentRecord.model_validate(
