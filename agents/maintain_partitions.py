@@ -3,7 +3,9 @@
 Creates the partitions ahead, drops the expired ones (PARTITION_AUTO_PRUNE), and
 removes references past REFERENCE_CACHE_TTL_DAYS (app/partitions.py,
 app/retention.py). Each step logs what it did; a failed step is retried at the
-next tick and does not stop the others.
+next tick and does not stop the others. An expired month that holds rows recorded
+after the accepted window had closed on it is kept, with an error each run and
+``payments_partitions_kept_total`` counting it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from app import partitions
 from app.audit import audited
+from app.metrics import PARTITIONS_KEPT
 from app.retention import prune_references, reference_cutoff
 
 if TYPE_CHECKING:
@@ -47,7 +50,11 @@ def register(app: PaymentService) -> None:
                         pruned = await partitions.prune(
                             connection, now.date(), months, dry_run=False
                         )
-                        entry.result = {"partitions": [partition.name for partition in pruned]}
+                        entry.result = {
+                            "partitions": [partition.name for partition in pruned.dropped],
+                            "kept": [held.partition.name for held in pruned.held],
+                        }
+                    PARTITIONS_KEPT.inc(len(pruned.held))
                 elif doomed:
                     log.warning(
                         "maintenance: %d partitions are past PARTITION_RETENTION_MONTHS=%d (%s); "

@@ -133,21 +133,29 @@ async def partitions(self: AppCommand, action: str, dry_run: bool) -> None:
                 months = settings.partition_retention_months
                 parameters = {"retention_months": months, "dry_run": dry_run}
                 async with _audited(app, "partitions.prune", parameters) as entry:
-                    doomed = await partition_jobs.prune(
+                    run = await partition_jobs.prune(
                         connection, today, months, dry_run=dry_run, progress=_note(self)
                     )
-                    entry.result = {"partitions": [partition.name for partition in doomed]}
+                    entry.result = {
+                        "partitions": [partition.name for partition in run.dropped],
+                        "kept": [held.partition.name for held in run.held],
+                    }
                 cutoff = partition_jobs.retention_cutoff(today, months)
                 verb = "would drop" if dry_run else "dropped"
                 self.say(
-                    f"{verb} {len(doomed)} partitions before {cutoff} "
+                    f"{verb} {len(run.dropped)} partitions before {cutoff} "
                     f"(PARTITION_RETENTION_MONTHS={months})"
                 )
-                for partition in doomed:
+                for partition in run.dropped:
                     self.say(
                         f"  {partition.name}  ~{partition.rows_estimate} rows  "
                         f"{partition.bytes} bytes"
                     )
+                if run.held:
+                    verb = "would keep" if dry_run else "kept"
+                    self.say(f"{verb} {len(run.held)} expired partitions that hold young rows:")
+                for held in run.held:
+                    self.say(f"  {held.warning(months)}")
             found = await partition_jobs.list_partitions(connection)
         finally:
             await connection.close()

@@ -80,6 +80,11 @@ STAGING_ROWS = Counter(
     "Staging rows the poller handled, by result (published, duplicate, invalid)",
     ["result"],
 )
+PARTITIONS_KEPT = Counter(
+    "payments_partitions_kept_total",
+    "Expired partitions maintenance kept instead of dropping, once per run: they hold rows"
+    " recorded after the accepted window had closed on their month (see the error it logs)",
+)
 STAGING_BATCH_SECONDS = Histogram(
     "payments_staging_batch_duration_seconds",
     "Staging batches from claim to commit",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -29,8 +29,9 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
 
+from app import partitions
 from app.currencies import CurrencyCode, minor_unit_exponent
 
 if TYPE_CHECKING:
@@ -137,29 +138,81 @@ IdentityText = Annotated[
 ]
 
 
+#: The pydantic error type of a payment_date older than partition retention keeps
+#: (the staging poller dead-letters it as ``beyond_retention``, not ``invalid``).
+BEYOND_RETENTION = "beyond_retention"
+
+
+class WindowRefusal(NamedTuple):
+    """Why a payment_date is outside the window, in words a sender can act on."""
+
+    message: str
+    #: True when retention is the limit (the month is dropped, or about to be).
+    beyond_retention: bool = False
+
+
 @dataclass(frozen=True)
 class DateWindow:
-    """The payment dates the service accepts: from ``earliest`` to ``max_future`` past now."""
+    """The payment dates the service accepts at a given time; see :meth:`earliest_at`.
+
+    ``retention_months`` None leaves partition retention out (tests of structure only).
+    """
 
     earliest: date
     max_future: timedelta
+    retention_months: int | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> DateWindow:
-        """The window PAYMENT_DATE_MIN and PAYMENT_DATE_MAX_FUTURE_DAYS describe."""
+        """The window PAYMENT_DATE_MIN, PAYMENT_DATE_MAX_FUTURE_DAYS and retention describe."""
         return cls(
             earliest=settings.payment_date_min,
             max_future=timedelta(days=settings.payment_date_max_future_days),
+            retention_months=settings.partition_retention_months,
         )
 
-    def check(self, payment_date: datetime, now: datetime | None = None) -> str | None:
-        """Why ``payment_date`` is outside the window, or None when it is inside."""
-        latest = (now or datetime.now(UTC)) + self.max_future
+    def earliest_at(self, now: datetime, *, recording: bool = False) -> datetime:
+        """The earliest payment_date accepted at ``now``: it moves with ``now``.
+
+        The later of PAYMENT_DATE_MIN and the start of the oldest month that
+        partition retention keeps for a margin more (app/partitions.py): webhooks
+        and the staging poller ask for ACCEPTING_MARGIN, the record agent
+        (``recording``) for RECORDING_MARGIN, so what was accepted is still inside
+        the agent's window for the time it may wait in the intake.
+        """
+        start = datetime.combine(self.earliest, datetime.min.time(), UTC)
+        if self.retention_months is None:
+            return start
+        margin = partitions.RECORDING_MARGIN if recording else partitions.ACCEPTING_MARGIN
+        return max(start, partitions.oldest_kept(now, self.retention_months, margin))
+
+    def check(
+        self, payment_date: datetime, now: datetime | None = None, *, recording: bool = False
+    ) -> WindowRefusal | None:
+        """Why ``payment_date`` is outside the window, or None when it is inside.
+
+        Before PAYMENT_DATE_MIN is a plain refusal; after it but before retention's
+        start, ``beyond_retention``.
+        """
+        now = now or datetime.now(UTC)
         if payment_date < datetime.combine(self.earliest, datetime.min.time(), UTC):
-            return f"must not be before {self.earliest.isoformat()}"
-        if payment_date > latest:
-            return f"must not be more than {self.max_future} in the future"
+            # Before PAYMENT_DATE_MIN is wrong whatever retention keeps: invalid.
+            return WindowRefusal(f"must not be before {self.earliest.isoformat()}")
+        earliest = self.earliest_at(now, recording=recording)
+        if payment_date < earliest:
+            return WindowRefusal(
+                f"must not be before {earliest.date().isoformat()}: older months are past "
+                f"PARTITION_RETENTION_MONTHS={self.retention_months} and are dropped",
+                beyond_retention=True,
+            )
+        if payment_date > now + self.max_future:
+            return WindowRefusal(f"must not be more than {self.max_future} in the future")
         return None
+
+
+def beyond_retention(error: ValidationError) -> bool:
+    """Whether ``error`` says a payment_date is older than partition retention keeps."""
+    return any(item["type"] == BEYOND_RETENTION for item in error.errors())
 
 
 class PaymentRecord(BaseModel):
@@ -216,9 +269,11 @@ class PaymentRecord(BaseModel):
         value = _to_utc(value)
         window = info.context.get("window") if isinstance(info.context, dict) else None
         if isinstance(window, DateWindow):
-            problem = window.check(value)
-            if problem is not None:
-                raise ValueError(problem)
+            refusal = window.check(value)
+            if refusal is not None and refusal.beyond_retention:
+                raise PydanticCustomError(BEYOND_RETENTION, refusal.message)
+            if refusal is not None:
+                raise ValueError(refusal.message)
         return value
 
     @field_validator("received_at")
@@ -398,6 +453,7 @@ DeadLetterReason = Literal[
     "undecodable",  # not UTF-8 JSON of a record at all
     "conflict",  # reference already recorded with other content; details name the fields
     "partition_out_of_range",  # payment_date outside the window the agent may create months for
+    "beyond_retention",  # payment_date in a month partition retention drops (or is about to)
     "rejected",  # Postgres refused the record itself (details carry its message)
 ]
 

@@ -8,7 +8,9 @@
   readers or writers of ``payments``; a short ``lock_timeout`` so it gives way
   rather than queue behind a long query) and then dropped. A detach that was
   interrupted is finished (``FINALIZE``) on the next run. ``dry_run`` reports
-  the same list and changes nothing.
+  the same list and changes nothing. A month holding rows recorded after the
+  accepted window had closed on it is kept, with an error saying what to do
+  (belt and braces: the window, :func:`oldest_kept`, should make that impossible).
 
 The leader's timer (agents/maintain_partitions.py) and ``python -m app
 partitions`` both call these functions.
@@ -19,8 +21,8 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 
@@ -31,6 +33,21 @@ PARTITIONS_AHEAD = 3
 
 #: How long a detach or drop waits for its lock before giving up (it retries next run).
 LOCK_TIMEOUT = "5s"
+
+#: How long a payment the record agent records now must stay clear of prune. payment.intake
+#: keeps a record 7 days (retention.ms, scripts/kafka/topics.conf): until then the record can be
+#: delivered again (a crash before the offset commit, a rebalance, a reset offset) and must meet
+#: its row, not a dropped month. One day more covers clock skew between hosts and a late run.
+RECORDING_MARGIN = timedelta(days=8)
+
+#: Webhooks and the staging poller accept for longer still: a record accepted now may wait in
+#: payment.intake (a backlog, an outage of Postgres) before the agent decides it, and must still
+#: be inside the agent's window then. Two days of waiting are covered; a record that waits longer
+#: across a month boundary is dead-lettered ``beyond_retention`` (never recorded, never lost).
+ACCEPTING_MARGIN = RECORDING_MARGIN + timedelta(days=2)
+
+#: Rows of an expired partition recorded at or after a time (created_at, naive UTC).
+YOUNG_ROWS = "SELECT count(*) FROM payment_service.{table} WHERE created_at >= $1"
 
 NAME = re.compile(r"^payments_(\d{4})_(\d{2})$")
 
@@ -63,6 +80,38 @@ class Partition:
     detach_pending: bool = False
 
 
+@dataclass(frozen=True)
+class Held:
+    """An expired partition prune keeps: ``rows`` of it were recorded at or after ``since``."""
+
+    partition: Partition
+    rows: int
+    since: datetime
+
+    def warning(self, retention_months: int) -> str:
+        """What the operator reads: which partition, how many rows, what to do."""
+        name = self.partition.name
+        since = f"{self.since:%Y-%m-%d %H:%M}"
+        # A query for the operator to read and run, never run here.
+        query = f"SELECT * FROM payment_service.{name} WHERE created_at >= '{since}'"  # noqa: S608
+        return (
+            f"{name} is past PARTITION_RETENTION_MONTHS={retention_months} but is not dropped: "
+            f"{self.rows} of its rows were recorded on or after {since} UTC, when the accepted "
+            "date window no longer reached their month, and may still come again. See them "
+            f"with `{query}`; to keep them, raise PARTITION_RETENTION_MONTHS; if they may go, "
+            "delete those rows and their payment_references rows, and the next prune drops "
+            "the month"
+        )
+
+
+@dataclass(frozen=True)
+class PruneRun:
+    """What ``prune`` dropped (or, with ``dry_run``, would drop) and what it kept back."""
+
+    dropped: list[Partition] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
+
+
 def add_months(month: date, months: int) -> date:
     """The first day of the month ``months`` after (or before) ``month``'s."""
     index = month.year * 12 + month.month - 1 + months
@@ -81,6 +130,31 @@ def retention_cutoff(today: date, retention_months: int) -> date:
     go, November 2025 stays (the current month and the 12 before it are kept).
     """
     return add_months(date(today.year, today.month, 1), -retention_months)
+
+
+def expiry(month: date, retention_months: int) -> date:
+    """The first day on which ``month``'s partition is expired (prune drops it from then on)."""
+    return add_months(date(month.year, month.month, 1), retention_months + 1)
+
+
+def oldest_kept(now: datetime, retention_months: int, margin: timedelta) -> datetime:
+    """The start (UTC) of the oldest month whose partition prune keeps for ``margin`` more.
+
+    A payment_date from then on is in a month that is dropped only after ``now + margin``:
+    with 12 months and 8 days, on 2026-11-20 that is 2025-11-01 (November 2025 goes on
+    2026-12-01), on 2026-11-25 already 2025-12-01.
+    """
+    kept = retention_cutoff((now + margin).date(), retention_months)
+    return datetime.combine(kept, time(), UTC)
+
+
+def young_since(month: date, retention_months: int) -> datetime:
+    """Rows of ``month`` recorded at or after this (naive UTC) came when the window had closed.
+
+    The record agent records a month only while it is :func:`oldest_kept` with
+    RECORDING_MARGIN, that is until RECORDING_MARGIN before its :func:`expiry`.
+    """
+    return datetime.combine(expiry(month, retention_months), time()) - RECORDING_MARGIN
 
 
 async def list_partitions(connection: asyncpg.Connection) -> list[Partition]:
@@ -130,6 +204,19 @@ async def expired(
     return [p for p in await list_partitions(connection) if p.month < cutoff]
 
 
+async def held_back(
+    connection: asyncpg.Connection, doomed: list[Partition], retention_months: int
+) -> list[Held]:
+    """The expired partitions holding rows recorded after the window had closed on them."""
+    held = []
+    for partition in doomed:
+        since = young_since(partition.month, retention_months)
+        rows = await connection.fetchval(YOUNG_ROWS.format(table=partition.name), since)
+        if rows:
+            held.append(Held(partition, int(rows), since))
+    return held
+
+
 async def prune(
     connection: asyncpg.Connection,
     today: date,
@@ -137,12 +224,17 @@ async def prune(
     *,
     dry_run: bool,
     progress: Callable[[str], None] = log.info,
-) -> list[Partition]:
-    """Detach and drop the expired partitions (none with ``dry_run``); the ones concerned."""
+) -> PruneRun:
+    """Detach and drop the expired partitions but the held ones (none with ``dry_run``)."""
     doomed = await expired(connection, today, retention_months)
     cutoff = retention_cutoff(today, retention_months)
+    held = await held_back(connection, doomed, retention_months)
+    for kept in held:
+        log.error("partitions: %s", kept.warning(retention_months))
+    kept_names = {kept.partition.name for kept in held}
+    doomed = [partition for partition in doomed if partition.name not in kept_names]
     if dry_run or not doomed:
-        return doomed
+        return PruneRun(doomed, held)
     await connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     try:
         for partition in doomed:
@@ -159,4 +251,4 @@ async def prune(
             )
     finally:
         await connection.execute("RESET lock_timeout")
-    return doomed
+    return PruneRun(doomed, held)

@@ -76,6 +76,9 @@ WHERE r.reference_number = t.ref
 
 ENSURE_PARTITION = "SELECT payment_service.ensure_payment_partition($1::date)"
 
+#: Postgres' words (SQLSTATE 23514) for a row whose month has no partition.
+NO_PARTITION = "no partition of relation"
+
 #: Kafka has these batches' events: the outbox keeps only what is still unsent.
 MARK_SENT = "DELETE FROM payment_service.outbox WHERE batch_id = ANY($1::uuid[])"
 
@@ -180,7 +183,8 @@ class PaymentStore:
         return {row["reference_number"]: defining_fields_of(row) for row in rows}
 
     async def ensure_partitions(self, records: Iterable[PaymentRecord]) -> None:
-        """Create the monthly partitions these records need (each month asked once per process).
+        """Create the monthly partitions these records need (each month asked once per process,
+        and again once :meth:`record` finds it dropped).
 
         In its own short transaction: DDL on the parent must not sit inside the batch's.
         """
@@ -194,10 +198,29 @@ class PaymentStore:
 
     async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
         """Record ``records`` (distinct references) in one transaction; see the module doc."""
-        result = RecordResult()
         if not records:
-            return result
+            return RecordResult()
         await self.ensure_partitions(records)
+        try:
+            return await self._record(records)
+        except asyncpg.CheckViolationError as exc:
+            # A month this process created (and remembers) was dropped since, by
+            # maintenance or by hand: forget it and create it again, or its records
+            # would be refused here while other workers record them.
+            gone = {month_of(record.payment_date) for record in records} & self._months
+            if NO_PARTITION not in str(exc) or not gone:
+                raise
+            log.warning(
+                "the partitions of %s were dropped after this worker created them; "
+                "creating them again",
+                ", ".join(f"{month:%Y-%m}" for month in sorted(gone)),
+            )
+            self._months -= gone
+            await self.ensure_partitions(records)
+            return await self._record(records)
+
+    async def _record(self, records: Sequence[PaymentRecord]) -> RecordResult:
+        result = RecordResult()
         by_reference = {record.reference_number: record for record in records}
         recorded_text = utc_text(datetime.now(UTC))
         async with self.pool.acquire() as connection, connection.transaction():

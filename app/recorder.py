@@ -246,16 +246,17 @@ class Recorder:
                 )
             )
             return None
-        problem = self.window.check(record.payment_date, now)
-        if problem is not None:
+        refusal = self.window.check(record.payment_date, now, recording=True)
+        if refusal is not None:
             # Ingress checks the window too; a record that got past it (other
-            # settings, a replay) must not make the agent create a far-off partition.
+            # settings, a replay, a wait in the intake across a month boundary) must
+            # not create a far-off partition, nor go into a month prune drops.
             report.dead_letters.append(
                 _letter(
                     record,
-                    "partition_out_of_range",
+                    "beyond_retention" if refusal.beyond_retention else "partition_out_of_range",
                     now,
-                    details=[FieldError(field="payment_date", message=problem)],
+                    details=[FieldError(field="payment_date", message=refusal.message)],
                 )
             )
             return None

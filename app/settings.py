@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -275,7 +275,10 @@ class Settings(BaseSettings):
         date(2000, 1, 1), description="Earliest payment_date accepted (inclusive)."
     )
     payment_date_max_future_days: float = Field(
-        1, ge=0, description="How far past now a payment_date may lie (clock skew, time zones)."
+        1,
+        ge=0,
+        le=365,
+        description="How far past now a payment_date may lie (clock skew, time zones).",
     )
     record_batch_size: int = Field(
         1000, ge=1, le=100_000, description="Records the record agent takes per batch."
@@ -529,6 +532,20 @@ class Settings(BaseSettings):
             )
         if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
             raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together: set both")
+        return self
+
+    @model_validator(mode="after")
+    def _date_window(self) -> Settings:
+        # The window is [later of PAYMENT_DATE_MIN and retention's, now + max future]
+        # (app/models.py DateWindow); retention's start is always in the past.
+        latest = datetime.now(UTC) + timedelta(days=self.payment_date_max_future_days)
+        if self.payment_date_min > latest.date():
+            raise ValueError(
+                f"PAYMENT_DATE_MIN ({self.payment_date_min}) is after the latest payment_date "
+                f"accepted ({latest.date()}, now plus PAYMENT_DATE_MAX_FUTURE_DAYS="
+                f"{self.payment_date_max_future_days:g}): every payment would be refused; "
+                "set it to a past date"
+            )
         return self
 
     @model_validator(mode="after")

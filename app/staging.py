@@ -30,6 +30,7 @@ from app.models import (
     DeadLetter,
     Decision,
     PaymentRecord,
+    beyond_retention,
     field_errors,
     payment_id_for,
 )
@@ -173,7 +174,7 @@ def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime)
                 }
             )
             letter = DeadLetter(
-                reason="invalid",
+                reason="beyond_retention" if beyond_retention(exc) else "invalid",
                 details=errors,
                 reference_number=row["reference_number"],
                 source="staging",

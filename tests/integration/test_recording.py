@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka.partitioner import murmur2
 
 from app.codecs import decode_dead_letter, decode_event
+from app.partitions import partition_name
 from app.topics import DLQ, EVENTS_DEFAULT
 from tests.pipeline import (
     app_env,
@@ -143,8 +146,6 @@ def test_known_references_stay_duplicates_even_when_only_postgres_knows(
 
 async def _publish_staged_again(stack: Stack, rows: list[tuple[Any, ...]]) -> None:
     """Put rows on the intake topic directly, as a second input would."""
-    from datetime import UTC, datetime
-
     from app.codecs import encode_record
     from app.models import PaymentRecord
     from app.publisher import Publisher
@@ -172,3 +173,105 @@ async def _publish_staged_again(stack: Stack, rows: list[tuple[Any, ...]]) -> No
         await publisher.publish(INTAKE, messages)
     finally:
         await publisher.stop()
+
+
+def _partition(key: str) -> int:
+    """The intake partition of ``key`` (the producer's murmur2 over 12 partitions)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % 12
+
+
+def test_payments_older_than_retention_are_dead_lettered_and_the_rest_recorded(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    old_date = now - timedelta(days=730)
+    old_month = f"payment_service.{partition_name(old_date.date())}"
+    existed = asyncio.run(_rows(stack, "SELECT to_regclass($1) AS t", old_month))[0]["t"]
+    # A staging row two years old, then good rows behind it in the same batch.
+    staged_old = (f"OLDS-{run}", "LA-OLD", "CIF-OLD", Decimal("5.00"), old_date, "bank", "{}")
+    staged_good = [
+        (
+            f"GOODS-{run}-{n}",
+            "LA-1",
+            "CIF-1",
+            Decimal("5.00"),
+            now - timedelta(days=1),
+            "bank",
+            "{}",
+        )
+        for n in range(5)
+    ]
+    # A record two years old straight onto the intake, then good ones behind it on its partition.
+    old_key = f"OLDI-{run}"
+    candidates = (f"GOODI-{run}-{n}" for n in range(500))
+    good_keys = [key for key in candidates if _partition(key) == _partition(old_key)][:3]
+    assert good_keys
+    intake_rows = [
+        (old_key, "LA-OLD", "CIF-OLD", "7.00", old_date, "card", "{}"),
+        *(
+            (key, "LA-2", "CIF-2", "7.00", now - timedelta(days=1), "card", "{}")
+            for key in good_keys
+        ),
+    ]
+
+    with run_worker(stack, tmp_path, **app_env(run)) as worker:
+        asyncio.run(stage(stack, [staged_old, *staged_good]))
+        asyncio.run(_publish_staged_again(stack, intake_rows))
+        good = len(staged_good) + len(good_keys)
+        asyncio.run(wait_drained(stack, good, wait_seconds=120, alive=worker.assert_alive))
+        asyncio.run(wait_consumed(stack, run))
+
+    rows = asyncio.run(_rows(stack, "SELECT reference_number FROM payment_service.payments"))
+    recorded = {row["reference_number"] for row in rows}
+    assert recorded == {row[0] for row in staged_good} | set(good_keys)
+    references = asyncio.run(
+        _rows(stack, "SELECT reference_number FROM payment_service.payment_references")
+    )
+    assert {row["reference_number"] for row in references} == recorded
+
+    letters = [decode_dead_letter(value) for _, value in asyncio.run(read_topic(stack, DLQ))]
+    by_reference = {letter.reference_number: letter for letter in letters}
+    assert set(by_reference) == {f"OLDS-{run}", old_key}
+    assert {letter.reason for letter in letters} == {"beyond_retention"}
+    assert (by_reference[f"OLDS-{run}"].source, by_reference[old_key].source) == (
+        "staging",
+        "webhook",
+    )
+    for letter in letters:
+        assert [detail.field for detail in letter.details] == ["payment_date"]
+        assert "PARTITION_RETENTION_MONTHS=12" in letter.details[0].message
+
+    left = "SELECT count(*) AS n FROM public.payment_staging WHERE NOT processed"
+    assert asyncio.run(_rows(stack, left))[0]["n"] == 0
+    if existed is None:
+        # Never recorded into a month that will be dropped: its partition was not even made.
+        after = asyncio.run(_rows(stack, "SELECT to_regclass($1) AS t", old_month))
+        assert after[0]["t"] is None
+    code, figures = reconcile(stack, run)
+    assert code == 0, figures
+
+
+def test_a_worker_records_a_month_dropped_after_it_created_it(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    last_month = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=35)
+    name = f"payment_service.{partition_name(last_month.date())}"
+
+    def row(reference: str) -> tuple[Any, ...]:
+        return (reference, "LA-1", "CIF-1", Decimal("5.00"), last_month, "bank", "{}")
+
+    with run_worker(stack, tmp_path, **app_env(run)) as worker:
+        asyncio.run(stage(stack, [row(f"FIRST-{run}")]))
+        asyncio.run(wait_drained(stack, 1, wait_seconds=120, alive=worker.assert_alive))
+        # Maintenance (or an operator) drops the month this worker remembers creating.
+        asyncio.run(_rows(stack, f"DROP TABLE {name}"))
+        asyncio.run(stage(stack, [row(f"SECOND-{run}"), row(f"THIRD-{run}")]))
+        # Staged, published and decided: then look at what came of it.
+        asyncio.run(wait_drained(stack, 0, wait_seconds=120, alive=worker.assert_alive))
+        asyncio.run(wait_consumed(stack, run))
+        letters = [decode_dead_letter(value) for _, value in asyncio.run(read_topic(stack, DLQ))]
+        assert [(letter.reason, letter.reference_number) for letter in letters] == []
+        assert worker.logged("were dropped after this worker created them; creating them again")
+
+    rows = asyncio.run(_rows(stack, "SELECT reference_number FROM payment_service.payments"))
+    assert {row["reference_number"] for row in rows} == {f"SECOND-{run}", f"THIRD-{run}"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from app.models import payment_id_for
+from app.models import DateWindow, payment_id_for
 from app.topics import EVENTS_DEFAULT, INTAKE
 from tests.pipeline import app_env, fresh_pipeline, read_topic
 from tests.stack import Stack, Worker, run_worker, wait_for
@@ -223,6 +224,32 @@ def test_client_errors_are_4xx_with_a_reason_and_reach_nothing(
 
     assert (answer_status, json.loads(answer)["error"]) == (status, error)
     assert not [value for _, value in asyncio.run(read_topic(stack, INTAKE)) if b'"ERR-' in value]
+
+
+def test_a_payment_older_than_retention_is_refused_naming_the_limit(
+    stack: Stack, worker: Worker
+) -> None:
+    reference = f"OLD-{RUN}"
+    two_years_ago = (datetime.now(UTC) - timedelta(days=730)).date().isoformat()
+    body = generic(reference, payment_date=two_years_ago)
+    status, _, raw = worker.post(WEBHOOK, body, signed(OLD, body, msg_id=f"old-{RUN}"))
+
+    assert status == 422, raw
+    refused = json.loads(raw)
+    assert refused["error"] == "invalid_payment"
+    [error] = refused["errors"]
+    assert error["field"] == "payment_date"
+    earliest = DateWindow.of(stack.settings()).earliest_at(datetime.now(UTC))
+    assert error["message"] == (
+        f"must not be before {earliest.date().isoformat()}: older months are past "
+        "PARTITION_RETENTION_MONTHS=12 and are dropped"
+    )
+    # The next notice, dated inside the window, is recorded as usual.
+    good = generic(f"NEW-{RUN}", payment_date=datetime.now(UTC).date().isoformat())
+    assert send(worker, WEBHOOK, good, signed(OLD, good, msg_id=f"new-{RUN}")) == 201
+    assert not [
+        key for key, _ in asyncio.run(read_topic(stack, INTAKE)) if key == reference.encode()
+    ]
 
 
 def answer(worker: Worker, body: bytes, msg_id: str, path: str = WEBHOOK) -> tuple[int, Any, str]:

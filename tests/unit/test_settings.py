@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -224,4 +225,26 @@ def test_the_timeouts_that_bound_a_hung_worker_reach_kafka_and_postgres(
     assert create_app(settings).conf.broker_session_timeout == 12
     monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_SECONDS", "3")  # under the broker's minimum
     with pytest.raises(SettingsError, match="KAFKA_SESSION_TIMEOUT_SECONDS"):
+        load_settings()
+
+
+def test_a_payment_date_min_after_the_latest_accepted_date_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    later = (datetime.now(UTC) + timedelta(days=3)).date()
+    monkeypatch.setenv("PAYMENT_DATE_MIN", later.isoformat())
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"configuration: PAYMENT_DATE_MIN ({later}) is after the latest")
+    assert "PAYMENT_DATE_MAX_FUTURE_DAYS=1" in message
+    # The same date is fine once the future bound reaches it.
+    monkeypatch.setenv("PAYMENT_DATE_MAX_FUTURE_DAYS", "4")
+    assert load_settings().payment_date_min == later
+
+
+def test_a_future_bound_past_a_year_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYMENT_DATE_MAX_FUTURE_DAYS", "1e9")
+    with pytest.raises(SettingsError, match=r"^PAYMENT_DATE_MAX_FUTURE_DAYS=.*less than or equal"):
         load_settings()
