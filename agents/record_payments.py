@@ -1,8 +1,10 @@
 """The record agent: ``payment.intake`` in batches → Postgres, ``payment.events``, the DLQ.
 
-Faust runs it at-least-once (DESIGN.md says why not ``exactly_once``). Offsets
-of a batch are committed only after :meth:`Recorder.handle` returns, so the
-batch is never acked before its rows are committed and its events published.
+Faust runs it at-least-once. Offsets of a batch are committed only after
+:func:`record_batch` returns, so the batch is never acked before its rows are
+committed, its events published and its dead letters sent. A record that keeps
+failing for a reason nobody foresaw is isolated and dead-lettered as
+``unprocessable`` (:mod:`app.failures`): it never holds the worker.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from app import audit_trail
+from app import audit_trail, failures
 from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
 from app.payment_store import PaymentStore
 from app.recorder import BatchReport, Incoming, Recorder
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Pause before handling a batch again after an error nobody expected.
+#: Pause before handling a batch again when even dead-lettering its record failed.
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
 
 #: How often a busy agent logs its progress.
@@ -86,6 +88,14 @@ def count(report: BatchReport) -> None:
         REFERENCE_ANSWERS.labels("table").inc(report.table_hits)
     if report.postgres_answers:
         REFERENCE_ANSWERS.labels("postgres").inc(report.postgres_answers)
+
+
+async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchReport:
+    """``batch`` through the failure policy: whole if it can be, else around its bad records."""
+    reports = await failures.settle(
+        "record agent", batch, recorder.handle, recorder.unprocessable, sleep=recorder.sleep
+    )
+    return reports[0] if len(reports) == 1 else BatchReport.merged(reports)
 
 
 def _die() -> None:
@@ -150,15 +160,17 @@ def register(app: PaymentService) -> Any:
             started = time.perf_counter()
             while True:
                 try:
-                    report = await recorder.handle(batch)
+                    report = await record_batch(recorder, batch)
                     break
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    # Escaping here would end the agent and let take_events ack the
-                    # batch on its way out: records would be skipped. Hold the batch.
+                    # Only a failure to dead-letter a record gets here. Escaping would
+                    # end the agent and let take_events ack the batch on its way out:
+                    # records would be skipped. Hold the batch.
                     log.exception(
-                        "record agent: batch of %d failed unexpectedly; retrying in %.0f s",
+                        "record agent: could not dead-letter a record of a batch of %d; "
+                        "retrying in %.0f s. Report this with the traceback",
                         len(batch),
                         UNEXPECTED_ERROR_PAUSE_SECONDS,
                     )
