@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from app import audit_trail, failures
 from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
-from app.payment_store import PaymentStore
+from app.models import PaymentRecord
+from app.payment_store import PaymentStore, RecordResult
 from app.recorder import BatchReport, Incoming, Recorder
 from app.topics import INTAKE, INTAKE_PARTITIONS
 
@@ -98,6 +99,22 @@ async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchRe
     return reports[0] if len(reports) == 1 else BatchReport.merged(reports)
 
 
+#: FAULT_POINT=poison_record: references starting with this fail, unforeseen, in Postgres.
+POISON_PREFIX = "POISON-"
+
+
+class _PoisonedStore(PaymentStore):
+    """FAULT_POINT=poison_record: a store whose batches fail when they hold a POISON- reference."""
+
+    async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
+        poisoned = [
+            r.reference_number for r in records if r.reference_number.startswith(POISON_PREFIX)
+        ]
+        if poisoned:
+            raise RuntimeError(f"FAULT_POINT poison_record: {poisoned[0]} poisons its batch")
+        return await super().record(records)
+
+
 def _die() -> None:
     """FAULT_POINT=after_commit: vanish like a SIGKILL, with nothing flushed or published."""
     sys.stderr.write("FAULT_POINT after_commit: exiting after the Postgres commit\n")
@@ -137,7 +154,7 @@ def register(app: PaymentService) -> Any:
 
     async def record_payments(stream: Any) -> None:
         recorder = Recorder(
-            PaymentStore(
+            (_PoisonedStore if settings.fault_point == "poison_record" else PaymentStore)(
                 app.database.pool,
                 settings.kafka_topic,
                 app.date_window.max_future,
