@@ -167,7 +167,9 @@ def register(app: PaymentService) -> Any:
             events_topic=settings.kafka_topic,
             window=app.date_window,
             crash_after_commit=_die if settings.fault_point == "after_commit" else None,
-            announce=lambda report: app.decisions.post(report.decisions, report.committed),
+            announce=lambda report: app.decisions.post(
+                report.decisions, report.committed, report.dead_letters
+            ),
         )
         within = settings.record_batch_window_ms / 1000
         audit_log = settings.audit_log

@@ -367,7 +367,10 @@ class Recorder:
         await self._retrying(
             "publish a dead letter", lambda: self.publisher.publish(DLQ, [message])
         )
-        return BatchReport(dead_letters=[letter])
+        report = BatchReport(dead_letters=[letter])
+        if self._announce is not None:
+            await self._announce(report)  # a webhook waiting for this record is answered 422
+        return report
 
 
 def _letter(record: PaymentRecord, reason: Any, now: datetime, **extra: Any) -> DeadLetter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,7 +25,8 @@ from tests.pipeline import (
     wait_consumed,
     wait_drained,
 )
-from tests.stack import Stack, run_worker
+from tests.stack import Stack, Worker, run_worker, wait_for
+from tests.webhook_client import signed
 
 #: Converted to UTC, this payment_date falls in year 0 (it made the agent loop for ever).
 OVERFLOWING_DATE = "0001-01-01T00:00:00+14:00"
@@ -180,3 +182,54 @@ def test_a_staging_row_too_large_to_dead_letter_whole_never_holds_the_table(
     )
     assert kept[0]["n"] > 2 * 1024 * 1024
     assert_recorded_once(stack, run, 11)
+
+
+SECRET = "whsec_" + "cG9pc29uIHJlY29yZHMgdGVzdCBzZWNyZXQhIQ=="
+WEBHOOK = "/api/v1/payments/webhook"
+
+
+def _notice(reference: str, **changes: Any) -> bytes:
+    body = {
+        "reference_number": reference,
+        "loan_account_number": "LN0001234",
+        "cif": "C000987",
+        "amount": "150.25",
+        "payment_date": (datetime.now(UTC) - timedelta(days=1)).date().isoformat(),
+    }
+    return json.dumps(body | changes).encode()
+
+
+def _answer(worker: Worker, body: bytes, webhook_id: str) -> tuple[int, Any]:
+    status, _, raw = worker.post(WEBHOOK, body, signed(SECRET, body, msg_id=webhook_id))
+    return status, json.loads(raw)
+
+
+def test_poison_webhooks_get_a_4xx_and_the_webhooks_after_them_are_recorded(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    env = app_env(run, WEBHOOK_SECRET=SECRET, FAULT_POINT="poison_record")
+    with run_worker(stack, tmp_path, **env) as worker:
+        worker.wait_web()
+
+        def decides() -> bool:
+            warm = f"WARM-{run}-{uuid.uuid4().hex[:6]}"
+            return _answer(worker, _notice(warm), warm)[0] == 201
+
+        wait_for(decides, timeout=90, interval=1, what="synchronous answers")
+
+        overflowing = _answer(worker, _notice(f"OLD-{run}", payment_date=OVERFLOWING_DATE), "w-old")
+        poison = _answer(worker, _notice(f"POISON-{run}"), f"w-poison-{run}")
+        good = [_answer(worker, _notice(f"W-{run}-{n}"), f"w-good-{run}-{n}") for n in range(5)]
+        again = _answer(worker, _notice(f"POISON-{run}"), f"w-poison-{run}")
+
+    assert overflowing[0] == 422
+    assert [e["field"] for e in overflowing[1]["errors"]] == ["payment_date"]
+    assert poison[0] == 422
+    assert poison[1]["error"] == "unprocessable"
+    assert poison[1]["errors"][0]["message"].startswith("RuntimeError: FAULT_POINT")
+    assert again == poison  # the same answer for the same webhook-id
+    assert [status for status, _ in good] == [201] * 5
+    letters = _letters(stack)
+    assert letters[f"POISON-{run}"].reason == "unprocessable"
+    assert letters[f"POISON-{run}"].source_id == f"w-poison-{run}"
+    assert {f"W-{run}-{n}" for n in range(5)} <= _recorded(stack)

@@ -20,6 +20,7 @@ from app.codecs import (
     decode_dead_letter,
     encode_record,
 )
+from app.decisions import REFUSED_MESSAGES, Answer, DecisionBoard, decision_key
 from app.exceptions import PublishFailed
 from app.models import DeadLetter, FieldError, PaymentRecord
 from app.payment_store import RecordResult
@@ -276,3 +277,95 @@ def test_received_at_out_of_range_is_a_field_error(received_at: str) -> None:
     value["received_at"] = received_at
     with pytest.raises(ValueError, match="between years 1 and 9999"):
         PaymentRecord.model_validate_json(json.dumps(value))
+
+
+class FakePipeline:
+    """The commands DecisionBoard.post sends to Redis, kept instead of sent."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        pass
+
+    def expire(self, key: str, seconds: int) -> None:
+        pass
+
+    def set(self, key: str, value: str, ex: int, nx: bool) -> None:
+        self.redis.stored.setdefault(key, value)
+
+    def publish(self, channel: str, message: str) -> None:
+        self.redis.published.append(message)
+
+    async def execute(self) -> None:
+        pass
+
+
+class FakeRedis:
+    def __init__(self) -> None:
+        self.stored: dict[str, str] = {}
+        self.published: list[str] = []
+        self.client = self
+
+    def pipeline(self, transaction: bool) -> FakePipeline:
+        return FakePipeline(self)
+
+
+async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(redis)  # type: ignore[arg-type]
+    harness = Harness(
+        lambda report: board.post(report.decisions, report.committed, report.dead_letters)
+    )
+    harness.store.refuse = {"REF-2"}
+    waiting = {webhook_id: board.expect(webhook_id) for webhook_id in ("w-a", "w-b", "w-ok")}
+    batch = [
+        payment("REF-2", source="webhook", source_id="w-a"),
+        payment("REF-2", source="webhook", source_id="w-b"),
+        payment("REF-3", source="webhook", source_id="w-ok"),
+    ]
+    await harness.recorder.handle([incoming(r) for r in batch])
+    for message in redis.published:
+        board._deliver(message.encode())
+
+    refused = Answer(
+        422,
+        {
+            "error": "rejected",
+            "message": REFUSED_MESSAGES["rejected"],
+            "errors": [{"field": "record", "message": "value refused"}],
+        },
+    )
+    assert waiting["w-a"].result() == refused
+    assert waiting["w-b"].result() == refused
+    assert waiting["w-ok"].result().status == 201
+    assert Answer.decode(redis.stored[decision_key("w-b")]) == refused  # for replays
+
+
+async def test_a_webhook_whose_record_is_unprocessable_is_answered_422() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(redis)  # type: ignore[arg-type]
+    harness = Harness(
+        lambda report: board.post(report.decisions, report.committed, report.dead_letters)
+    )
+    harness.store = harness.recorder.store = PoisonedStore("REF-P", RuntimeError("bad"))  # type: ignore[assignment]
+    waiting = board.expect("w-p")
+    await record_batch(
+        harness.recorder, [incoming(payment("REF-P", source="webhook", source_id="w-p"))]
+    )
+    for message in redis.published:
+        board._deliver(message.encode())
+    assert waiting.result() == Answer(
+        422,
+        {
+            "error": "unprocessable",
+            "message": REFUSED_MESSAGES["unprocessable"],
+            "errors": [{"field": "record", "message": "RuntimeError: bad"}],
+        },
+    )
