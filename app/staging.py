@@ -9,8 +9,8 @@ having been published (or dead-lettered).
 
 Failures follow :mod:`app.failures`: an outage leaves the batch unprocessed and
 is retried (``STAGING_MAX_RETRIES`` times, then at the next run). A row that
-cannot be read (metadata nested too deep for the parser, say) is dead-lettered
-as ``unprocessable`` with the rest of its batch recorded; a batch that keeps
+cannot be read for a reason nobody foresaw is dead-lettered
+as ``unprocessable`` with the rest of its batch published; a batch that keeps
 failing for a reason nobody foresaw is claimed in halves until the row at fault
 is alone, and that row is dead-lettered as ``unprocessable`` and marked
 processed. Dead letters too large for the broker are cut down
@@ -35,6 +35,7 @@ from app import audit_trail, failures
 from app.codecs import dead_letter_message, encode_record
 from app.metrics import STAGING_BATCH_SECONDS, STAGING_ROWS
 from app.models import (
+    METADATA_MAX_DEPTH,
     DateWindow,
     DeadLetter,
     Decision,
@@ -111,13 +112,29 @@ def record_from_row(
             "amount": row["amount"],
             "payment_date": row["payment_date"],
             "payment_channel": row["payment_channel"],
-            "metadata": None if metadata is None else json.loads(metadata),
+            "metadata": None if metadata is None else _metadata(metadata),
             "source": "staging",
             "source_id": str(row["id"]),
             "received_at": now,
         },
         context={"window": window},
     )
+
+
+def _metadata(text: str) -> Any:
+    """A row's metadata column, parsed; nesting too deep for json comes back too deep to accept.
+
+    Postgres stores jsonb nested thousands of levels deep; Python's parser stops at
+    about a thousand (RecursionError). Such metadata is far past METADATA_MAX_DEPTH,
+    so the model is handed just too deep a value and refuses it with its field error.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        too_deep: dict[str, Any] = {}
+        for _ in range(METADATA_MAX_DEPTH):
+            too_deep = {"nested": too_deep}
+        return too_deep
 
 
 def _row_as_json(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,8 +227,7 @@ def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime)
             prepared.add_letter(row_letter(row, "invalid", field_errors(exc), now))
             continue
         except Exception as exc:
-            # CPU only, no server involved: whatever fails here is the row's own doing
-            # (RecursionError from metadata nested deeper than json can read, say).
+            # CPU only, no server involved: whatever fails here is the row's own doing.
             details = [FieldError(field="record", message=failures.describe(exc))]
             prepared.add_letter(row_letter(row, "unprocessable", details, now))
             continue

@@ -161,8 +161,8 @@ def test_a_staging_row_too_large_to_dead_letter_whole_never_holds_the_table(
     assert cut.details[-1].field == "original"
     assert "sha256" in cut.details[-1].message
     deep_letter = letters[f"DEEP-{run}"]
-    assert deep_letter.reason == "unprocessable"
-    assert deep_letter.details[0].message.startswith("RecursionError")
+    assert deep_letter.reason == "invalid"
+    assert [d.field for d in deep_letter.details] == ["metadata"]
     processed = fetch(
         stack,
         "SELECT reference_number, processed FROM public.payment_staging "
