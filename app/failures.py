@@ -102,7 +102,7 @@ async def retrying(
     A record error is raised at once, whatever ``attempts`` says.
     """
     pause = RETRY_FIRST_SECONDS
-    failures = 0
+    unforeseen = 0
     attempt = 0
     while True:
         attempt += 1
@@ -112,8 +112,8 @@ async def retrying(
             raise
         except Exception as exc:
             if not is_outage(exc):
-                failures += 1
-                if failures >= attempts or is_record_error(exc):
+                unforeseen += 1
+                if unforeseen >= attempts or is_record_error(exc):
                     raise
             log.warning("%s failed (attempt %d), retrying in %.1f s: %r", what, attempt, pause, exc)
             await sleep(pause)
