@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any
 
 from pydantic import ValidationError
 from pydantic_core import to_json
@@ -141,7 +140,7 @@ def cut_down(letter: DeadLetter, encoded: bytes | None = None) -> DeadLetter:
         ),
     )
     details = [
-        FieldError(field=_cut(d.field), message=_cut(d.message))
+        FieldError(field=d.field[:CUT_FIELD_CHARACTERS], message=d.message[:CUT_FIELD_CHARACTERS])
         for d in letter.details[:CUT_DETAILS]
     ]
     return letter.model_copy(
@@ -150,17 +149,15 @@ def cut_down(letter: DeadLetter, encoded: bytes | None = None) -> DeadLetter:
             "source": _cut(letter.source),
             "source_id": _cut(letter.source_id),
             "details": [*details, note],
-            "differing_fields": [_cut(name) for name in letter.differing_fields[:CUT_DETAILS]],
+            "differing_fields": [name[:CUT_FIELD_CHARACTERS] for name in letter.differing_fields],
             "original": None,
             "original_text": None,
         }
     )
 
 
-def _cut(text: str | None) -> Any:
-    return (
-        text if text is None or len(text) <= CUT_FIELD_CHARACTERS else text[:CUT_FIELD_CHARACTERS]
-    )
+def _cut(text: str | None) -> str | None:
+    return None if text is None else text[:CUT_FIELD_CHARACTERS]
 
 
 def decode_dead_letter(raw: bytes) -> DeadLetter:
