@@ -1,8 +1,11 @@
 """The record agent: ``payment.intake`` in batches → Postgres, ``payment.events``, the DLQ.
 
-Faust runs it at-least-once (docs/architecture.md says why not ``exactly_once``). Offsets
-of a batch are committed only after :meth:`Recorder.handle` returns, so the
-batch is never acked before its rows are committed and its events published.
+Faust runs it at-least-once (docs/architecture.md says why not
+``exactly_once``). Offsets of a batch are committed only after
+:func:`record_batch` returns, so the batch is never acked before its rows are
+committed, its events published and its dead letters sent. A record that keeps
+failing for a reason nobody foresaw is isolated and dead-lettered as
+``unprocessable`` (:mod:`app.failures`): it never holds the worker.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from app import audit_trail
+from app import audit_trail, failures
 from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
-from app.payment_store import PaymentStore
+from app.models import PaymentRecord
+from app.payment_store import PaymentStore, RecordResult
 from app.recorder import BatchReport, Incoming, Recorder
 from app.topics import INTAKE, INTAKE_PARTITIONS
 
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Pause before handling a batch again after an error nobody expected.
+#: Pause before handling a batch again when even dead-lettering its record failed.
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
 
 #: How often a busy agent logs its progress.
@@ -88,6 +92,30 @@ def count(report: BatchReport) -> None:
         REFERENCE_ANSWERS.labels("postgres").inc(report.postgres_answers)
 
 
+async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchReport:
+    """``batch`` through the failure policy: whole if it can be, else around its bad records."""
+    reports = await failures.settle(
+        "record agent", batch, recorder.handle, recorder.unprocessable, sleep=recorder.sleep
+    )
+    return reports[0] if len(reports) == 1 else BatchReport.merged(reports)
+
+
+#: FAULT_POINT=poison_record: references starting with this fail, unforeseen, in Postgres.
+POISON_PREFIX = "POISON-"
+
+
+class _PoisonedStore(PaymentStore):
+    """FAULT_POINT=poison_record: a store whose batches fail when they hold a POISON- reference."""
+
+    async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
+        poisoned = [
+            r.reference_number for r in records if r.reference_number.startswith(POISON_PREFIX)
+        ]
+        if poisoned:
+            raise RuntimeError(f"FAULT_POINT poison_record: {poisoned[0]} poisons its batch")
+        return await super().record(records)
+
+
 def _die() -> None:
     """FAULT_POINT=after_commit: vanish like a SIGKILL, with nothing flushed or published."""
     sys.stderr.write("FAULT_POINT after_commit: exiting after the Postgres commit\n")
@@ -127,7 +155,7 @@ def register(app: PaymentService) -> Any:
 
     async def record_payments(stream: Any) -> None:
         recorder = Recorder(
-            PaymentStore(
+            (_PoisonedStore if settings.fault_point == "poison_record" else PaymentStore)(
                 app.database.pool,
                 settings.kafka_topic,
                 app.date_window.max_future,
@@ -140,7 +168,9 @@ def register(app: PaymentService) -> Any:
             events_topic=settings.kafka_topic,
             window=app.date_window,
             crash_after_commit=_die if settings.fault_point == "after_commit" else None,
-            announce=lambda report: app.decisions.post(report.decisions, report.committed),
+            announce=lambda report: app.decisions.post(
+                report.decisions, report.committed, report.dead_letters
+            ),
         )
         within = settings.record_batch_window_ms / 1000
         audit_log = settings.audit_log
@@ -150,15 +180,17 @@ def register(app: PaymentService) -> Any:
             started = time.perf_counter()
             while True:
                 try:
-                    report = await recorder.handle(batch)
+                    report = await record_batch(recorder, batch)
                     break
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    # Escaping here would end the agent and let take_events ack the
-                    # batch on its way out: records would be skipped. Hold the batch.
+                    # Only a failure to dead-letter a record gets here. Escaping would
+                    # end the agent and let take_events ack the batch on its way out:
+                    # records would be skipped. Hold the batch.
                     log.exception(
-                        "record agent: batch of %d failed unexpectedly; retrying in %.0f s",
+                        "record agent: could not dead-letter a record of a batch of %d; "
+                        "retrying in %.0f s. Report this with the traceback",
                         len(batch),
                         UNEXPECTED_ERROR_PAUSE_SECONDS,
                     )

@@ -7,13 +7,21 @@ that would skip it silently.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 from pydantic import ValidationError
 from pydantic_core import to_json
 
 from app.exceptions import UndecodableRecord
-from app.models import DateWindow, DeadLetter, PaymentRecord, PaymentRecordedEvent, utc_text
+from app.models import (
+    DateWindow,
+    DeadLetter,
+    FieldError,
+    PaymentRecord,
+    PaymentRecordedEvent,
+    utc_text,
+)
 
 #: Left out of an intake record that has none (see encode_record).
 _NO_CURRENCY = {"currency"}
@@ -85,9 +93,79 @@ def decode_event(raw: bytes) -> PaymentRecordedEvent:
     return PaymentRecordedEvent.model_validate_json(raw)
 
 
+#: Largest dead letter (key and value) we send. The publisher's producer keeps aiokafka's
+#: max_request_size (1 MiB), and the broker's message.max.bytes is 1 MiB + 12: a record
+#: batch holding one letter of this size fits both, with room for the batch's headers.
+DEAD_LETTER_MAX_BYTES = 1_000_000
+
+#: Longest text a cut-down letter keeps of each identifying field and each detail (with
+#: CUT_DETAILS, a cut-down letter stays far below DEAD_LETTER_MAX_BYTES whatever it held).
+CUT_FIELD_CHARACTERS = 1024
+#: Most details a cut-down letter keeps.
+CUT_DETAILS = 20
+
+
 def encode_dead_letter(letter: DeadLetter) -> bytes:
-    """``payment.intake.dlq`` value."""
-    return letter.model_dump_json().encode()
+    """``payment.intake.dlq`` value, cut down when whole it would not fit (see :func:`cut_down`)."""
+    return dead_letter_message(letter)[1]
+
+
+def dead_letter_message(letter: DeadLetter) -> tuple[bytes | None, bytes]:
+    """The DLQ key (the reference) and value of ``letter``, always small enough to send."""
+    key, value = _letter_key(letter), letter.model_dump_json().encode()
+    if len(key or b"") + len(value) > DEAD_LETTER_MAX_BYTES:
+        letter = cut_down(letter, value)
+        key, value = _letter_key(letter), letter.model_dump_json().encode()
+    return key, value
+
+
+def _letter_key(letter: DeadLetter) -> bytes | None:
+    reference = letter.reference_number
+    return None if reference is None else reference.encode()
+
+
+def cut_down(letter: DeadLetter, encoded: bytes | None = None) -> DeadLetter:
+    """``letter`` without the original record, which is too large for the broker.
+
+    Keeps the reason, the reference, source and source_id, the details (each cut to
+    CUT_FIELD_CHARACTERS) and, as one more detail on field ``original``, the byte
+    size and SHA-256 of the original as the whole letter carried it (``original``
+    as JSON, or ``original_text`` as UTF-8). The full record stays where it came
+    from: the staging row in Postgres, or the intake topic until its retention.
+    """
+    if encoded is None:
+        encoded = letter.model_dump_json().encode()
+    if letter.original is not None:
+        original = to_json(letter.original)
+    else:
+        original = (letter.original_text or "").encode("utf-8", errors="replace")
+    note = FieldError(
+        field="original",
+        message=(
+            f"cut down: the letter was {len(encoded)} bytes, over the {DEAD_LETTER_MAX_BYTES} "
+            f"a dead letter may have; the original ({len(original)} bytes, "
+            f"sha256 {hashlib.sha256(original).hexdigest()}) is left out"
+        ),
+    )
+    details = [
+        FieldError(field=d.field[:CUT_FIELD_CHARACTERS], message=d.message[:CUT_FIELD_CHARACTERS])
+        for d in letter.details[:CUT_DETAILS]
+    ]
+    return letter.model_copy(
+        update={
+            "reference_number": _cut(letter.reference_number),
+            "source": _cut(letter.source),
+            "source_id": _cut(letter.source_id),
+            "details": [*details, note],
+            "differing_fields": [name[:CUT_FIELD_CHARACTERS] for name in letter.differing_fields],
+            "original": None,
+            "original_text": None,
+        }
+    )
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else text[:CUT_FIELD_CHARACTERS]
 
 
 def decode_dead_letter(raw: bytes) -> DeadLetter:

@@ -38,7 +38,7 @@ from mode import Service
 from redis.exceptions import RedisError
 
 from app.metrics import REDIS_UNAVAILABLE
-from app.models import Decision, KnownReference
+from app.models import DeadLetter, Decision, KnownReference
 from app.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ return {taken and 1 or 0, stored or '', decided or '', cached or ''}
 
 #: HTTP status of each outcome.
 STATUS_OF = {"created": 201, "duplicate": 200, "conflict": 409}
+
+#: What a sender is told when the record agent dead-lettered its record (422), by reason.
+REFUSED_MESSAGES = {
+    "rejected": "the database refused this payment; it is not recorded",
+    "unprocessable": "this payment could not be processed; it is not recorded, and kept for review",
+}
 
 
 def _text(value: bytes | str) -> str:
@@ -103,6 +109,13 @@ class Answer:
             body["differing_fields"] = list(decision.differing_fields)
         return cls(STATUS_OF[decision.outcome], body)
 
+    @classmethod
+    def refused(cls, letter: DeadLetter) -> Answer:
+        """422 for a record the agent dead-lettered (a conflict has its own decision)."""
+        message = REFUSED_MESSAGES.get(letter.reason, "this payment is not recorded")
+        errors = [detail.model_dump() for detail in letter.details]
+        return cls(422, {"error": letter.reason, "message": message, "errors": errors})
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -131,16 +144,26 @@ class DecisionBoard(Service):
     # --- the record agent's side ---------------------------------------------------
 
     async def post(
-        self, decisions: Iterable[Decision], committed: Mapping[str, KnownReference]
+        self,
+        decisions: Iterable[Decision],
+        committed: Mapping[str, KnownReference],
+        dead_letters: Iterable[DeadLetter] = (),
     ) -> None:
         """Store and announce webhook decisions; cache their references. Never raises.
 
-        Only references that webhooks carried are cached: a staging load would pay
-        for a cache entry per row (bench/staging: ~10% more agent CPU), and a
-        webhook repeating a staged payment is still answered, through the agent.
+        Webhook records dead-lettered for anything but a conflict are answered 422
+        (:meth:`Answer.refused`) the same way. Only references that webhooks carried
+        are cached: a staging load would pay for a cache entry per row
+        (bench/staging: ~10% more agent CPU), and a webhook repeating a staged
+        payment is still answered, through the agent.
         """
         webhook = [decision for decision in decisions if decision.source == "webhook"]
-        if not webhook:
+        refused = [
+            letter
+            for letter in dead_letters
+            if letter.source == "webhook" and letter.source_id and letter.reason != "conflict"
+        ]
+        if not webhook and not refused:
             return
         try:
             async with self.redis.client.pipeline(transaction=False) as pipe:
@@ -153,15 +176,15 @@ class DecisionBoard(Service):
                     today = references_key(datetime.now(UTC).date())
                     pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
                     pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
+                answers = [(d.source_id, Answer.of(d)) for d in webhook]
+                answers += [(str(letter.source_id), Answer.refused(letter)) for letter in refused]
                 announced = []
-                for decision in webhook:
-                    answer = Answer.of(decision).encode()
+                for webhook_id, answer in answers:
+                    encoded = answer.encode()
                     # The first decision for an id stands: a redelivered record is
                     # decided again as a duplicate of itself.
-                    pipe.set(
-                        decision_key(decision.source_id), answer, ex=ANSWER_TTL_SECONDS, nx=True
-                    )
-                    announced.append([decision.source_id, answer])
+                    pipe.set(decision_key(webhook_id), encoded, ex=ANSWER_TTL_SECONDS, nx=True)
+                    announced.append([webhook_id, encoded])
                 # One announcement per batch: every worker's listener parses each one.
                 pipe.publish(DECISIONS_CHANNEL, json.dumps(announced))
                 await pipe.execute()
@@ -169,7 +192,7 @@ class DecisionBoard(Service):
             REDIS_UNAVAILABLE.labels("post_decisions").inc()
             log.warning(
                 "could not post %d webhook decisions to Redis (%r): their senders get 202",
-                len(webhook),
+                len(webhook) + len(refused),
                 exc,
             )
 

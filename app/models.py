@@ -85,7 +85,10 @@ def _to_utc(value: datetime) -> datetime:
     """Naive datetimes (staging's TIMESTAMP columns) are UTC; aware ones are converted."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
+        raise ValueError("must be between years 1 and 9999 once converted to UTC") from None
 
 
 Identifier = Annotated[
@@ -455,6 +458,7 @@ DeadLetterReason = Literal[
     "partition_out_of_range",  # payment_date outside the window the agent may create months for
     "beyond_retention",  # payment_date in a month partition retention drops (or is about to)
     "rejected",  # Postgres refused the record itself (details carry its message)
+    "unprocessable",  # kept failing for a reason nobody foresaw (details carry the error)
 ]
 
 

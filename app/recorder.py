@@ -15,7 +15,9 @@ The order within a batch is the invariant-keeping order of docs/architecture.md:
 Until :meth:`Recorder.handle` returns, no offset of the batch is committed, so a
 crash anywhere replays the batch and Postgres' primary key absorbs the replay.
 Infrastructure errors (Postgres or Kafka away) are retried here, forever, with
-backoff: the batch waits rather than skipping a record.
+backoff: the batch waits rather than skipping a record. Anything else is raised
+to the agent, which isolates the record at fault (:mod:`app.failures`) and
+dead-letters it with :meth:`Recorder.unprocessable`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from pydantic import ValidationError
 
-from app.codecs import decode_record, encode_dead_letter
-from app.database import is_retriable
+from app import failures
+from app.codecs import dead_letter_message, decode_record
 from app.exceptions import UndecodableRecord
 from app.models import (
     DateWindow,
@@ -52,10 +54,6 @@ from app.topics import DLQ
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Backoff between retries of an infrastructure failure: first, factor, ceiling.
-RETRY_FIRST_SECONDS = 0.2
-RETRY_MAX_SECONDS = 5.0
 
 
 class Store(Protocol):
@@ -96,6 +94,18 @@ class BatchReport:
     def count(self, outcome: str) -> int:
         return sum(1 for decision in self.decisions if decision.outcome == outcome)
 
+    @classmethod
+    def merged(cls, reports: Sequence[BatchReport]) -> BatchReport:
+        """One report for a batch that was handled in parts (see :mod:`app.failures`)."""
+        whole = cls()
+        for report in reports:
+            whole.decisions += report.decisions
+            whole.dead_letters += report.dead_letters
+            whole.table_hits += report.table_hits
+            whole.postgres_answers += report.postgres_answers
+            whole.committed.update(report.committed)
+        return whole
+
 
 class Recorder:
     """Turns batches of intake messages into decisions; see the module doc for the order."""
@@ -117,7 +127,7 @@ class Recorder:
         self.publisher = publisher
         self.events_topic = events_topic
         self.window = window
-        self._sleep = sleep
+        self.sleep = sleep
         self._crash_after_commit = crash_after_commit
         self._announce = announce
 
@@ -147,8 +157,9 @@ class Recorder:
 
         # 3. Postgres, one transaction (or one per record if the batch is refused)
         result = RecordResult()
+        refused: dict[str, str] = {}
         if candidates:
-            result = await self._record(list(candidates.values()), report, now)
+            result = await self._record(list(candidates.values()), refused)
         if result.created and self._crash_after_commit is not None:
             self._crash_after_commit()
         created = {record.reference_number: record for record in result.created}
@@ -164,8 +175,20 @@ class Recorder:
         creators_seen: set[str] = set()
         for _, record in records:
             reference = record.reference_number
+            if reference in refused:
+                # Every record carrying a refused reference gets its own letter, not
+                # only the one that went to Postgres: each was promised a decision.
+                report.dead_letters.append(
+                    _letter(
+                        record,
+                        "rejected",
+                        now,
+                        details=[FieldError(field="record", message=refused[reference])],
+                    )
+                )
+                continue
             if reference not in known:
-                continue  # refused by Postgres: already a dead letter
+                continue  # cannot be: each candidate is created, existing or refused
             if reference in created and reference not in creators_seen:
                 creators_seen.add(reference)
                 outcome: Outcome = "created"
@@ -191,13 +214,7 @@ class Recorder:
         # 4. publish events and dead letters, and 5. write the table (it needs only
         # the commit), at once; then mark the events sent.
         events: list[Message] = [(event.key, event.payload) for event in result.events]
-        letters: list[Message] = [
-            (
-                None if letter.reference_number is None else letter.reference_number.encode(),
-                encode_dead_letter(letter),
-            )
-            for letter in report.dead_letters
-        ]
+        letters: list[Message] = [dead_letter_message(letter) for letter in report.dead_letters]
         first_event: dict[str, Any] = {}
         for item, record in records:
             first_event.setdefault(record.reference_number, item.event)
@@ -263,20 +280,14 @@ class Recorder:
         return record
 
     async def _record(
-        self, candidates: list[PaymentRecord], report: BatchReport, now: datetime
+        self, candidates: list[PaymentRecord], refused: dict[str, str]
     ) -> RecordResult:
+        """Record ``candidates``; the references Postgres refuses go to ``refused``, with why."""
         try:
             return await self._retrying("record batch", lambda: self.store.record(candidates))
         except asyncpg.PostgresError as exc:
             if len(candidates) == 1:
-                report.dead_letters.append(
-                    _letter(
-                        candidates[0],
-                        "rejected",
-                        now,
-                        details=[FieldError(field="record", message=str(exc))],
-                    )
-                )
+                refused[candidates[0].reference_number] = str(exc)
                 log.error("Postgres refused reference %s: %s", candidates[0].reference_number, exc)
                 return RecordResult()
             # Find the record Postgres refuses without losing the rest of the batch.
@@ -285,7 +296,7 @@ class Recorder:
             )
             merged = RecordResult()
             for candidate in candidates:
-                single = await self._record([candidate], report, now)
+                single = await self._record([candidate], refused)
                 merged.created += single.created
                 merged.events += single.events
                 merged.existing.update(single.existing)
@@ -333,21 +344,34 @@ class Recorder:
         )
 
     async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation`` until it succeeds or fails for a reason retrying cannot fix."""
-        pause = RETRY_FIRST_SECONDS
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await operation()
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                log.warning(
-                    "%s failed (attempt %d), retrying in %.1f s: %r", what, attempt, pause, exc
-                )
-                await self._sleep(pause)
-                pause = min(pause * 2, RETRY_MAX_SECONDS)
+        """Run ``operation`` through every outage; raise anything else at once."""
+        return await failures.retrying(what, operation, sleep=self.sleep)
+
+    async def unprocessable(self, item: Incoming, error: BaseException) -> BatchReport:
+        """Dead-letter ``item``, which keeps failing for a reason nobody foresaw (``error``).
+
+        The letter carries the error's type and message, and the record as it arrived.
+        It is published (through outages) before this returns, so the agent may ack it.
+        """
+        original = _json_object(item.value)
+        letter = DeadLetter(
+            reason="unprocessable",
+            details=[FieldError(field="record", message=failures.describe(error))],
+            reference_number=_get(original, "reference_number") or _text(item.key),
+            source=_get(original, "source"),
+            source_id=_get(original, "source_id"),
+            original=original,
+            original_text=_text(item.value) if original is None else None,
+            failed_at=datetime.now(UTC),
+        )
+        message = dead_letter_message(letter)
+        await self._retrying(
+            "publish a dead letter", lambda: self.publisher.publish(DLQ, [message])
+        )
+        report = BatchReport(dead_letters=[letter])
+        if self._announce is not None:
+            await self._announce(report)  # a webhook waiting for this record is answered 422
+        return report
 
 
 def _letter(record: PaymentRecord, reason: Any, now: datetime, **extra: Any) -> DeadLetter:

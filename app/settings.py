@@ -337,13 +337,14 @@ class Settings(BaseSettings):
         ),
     )
 
-    fault_point: Literal["", "after_commit", "freeze_in_transaction"] = Field(
+    fault_point: Literal["", "after_commit", "freeze_in_transaction", "poison_record"] = Field(
         "",
         description=(
             "Tests only: after_commit = the worker kills itself after the Postgres commit, "
             "before the events are published; freeze_in_transaction = it stops itself "
-            "(SIGSTOP) once, holding its first batch's claims uncommitted, until a SIGCONT. "
-            "Refused in production."
+            "(SIGSTOP) once, holding its first batch's claims uncommitted, until a SIGCONT; "
+            "poison_record = recording any batch holding a reference that starts with "
+            "POISON- fails with an error nobody foresaw. Refused in production."
         ),
     )
 

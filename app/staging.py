@@ -6,6 +6,15 @@ the rows marked processed and the batch logged, in the same transaction. A crash
 in between rolls the claim back, so the rows are published again later and the
 record agent's dedup absorbs the repeat. A row is never marked processed without
 having been published (or dead-lettered).
+
+Failures follow :mod:`app.failures`: an outage leaves the batch unprocessed and
+is retried (``STAGING_MAX_RETRIES`` times, then at the next run). A row that
+cannot be read for a reason nobody foresaw is dead-lettered
+as ``unprocessable`` with the rest of its batch published; a batch that keeps
+failing for a reason nobody foresaw is claimed in halves until the row at fault
+is alone, and that row is dead-lettered as ``unprocessable`` and marked
+processed. Dead letters too large for the broker are cut down
+(:func:`app.codecs.cut_down`): the row in Postgres stays the full copy.
 """
 
 from __future__ import annotations
@@ -22,13 +31,15 @@ from typing import Any, NamedTuple
 import asyncpg
 from pydantic import ValidationError
 
-from app import audit_trail
-from app.codecs import encode_dead_letter, encode_record
+from app import audit_trail, failures
+from app.codecs import dead_letter_message, encode_record
 from app.metrics import STAGING_BATCH_SECONDS, STAGING_ROWS
 from app.models import (
+    METADATA_MAX_DEPTH,
     DateWindow,
     DeadLetter,
     Decision,
+    FieldError,
     PaymentRecord,
     beyond_retention,
     field_errors,
@@ -82,6 +93,8 @@ class BatchSummary:
     published: int = 0
     duplicates: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    #: How many rows the batch could claim (less than STAGING_BATCH_SIZE while isolating a row).
+    limit: int = 0
 
 
 def record_from_row(
@@ -100,7 +113,7 @@ def record_from_row(
             "amount": row["amount"],
             "payment_date": row["payment_date"],
             "payment_channel": row["payment_channel"],
-            "metadata": None if metadata is None else json.loads(metadata),
+            "metadata": None if metadata is None else _metadata(metadata),
             "source": "staging",
             "source_id": str(row["id"]),
             "received_at": now,
@@ -109,7 +122,24 @@ def record_from_row(
     )
 
 
+def _metadata(text: str) -> Any:
+    """A row's metadata column, parsed; nesting too deep for json comes back too deep to accept.
+
+    Postgres stores jsonb nested thousands of levels deep; Python's parser stops at
+    about a thousand (RecursionError). Such metadata is far past METADATA_MAX_DEPTH,
+    so the model is handed just too deep a value and refuses it with its field error.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        too_deep: dict[str, Any] = {}
+        for _ in range(METADATA_MAX_DEPTH):
+            too_deep = {"nested": too_deep}
+        return too_deep
+
+
 def _row_as_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row as a dead letter carries it (metadata as the text Postgres gave)."""
     return {
         "id": row["id"],
         "reference_number": row["reference_number"],
@@ -156,6 +186,36 @@ class PreparedRows:
     #: The invalid rows' dead letters (``letters`` holds them encoded), for the audit trail.
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
+    def add_letter(self, letter: DeadLetter) -> None:
+        """A row that is not published: its dead letter, and its entry in the batch's errors."""
+        self.errors.append(row_error(letter))
+        self.letters.append(dead_letter_message(letter))
+        self.dead_letters.append(letter)
+
+
+def row_letter(
+    row: Mapping[str, Any], reason: Any, details: list[FieldError], now: datetime
+) -> DeadLetter:
+    """The dead letter of staging row ``row`` (cut down later if it is too large to send)."""
+    return DeadLetter(
+        reason=reason,
+        details=details,
+        reference_number=row["reference_number"],
+        source="staging",
+        source_id=str(row["id"]),
+        original=_row_as_json(row),
+        failed_at=now,
+    )
+
+
+def row_error(letter: DeadLetter) -> dict[str, Any]:
+    """A dead-lettered row as ``staging_process_log.error_details`` lists it."""
+    return {
+        "id": int(letter.source_id or 0),
+        "reference_number": letter.reference_number,
+        "errors": [error.model_dump() for error in letter.details],
+    }
+
 
 def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime) -> PreparedRows:
     """Check and encode staging rows (CPU only, so it can run in a helper process)."""
@@ -165,25 +225,13 @@ def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime)
         try:
             record = record_from_row(row, window, now)
         except ValidationError as exc:
-            errors = field_errors(exc)
-            prepared.errors.append(
-                {
-                    "id": row["id"],
-                    "reference_number": row["reference_number"],
-                    "errors": [error.model_dump() for error in errors],
-                }
-            )
-            letter = DeadLetter(
-                reason="beyond_retention" if beyond_retention(exc) else "invalid",
-                details=errors,
-                reference_number=row["reference_number"],
-                source="staging",
-                source_id=str(row["id"]),
-                original=_row_as_json(row),
-                failed_at=now,
-            )
-            prepared.letters.append((row["reference_number"].encode(), encode_dead_letter(letter)))
-            prepared.dead_letters.append(letter)
+            reason = "beyond_retention" if beyond_retention(exc) else "invalid"
+            prepared.add_letter(row_letter(row, reason, field_errors(exc), now))
+            continue
+        except Exception as exc:
+            # CPU only, no server involved: whatever fails here is the row's own doing.
+            details = [FieldError(field="record", message=failures.describe(exc))]
+            prepared.add_letter(row_letter(row, "unprocessable", details, now))
             continue
         prepared.records.append(
             StagedRecord(
@@ -230,7 +278,7 @@ class StagingPoller:
             if summary is None:
                 break
             moved += summary.total
-            if summary.total < self.batch_size:
+            if summary.total < summary.limit:
                 break
         if moved >= self.batch_size:
             elapsed = time.monotonic() - started
@@ -244,45 +292,117 @@ class StagingPoller:
         return moved
 
     async def _batch_with_retries(self) -> BatchSummary | None:
-        """One batch, retried with backoff; None when there was nothing to do or it failed."""
+        """One batch, by the failure policy; None when there was nothing to do or it failed.
+
+        An outage is retried with backoff, then left to the next run. Anything else
+        is retried a few times, then the batch is claimed in halves (the rows are
+        claimed in id order, so the first half is the same rows) until the row at
+        fault is alone; that row is dead-lettered and the drain goes on.
+        """
+        limit = self.batch_size
         attempt = 0
         while True:
             attempt += 1
             started = datetime.now(UTC)
             try:
-                summary = await self.poll_once()
+                summary = await self.poll_once(limit)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if attempt <= self.max_retries:
-                    pause = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
-                    log.warning(
-                        "staging: batch failed (attempt %d of %d), retrying in %.0f s: %r",
+                if failures.is_outage(exc):
+                    if attempt <= self.max_retries:
+                        await self._pause("batch failed", attempt, self.max_retries + 1, exc)
+                        continue
+                    # The rows stay unprocessed: the next tick claims them again. Marking
+                    # them anyway would lose payments; the failed log row tells the operator.
+                    log.error(
+                        "staging: batch failed %d times, giving up until the next run: %r",
                         attempt,
-                        self.max_retries + 1,
-                        pause,
                         exc,
                     )
-                    await self._sleep(pause)
+                    await self._log_failure(started, exc, attempt)
+                    return None
+                tries = 1 if failures.is_record_error(exc) else failures.UNFORESEEN_ATTEMPTS
+                if attempt < tries:
+                    await self._pause("batch failed unexpectedly", attempt, tries, exc)
                     continue
-                # The rows stay unprocessed: the next tick claims them again. Marking
-                # them anyway would lose payments; the failed log row tells the operator.
-                log.error(
-                    "staging: batch failed %d times, giving up until the next run: %r",
-                    attempt,
-                    exc,
-                )
-                await self._log_failure(started, exc)
-                return None
+                attempt = 0
+                if limit > 1:
+                    limit //= 2
+                    log.warning(
+                        "staging: a batch keeps failing (%s); claiming %d rows at a time "
+                        "to find the row at fault",
+                        failures.describe(exc),
+                        limit,
+                    )
+                    continue
+                summary = await self._dead_letter_next(exc)
             if summary is None or summary.total == 0:
                 return None
             return summary
 
-    async def poll_once(self) -> BatchSummary | None:
-        """Claim, publish, mark, log: one batch in one transaction. None if another poller runs."""
+    async def _pause(self, what: str, attempt: int, attempts: int, exc: BaseException) -> None:
+        pause = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+        log.warning(
+            "staging: %s (attempt %d of %d), retrying in %.0f s: %r",
+            what,
+            attempt,
+            attempts,
+            pause,
+            exc,
+        )
+        await self._sleep(pause)
+
+    async def _dead_letter_next(self, error: BaseException) -> BatchSummary | None:
+        """Dead-letter the first unprocessed row, which keeps failing alone, and mark it processed.
+
+        Failing here (Kafka away) leaves the row for the next run, as any batch.
+        """
+        started = datetime.now(UTC)
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                if not await connection.fetchval(POLLER_LOCK):
+                    return None
+                rows = await connection.fetch(CLAIM_ROWS, 1)
+                if not rows:
+                    return None
+                row = rows[0]
+                details = [FieldError(field="record", message=failures.describe(error))]
+                letter = row_letter(row, "unprocessable", details, started)
+                log.error(
+                    "staging: row %d (reference %s) keeps failing (%s); dead-lettering it as "
+                    "unprocessable and going on. Fix the cause, then requeue or replay it",
+                    row["id"],
+                    row["reference_number"],
+                    failures.describe(error),
+                    exc_info=error,
+                )
+                await self.publisher.publish(DLQ, [dead_letter_message(letter)])
+                await connection.execute(MARK_PROCESSED, [row["id"]])
+                summary = BatchSummary(
+                    first_id=row["id"], last_id=row["id"], total=1, errors=[row_error(letter)]
+                )
+                summary.limit = 1
+                await _log_batch(connection, summary, "completed", started, summary.errors)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("staging: could not dead-letter the row at fault: %r; next run", exc)
+            await self._log_failure(started, exc, 1)
+            return None
+        if self.audit_log:
+            audit_trail.decisions([], [letter])
+        STAGING_ROWS.labels("invalid").inc()
+        return summary
+
+    async def poll_once(self, limit: int | None = None) -> BatchSummary | None:
+        """Claim, publish, mark, log: one batch in one transaction. None if another poller runs.
+
+        ``limit``: claim at most this many rows (default STAGING_BATCH_SIZE).
+        """
         started = datetime.now(UTC)
         clock = time.perf_counter()
-        summary = BatchSummary()
+        summary = BatchSummary(limit=limit or self.batch_size)
         # The poller decides two things itself: invalid rows (dead letters) and exact
         # repeats (duplicates that never travel). They belong in the audit trail too.
         auditing = self.audit_log and audit_trail.enabled()
@@ -291,7 +411,7 @@ class StagingPoller:
             if not await connection.fetchval(POLLER_LOCK):
                 log.debug("staging: another poller holds the lock; skipping this run")
                 return None
-            rows = await connection.fetch(CLAIM_ROWS, self.batch_size)
+            rows = await connection.fetch(CLAIM_ROWS, summary.limit)
             if not rows:
                 return summary
             summary.first_id, summary.last_id, summary.total = (
@@ -349,14 +469,14 @@ class StagingPoller:
         )
         return summary
 
-    async def _log_failure(self, started: datetime, exc: BaseException) -> None:
+    async def _log_failure(self, started: datetime, exc: BaseException, attempts: int) -> None:
         try:
             async with self.pool.acquire() as connection:
                 first = await connection.fetchval(
                     "SELECT min(id) FROM public.payment_staging WHERE NOT processed"
                 )
                 empty = BatchSummary(first_id=first or 0, last_id=first or 0)
-                details = {"error": repr(exc), "attempts": self.max_retries + 1}
+                details = {"error": repr(exc), "attempts": attempts}
                 await _log_batch(connection, empty, "failed", started, details)
         except Exception as log_exc:
             log.error("staging: could not log the failed batch either: %r", log_exc)
