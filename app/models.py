@@ -331,6 +331,19 @@ class PaymentRecord(BaseModel):
         """SHA-256 (hex) of the fields that define the payment; metadata is not one of them."""
         return fingerprint_of(self.defining_fields())
 
+    def is_recorded_as(self, fingerprint: str) -> bool:
+        """True when a reference recorded with ``fingerprint`` holds this very payment.
+
+        A payment recorded before the currency was a field has the fingerprint of its
+        other fields: a later notice of it that names its currency (a card or bank
+        transfer webhook) is the same payment, a duplicate, not a conflict.
+        """
+        if fingerprint == self.fingerprint:
+            return True
+        return self.currency is not None and fingerprint == fingerprint_of(
+            {**self.defining_fields(), "currency": ""}
+        )
+
     def defining_fields(self) -> dict[str, str]:
         """The fingerprinted fields, each in its one canonical spelling."""
         return {

@@ -192,7 +192,7 @@ class Recorder:
             if reference in created and reference not in creators_seen:
                 creators_seen.add(reference)
                 outcome: Outcome = "created"
-            elif known[reference].fingerprint == record.fingerprint:
+            elif record.is_recorded_as(known[reference].fingerprint):
                 outcome = "duplicate"
             else:
                 conflicts.append(record)

@@ -196,6 +196,22 @@ async def test_same_reference_other_content_is_a_conflict_with_the_fields(harnes
     assert harness.store.rows["REF-1"].amount == payment().amount
 
 
+async def test_a_notice_naming_the_currency_of_a_payment_recorded_without_one_is_a_duplicate(
+    harness: Harness,
+) -> None:
+    # Recorded before the currency was a field: its fingerprint has none.
+    await harness.recorder.handle([incoming(payment())])
+    in_dollars = payment(currency="USD", source="webhook", source_id="w1")
+    report = await harness.recorder.handle([incoming(in_dollars)])
+    assert [d.outcome for d in report.decisions] == ["duplicate"]
+    assert harness.letters() == []
+    other = payment(amount="11.00", currency="USD", source="webhook", source_id="w2")
+    report = await harness.recorder.handle([incoming(other)])
+    assert [(d.outcome, d.differing_fields) for d in report.decisions] == [
+        ("conflict", ("amount", "currency"))
+    ]
+
+
 async def test_repeats_inside_one_batch(harness: Harness) -> None:
     first, again, changed = (
         payment(),
