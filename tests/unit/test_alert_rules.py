@@ -25,7 +25,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_rules() -> None:
-    assert "SUCCESS: 11 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 12 rules found" in promtool("check", "rules", "alerts.yml")
 
 
 def test_each_alert_fires_and_stays_quiet_as_expected() -> None:
@@ -36,7 +36,13 @@ def test_every_alert_is_tested_both_ways_and_has_a_runbook_section() -> None:
     rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
     tests = yaml.safe_load((ROOT / "ops" / "alerts_test.yml").read_text())["tests"]
     names = {rule["alert"] for rule in rules}
-    firing, quiet = ({case["alertname"] for case in group["alert_rule_test"]} for group in tests)
+    # Every group but the quiet one fires its alerts (an alert whose series would disturb
+    # another's figures fires in a group of its own).
+    cases = {
+        group["name"]: {case["alertname"] for case in group["alert_rule_test"]} for group in tests
+    }
+    quiet = cases.pop("quiet just inside the limits")
+    firing = set().union(*cases.values())
     assert names == firing == quiet
     guide = (ROOT / "docs" / "operations.md").read_text()
     anchors = {
