@@ -37,6 +37,7 @@ REPLAY_BATCH = 1000
 
 #: Why a dead letter was not replayed (the report counts each).
 NO_ORIGINAL = "no original record (undecodable bytes)"
+CUT_DOWN = "original left out of a cut-down letter (staging: requeue the row)"
 NOT_A_RECORD = "original is still not a valid record"
 REPEAT = "repeats an earlier dead letter of this run"
 RECORDED_SAME = "already recorded with the same content"
@@ -88,7 +89,8 @@ def record_of(letter: DeadLetter) -> PaymentRecord | Skip:
     """
     original = letter.original
     if not isinstance(original, dict):
-        return Skip(NO_ORIGINAL)
+        cut = any(detail.field == "original" for detail in letter.details)
+        return Skip(CUT_DOWN if cut else NO_ORIGINAL)
     try:
         if letter.source == "staging" and "source" not in original:
             row = dict(original)

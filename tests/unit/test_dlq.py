@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from app.codecs import decode_dead_letter, encode_record
+from app.codecs import dead_letter_message, decode_dead_letter, encode_record
 from app.dlq import (
+    CUT_DOWN,
     NO_ORIGINAL,
     NOT_A_RECORD,
     ReplayReport,
@@ -123,6 +124,10 @@ def test_an_agent_dead_letter_replays_its_record_unchanged() -> None:
 def test_letters_without_a_valid_original_are_skipped_with_why() -> None:
     undecodable = DeadLetter(reason="undecodable", original_text="{nope", failed_at=NOW)
     assert record_of(undecodable) == Skip(NO_ORIGINAL)
+    too_large = DeadLetter(
+        reason="invalid", original={"metadata": "x" * 2_000_000}, source="staging", failed_at=NOW
+    )
+    assert record_of(decode_dead_letter(dead_letter_message(too_large)[1])) == Skip(CUT_DOWN)
 
     bad_row = prepare_rows([staging_row(amount="-5.00")], WIDE, NOW)
     skip = record_of(decode_dead_letter(bad_row.letters[0][1]))
