@@ -13,11 +13,13 @@ rebalance) leaves the view to answer 202: the record is durable.
 Redis is a cache and a guard here, never the authority: when it is away,
 nothing is lost, answers are 202 instead of synchronous, and a warning says so.
 
-Keys (all expire after ANSWER_TTL_SECONDS):
-- ``payments:webhook:{id}`` — the replay window: the SHA-256 of the body first
-  sent under the id;
-- ``payments:decision:{id}`` — the answer for that id: what the agent decided
-  for its record (or the hot cache's duplicate); the first one stands;
+Webhook ids are the sender's: each endpoint (a channel, or ``generic``) verifies
+with its own secrets and has its own ids, so they are kept per endpoint, and one
+channel's id never answers for another's. Keys (all expire after ANSWER_TTL_SECONDS):
+- ``payments:{endpoint}:webhook:{id}`` — the replay window: the SHA-256 of the
+  body first sent under the id;
+- ``payments:{endpoint}:decision:{id}`` — the answer for that id: what the agent
+  decided for its record (or the hot cache's duplicate); the first one stands;
 - ``payments:references:{YYYY-MM-DD}`` — a hash of the references webhooks
   carried that were committed that day (UTC) → their fingerprints; kept two
   days, so the last 24 h are always in today's or yesterday's. One HSET per
@@ -40,6 +42,7 @@ from redis.exceptions import RedisError
 from app.metrics import REDIS_UNAVAILABLE
 from app.models import Decision, KnownReference
 from app.redis_connection import RedisConnection
+from app.webhooks import endpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +72,17 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def webhook_key(webhook_id: str) -> str:
-    return f"payments:webhook:{webhook_id}"
+def webhook_key(endpoint: str, webhook_id: str) -> str:
+    return f"payments:{endpoint}:webhook:{webhook_id}"
 
 
-def decision_key(webhook_id: str) -> str:
-    return f"payments:decision:{webhook_id}"
+def decision_key(endpoint: str, webhook_id: str) -> str:
+    return f"payments:{endpoint}:decision:{webhook_id}"
+
+
+def waiting_key(endpoint: str, webhook_id: str) -> str:
+    """How views wait for, and announcements name, one endpoint's webhook id."""
+    return f"{endpoint}:{webhook_id}"
 
 
 def references_key(day: date) -> str:
@@ -156,12 +164,16 @@ class DecisionBoard(Service):
                 announced = []
                 for decision in webhook:
                     answer = Answer.of(decision).encode()
+                    endpoint = endpoint_of(decision.channel)
                     # The first decision for an id stands: a redelivered record is
                     # decided again as a duplicate of itself.
                     pipe.set(
-                        decision_key(decision.source_id), answer, ex=ANSWER_TTL_SECONDS, nx=True
+                        decision_key(endpoint, decision.source_id),
+                        answer,
+                        ex=ANSWER_TTL_SECONDS,
+                        nx=True,
                     )
-                    announced.append([decision.source_id, answer])
+                    announced.append([waiting_key(endpoint, decision.source_id), answer])
                 # One announcement per batch: every worker's listener parses each one.
                 pipe.publish(DECISIONS_CHANNEL, json.dumps(announced))
                 await pipe.execute()
@@ -175,24 +187,25 @@ class DecisionBoard(Service):
 
     # --- the web view's side -------------------------------------------------------
 
-    def expect(self, webhook_id: str) -> asyncio.Future[Answer]:
+    def expect(self, endpoint: str, webhook_id: str) -> asyncio.Future[Answer]:
         """A future the decision for ``webhook_id`` will resolve; call before publishing.
 
         Registered before the record can reach the agent, so the announcement
         cannot come first. Call :meth:`forget` when done with it.
         """
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(webhook_id, []).append(future)
+        self._waiting.setdefault(waiting_key(endpoint, webhook_id), []).append(future)
         return future
 
-    def forget(self, webhook_id: str, future: asyncio.Future[Answer]) -> None:
-        waiters = self._waiting.get(webhook_id, [])
+    def forget(self, endpoint: str, webhook_id: str, future: asyncio.Future[Answer]) -> None:
+        key = waiting_key(endpoint, webhook_id)
+        waiters = self._waiting.get(key, [])
         if future in waiters:
             waiters.remove(future)
         if not waiters:
-            self._waiting.pop(webhook_id, None)
+            self._waiting.pop(key, None)
 
-    async def claim(self, webhook_id: str, body_hash: str, reference: str) -> Claim:
+    async def claim(self, endpoint: str, webhook_id: str, body_hash: str, reference: str) -> Claim:
         """Take ``webhook_id`` for this body, or say what came before; read the hot cache too."""
         today = datetime.now(UTC).date()
         if self._claim_script is None:
@@ -200,8 +213,8 @@ class DecisionBoard(Service):
         try:
             taken, stored, decided, cached = await self._claim_script(
                 keys=[
-                    webhook_key(webhook_id),
-                    decision_key(webhook_id),
+                    webhook_key(endpoint, webhook_id),
+                    decision_key(endpoint, webhook_id),
                     references_key(today),
                     references_key(today - timedelta(days=1)),
                 ],
@@ -219,20 +232,20 @@ class DecisionBoard(Service):
         answer = Answer.decode(decided) if _text(decided) else None
         return Claim("seen", answer, fingerprint)
 
-    async def remember(self, webhook_id: str, answer: Answer) -> None:
+    async def remember(self, endpoint: str, webhook_id: str, answer: Answer) -> None:
         """Keep an answer given without the agent (the hot cache's), for replays."""
         try:
             await self.redis.client.set(
-                decision_key(webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
+                decision_key(endpoint, webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
             )
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("remember").inc()
             log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
 
-    async def release(self, webhook_id: str) -> None:
+    async def release(self, endpoint: str, webhook_id: str) -> None:
         """Forget a claim whose record never reached Kafka, so a retry is not refused."""
         try:
-            await self.redis.client.delete(webhook_key(webhook_id))
+            await self.redis.client.delete(webhook_key(endpoint, webhook_id))
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("release").inc()
             log.warning("webhook %s: could not release its claim (%r)", webhook_id, exc)
@@ -257,15 +270,15 @@ class DecisionBoard(Service):
                 pause = min(pause * 2, 10.0)
 
     def _deliver(self, data: bytes) -> None:
-        """Resolve the waits for a batch's announcement: a list of [webhook id, answer]."""
+        """Resolve the waits for a batch's announcement: a list of [waiting key, answer]."""
         try:
-            announced = [(str(webhook_id), encoded) for webhook_id, encoded in json.loads(data)]
+            announced = [(str(key), encoded) for key, encoded in json.loads(data)]
         except (ValueError, TypeError):
             log.warning("decision listener: ignoring a malformed message %r", data[:200])
             return
         waiting = self._waiting
-        for webhook_id, encoded in announced:
-            futures = waiting.get(webhook_id)
+        for key, encoded in announced:
+            futures = waiting.get(key)
             if not futures:
                 continue
             answer = Answer.decode(encoded)

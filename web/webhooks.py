@@ -148,7 +148,8 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     )
     deadline = time.monotonic() + ingress.settings.webhook_timeout_ms / 1000
     body_hash = hashlib.sha256(raw).hexdigest()
-    claim = await board.claim(webhook_id, body_hash, record.reference_number)
+    endpoint = channel.name
+    claim = await board.claim(endpoint, webhook_id, body_hash, record.reference_number)
     if claim.state == "reused":
         raise Rejected(409, "webhook_id_reused", "this webhook-id came before with another body")
     replay = claim.state == "seen"
@@ -158,14 +159,14 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         # Committed within the replay window with the same fields: a duplicate.
         REFERENCE_ANSWERS.labels("redis").inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
-        await board.remember(webhook_id, answer)
+        await board.remember(endpoint, webhook_id, answer)
         if ingress.settings.audit_log and not replay:
             audit_trail.decisions([_duplicate(record)], ())
         return _reply(answer, replay=replay)
 
     # A replay still undecided is published again: its first delivery may have
     # died before Kafka had it, and the reference's dedup absorbs a repeat.
-    decided = board.expect(webhook_id)
+    decided = board.expect(endpoint, webhook_id)
     try:
         message = (record.reference_number.encode(), encode_record(record))
         try:
@@ -173,7 +174,7 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         except (PublishFailed, TimeoutError) as exc:
             log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
             if claim.state == "new":
-                await board.release(webhook_id)
+                await board.release(endpoint, webhook_id)
             raise Rejected(
                 503,
                 "unavailable",
@@ -188,7 +189,7 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
             answer = _accepted(record)
         return _reply(answer, replay=replay)
     finally:
-        board.forget(webhook_id, decided)
+        board.forget(endpoint, webhook_id, decided)
 
 
 def _reply(answer: Answer, *, replay: bool = False) -> Reply:
