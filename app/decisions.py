@@ -161,22 +161,27 @@ class DecisionBoard(Service):
                     today = references_key(datetime.now(UTC).date())
                     pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
                     pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
-                announced = []
+                decided = []
                 for decision in webhook:
-                    answer = Answer.of(decision).encode()
                     endpoint = endpoint_of(decision.channel)
-                    # The first decision for an id stands: a redelivered record is
-                    # decided again as a duplicate of itself.
+                    answer = Answer.of(decision).encode()
                     pipe.set(
                         decision_key(endpoint, decision.source_id),
                         answer,
                         ex=ANSWER_TTL_SECONDS,
                         nx=True,
+                        get=True,
                     )
-                    announced.append([waiting_key(endpoint, decision.source_id), answer])
-                # One announcement per batch: every worker's listener parses each one.
-                pipe.publish(DECISIONS_CHANNEL, json.dumps(announced))
-                await pipe.execute()
+                    decided.append((waiting_key(endpoint, decision.source_id), answer))
+                stored = (await pipe.execute())[-len(decided) :]
+            # The first decision for an id stands, and is what every wait hears: a
+            # redelivered or retried record is decided again, as a duplicate of itself.
+            announced = [
+                [key, answer if first is None else _text(first)]
+                for (key, answer), first in zip(decided, stored, strict=True)
+            ]
+            # One announcement per batch: every worker's listener parses each one.
+            await self.redis.client.publish(DECISIONS_CHANNEL, json.dumps(announced))
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("post_decisions").inc()
             log.warning(
@@ -242,13 +247,15 @@ class DecisionBoard(Service):
             REDIS_UNAVAILABLE.labels("remember").inc()
             log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
 
-    async def release(self, endpoint: str, webhook_id: str) -> None:
-        """Forget a claim whose record never reached Kafka, so a retry is not refused."""
+    async def stored(self, endpoint: str, webhook_id: str) -> Answer | None:
+        """The decision stored for ``webhook_id``, if one was (an announcement can be missed)."""
         try:
-            await self.redis.client.delete(webhook_key(endpoint, webhook_id))
+            decided = await self.redis.client.get(decision_key(endpoint, webhook_id))
         except (RedisError, OSError) as exc:
-            REDIS_UNAVAILABLE.labels("release").inc()
-            log.warning("webhook %s: could not release its claim (%r)", webhook_id, exc)
+            REDIS_UNAVAILABLE.labels("stored").inc()
+            log.warning("webhook %s: could not read its decision (%r)", webhook_id, exc)
+            return None
+        return None if decided is None else Answer.decode(decided)
 
     @Service.task
     async def _listen(self) -> None:

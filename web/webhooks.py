@@ -6,10 +6,17 @@ body is parsed), the body (400/422); then one Redis round trip for the replay
 window (the same webhook-id answers what it was answered; with another body,
 409) and the hot cache (a reference committed with the same fields is a
 duplicate at once); then the record goes to the intake topic keyed by its
-reference. No 2xx before the broker has it (503 with
-Retry-After otherwise); then the view waits for the record agent's decision
+reference. Then the view waits for the record agent's decision
 (app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
-conflict 409, or 202 accepted when the decision is still pending.
+conflict 409, or 202 accepted when the decision is still pending (after one
+look at the stored decision: its announcement may have been missed).
+
+One answer per webhook-id, whatever the timing: the claim on an id is never
+given back. A send Kafka did not take (503 with Retry-After) or took but did not
+acknowledge in time (202, durability unknown: the sender should retry) may
+still be written; a retry with the same id and body is published again (the
+reference's dedup absorbs a repeat) and gets the decision of its own record,
+never ``duplicate`` of itself.
 """
 
 from __future__ import annotations
@@ -169,24 +176,41 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     decided = board.expect(endpoint, webhook_id)
     try:
         message = (record.reference_number.encode(), encode_record(record))
+        handed = asyncio.Event()
+        publish = ingress.publisher.publish(INTAKE, [message], handed=handed)
         try:
-            await asyncio.wait_for(ingress.publisher.publish(INTAKE, [message]), _left(deadline))
+            await asyncio.wait_for(publish, _left(deadline))
         except (PublishFailed, TimeoutError) as exc:
-            log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
-            if claim.state == "new":
-                await board.release(endpoint, webhook_id)
-            raise Rejected(
-                503,
-                "unavailable",
-                "the payment could not be stored; retry later",
-                retry=RETRY_AFTER_SECONDS,
-            ) from None
+            if isinstance(exc, PublishFailed) or not (
+                handed.is_set() and await ingress.publisher.reaches(INTAKE, message[0])
+            ):
+                log.warning(
+                    "webhook %s: intake publish failed: %r; answered 503, the sender retries",
+                    webhook_id,
+                    exc,
+                )
+                raise Rejected(
+                    503,
+                    "unavailable",
+                    "the payment could not be stored; retry later with the same webhook-id",
+                    retry=RETRY_AFTER_SECONDS,
+                ) from None
+            # Sent to a broker that is up but slow to acknowledge: it may be written
+            # yet. The sender hears so; its retry (the claim stays) hears the decision.
+            log.warning(
+                "webhook %s: Kafka did not acknowledge the intake record within "
+                "WEBHOOK_TIMEOUT_MS; answered 202 (durability unknown), the sender should retry",
+                webhook_id,
+            )
+            return _reply(_unconfirmed(record), replay=replay)
         if claim.state == "unchecked":
             return _reply(_accepted(record))  # Redis away: no decision will come
         try:
             answer = await asyncio.wait_for(asyncio.shield(decided), _left(deadline))
         except TimeoutError:
-            answer = _accepted(record)
+            # The announcement may have come while the listener was away: the stored
+            # decision says what it said.
+            answer = await board.stored(endpoint, webhook_id) or _accepted(record)
         return _reply(answer, replay=replay)
     finally:
         board.forget(endpoint, webhook_id, decided)
@@ -236,6 +260,19 @@ def _duplicate(record: PaymentRecord) -> Decision:
 def _accepted(record: PaymentRecord) -> Answer:
     """Durable in Kafka, decision still pending."""
     return Answer(202, {"status": "accepted", "payment_id": str(record.payment_id)})
+
+
+def _unconfirmed(record: PaymentRecord) -> Answer:
+    """Sent to Kafka, not acknowledged in time: the sender retries to learn the outcome."""
+    return Answer(
+        202,
+        {
+            "status": "accepted",
+            "payment_id": str(record.payment_id),
+            "message": "Kafka has not confirmed this payment yet; retry with the same "
+            "webhook-id and body to learn its outcome",
+        },
+    )
 
 
 def _left(deadline: float) -> float:

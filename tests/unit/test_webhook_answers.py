@@ -211,6 +211,28 @@ def card(reference: str) -> dict[str, Any]:
     }
 
 
+async def test_a_timed_out_publish_is_202_and_the_retry_gets_its_own_decision() -> None:
+    via = ingress(ack_delay=1.0)  # the record reaches Kafka; its ack comes after the timeout
+
+    first = await post(via, generic("SLOW-1"), "msg-slow")
+    via.publisher.agent.decide()  # the record agent decides the record that got through
+    via.publisher.ack_delay = 0.0
+    retry = await post(via, generic("SLOW-1"), "msg-slow")
+
+    assert (first.status, first.body["status"]) == (202, "accepted")
+    assert "retry with the same webhook-id" in first.body["message"]
+    assert (retry.status, retry.body["status"]) == (201, "created")
+    assert retry.body["payment_id"] == str(payment_id_for("SLOW-1"))
+
+
+async def test_a_missed_announcement_is_answered_from_the_stored_decision() -> None:
+    via = ingress(announce=False)
+
+    reply = await post(via, generic("MISSED-1"), "msg-missed")
+
+    assert (reply.status, reply.body["status"]) == (201, "created")
+
+
 async def test_one_webhook_id_on_two_channels_is_two_senders() -> None:
     via = ingress()
 
@@ -312,3 +334,15 @@ async def test_decisions_are_stored_and_announced_under_their_endpoint() -> None
     ]
     (announcement,) = redis.announcements
     assert [key for key, _ in announcement] == ["card:msg-1", "generic:msg-1", "generic:msg-1"]
+
+
+async def test_a_second_decision_for_an_id_is_announced_as_the_first() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis))
+
+    await board.post([decision("R-1", "created", None, "msg-1")], {})
+    # The sender's retry was published again and decided as a duplicate of itself.
+    await board.post([decision("R-1", "duplicate", None, "msg-1")], {})
+
+    heard = [Answer.decode(answer).status for ((_, answer),) in redis.announcements]
+    assert heard == [201, 201]
