@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaConnectionError,
@@ -45,10 +45,6 @@ BROKEN_SEQUENCE = (
     InvalidProducerEpoch,
     ProducerFenced,
 )
-
-
-#: How long :meth:`Publisher.reaches` tries to reach a partition's leader.
-REACH_SECONDS = 1.0
 
 
 class Publisher(Service):
@@ -128,12 +124,7 @@ class Publisher(Service):
             await producer.stop()
 
     async def publish(
-        self,
-        topic: str,
-        messages: Sequence[Message],
-        partitions: Sequence[int] | None = None,
-        *,
-        handed: asyncio.Event | None = None,
+        self, topic: str, messages: Sequence[Message], partitions: Sequence[int] | None = None
     ) -> dict[int, int]:
         """Send every message and wait for all acks; raise :class:`PublishFailed` otherwise.
 
@@ -143,8 +134,6 @@ class Publisher(Service):
         ``partitions`` (one per message) overrides the key's partition, which is
         otherwise the Java client's (murmur2 of the key), as Faust and Kafka's
         tools compute it. Returns the last offset written in each partition.
-        ``handed`` is set once every message is in the producer's buffer: from
-        then on, a cancelled publish may still reach the broker.
         """
         if not messages:
             return {}
@@ -177,8 +166,6 @@ class Publisher(Service):
                 for batch, count in _batches(producer, group):
                     delivery = await producer.send_batch(batch, topic, partition=partition)
                     deliveries.append((delivery, count))
-            if handed is not None:
-                handed.set()
         except KafkaError as exc:
             await asyncio.gather(*(delivery for delivery, _ in deliveries), return_exceptions=True)
             KAFKA_MESSAGES.labels(topic, "failed").inc(len(messages))
@@ -211,26 +198,6 @@ class Publisher(Service):
             end = metadata.offset + count - 1
             last[metadata.partition] = max(end, last.get(metadata.partition, end))
         return last
-
-    async def reaches(self, topic: str, key: bytes | None) -> bool:
-        """Whether the leader of ``key``'s partition answers a connection (within a second).
-
-        Tells a broker that is slow to acknowledge (a record sent to it may be
-        written yet) from one that is away (nothing sent reaches it).
-        """
-        producer = self._producer
-        if producer is None:
-            return False
-
-        async def connect() -> bool:
-            (partition,) = await self._partitions_for_keys(producer, topic, [(key, b"")])
-            leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, partition))
-            return leader is not None and leader >= 0 and bool(await producer.client.ready(leader))
-
-        try:
-            return await asyncio.wait_for(connect(), REACH_SECONDS)
-        except (TimeoutError, KafkaError, OSError):
-            return False
 
     async def _partitions_for_keys(
         self, producer: AIOKafkaProducer, topic: str, messages: Sequence[Message]

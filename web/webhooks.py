@@ -11,12 +11,12 @@ reference. Then the view waits for the record agent's decision
 conflict 409, or 202 accepted when the decision is still pending (after one
 look at the stored decision: its announcement may have been missed).
 
-One answer per webhook-id, whatever the timing: the claim on an id is never
-given back. A send Kafka did not take (503 with Retry-After) or took but did not
-acknowledge in time (202, durability unknown: the sender should retry) may
-still be written; a retry with the same id and body is published again (the
-reference's dedup absorbs a repeat) and gets the decision of its own record,
-never ``duplicate`` of itself.
+No 2xx before the broker has the record (503 with Retry-After otherwise). One
+answer per webhook-id, whatever the timing: the claim on an id is never given
+back, since a send Kafka did not acknowledge in time may still be written; a
+retry with the same id and body is published again (the reference's dedup
+absorbs a repeat) and gets the decision of its own record, never ``duplicate``
+of itself.
 """
 
 from __future__ import annotations
@@ -176,33 +176,24 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     decided = board.expect(endpoint, webhook_id)
     try:
         message = (record.reference_number.encode(), encode_record(record))
-        handed = asyncio.Event()
-        publish = ingress.publisher.publish(INTAKE, [message], handed=handed)
         try:
-            await asyncio.wait_for(publish, _left(deadline))
+            await asyncio.wait_for(ingress.publisher.publish(INTAKE, [message]), _left(deadline))
         except (PublishFailed, TimeoutError) as exc:
-            if isinstance(exc, PublishFailed) or not (
-                handed.is_set() and await ingress.publisher.reaches(INTAKE, message[0])
-            ):
-                log.warning(
-                    "webhook %s: intake publish failed: %r; answered 503, the sender retries",
-                    webhook_id,
-                    exc,
-                )
-                raise Rejected(
-                    503,
-                    "unavailable",
-                    "the payment could not be stored; retry later with the same webhook-id",
-                    retry=RETRY_AFTER_SECONDS,
-                ) from None
-            # Sent to a broker that is up but slow to acknowledge: it may be written
-            # yet. The sender hears so; its retry (the claim stays) hears the decision.
+            # Not a 2xx: nothing says Kafka has it. But it may yet (a late ack, a
+            # buffered send), so the claim stays: the sender's retry is published
+            # again and hears its own record's decision, never "duplicate" of itself.
             log.warning(
-                "webhook %s: Kafka did not acknowledge the intake record within "
-                "WEBHOOK_TIMEOUT_MS; answered 202 (durability unknown), the sender should retry",
+                "webhook %s: Kafka did not acknowledge the intake record (%r); answered 503, "
+                "the sender retries with the same webhook-id",
                 webhook_id,
+                exc,
             )
-            return _reply(_unconfirmed(record), replay=replay)
+            raise Rejected(
+                503,
+                "unavailable",
+                "the payment could not be stored; retry later with the same webhook-id and body",
+                retry=RETRY_AFTER_SECONDS,
+            ) from None
         if claim.state == "unchecked":
             return _reply(_accepted(record))  # Redis away: no decision will come
         try:
@@ -260,19 +251,6 @@ def _duplicate(record: PaymentRecord) -> Decision:
 def _accepted(record: PaymentRecord) -> Answer:
     """Durable in Kafka, decision still pending."""
     return Answer(202, {"status": "accepted", "payment_id": str(record.payment_id)})
-
-
-def _unconfirmed(record: PaymentRecord) -> Answer:
-    """Sent to Kafka, not acknowledged in time: the sender retries to learn the outcome."""
-    return Answer(
-        202,
-        {
-            "status": "accepted",
-            "payment_id": str(record.payment_id),
-            "message": "Kafka has not confirmed this payment yet; retry with the same "
-            "webhook-id and body to learn its outcome",
-        },
-    )
 
 
 def _left(deadline: float) -> float:

@@ -101,23 +101,12 @@ class FakePublisher:
     agent: FakeAgent
     ack_delay: float = 0.0
 
-    async def publish(
-        self,
-        topic: str,
-        messages: Sequence[tuple[bytes | None, bytes]],
-        *,
-        handed: asyncio.Event | None = None,
-    ) -> None:
+    async def publish(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         self.agent.pending += [value for _, value in messages]
-        if handed is not None:
-            handed.set()
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)  # the broker wrote it; the ack is late
         else:
             self.agent.decide()
-
-    async def reaches(self, topic: str, key: bytes | None) -> bool:
-        return True
 
 
 class OpenGuards:
@@ -211,7 +200,7 @@ def card(reference: str) -> dict[str, Any]:
     }
 
 
-async def test_a_timed_out_publish_is_202_and_the_retry_gets_its_own_decision() -> None:
+async def test_a_timed_out_publish_is_503_and_the_retry_gets_its_own_decision() -> None:
     via = ingress(ack_delay=1.0)  # the record reaches Kafka; its ack comes after the timeout
 
     first = await post(via, generic("SLOW-1"), "msg-slow")
@@ -219,8 +208,8 @@ async def test_a_timed_out_publish_is_202_and_the_retry_gets_its_own_decision() 
     via.publisher.ack_delay = 0.0
     retry = await post(via, generic("SLOW-1"), "msg-slow")
 
-    assert (first.status, first.body["status"]) == (202, "accepted")
-    assert "retry with the same webhook-id" in first.body["message"]
+    assert (first.status, first.body["error"]) == (503, "unavailable")
+    assert first.headers == {"Retry-After": "5"}
     assert (retry.status, retry.body["status"]) == (201, "created")
     assert retry.body["payment_id"] == str(payment_id_for("SLOW-1"))
 
