@@ -7,7 +7,8 @@ webhook decision under the webhook id and announces the batch's decisions in
 one message on one pub/sub channel; every worker's board listens there and
 wakes the views waiting for those ids. A view registers its wait before it
 publishes, so the announcement cannot come first; a replay reads the stored
-decision instead. A decision that never comes in time (Redis away, a
+decision instead, and so does a view whose wait ran out (the listener may have
+been reconnecting). A decision that never comes in time (Redis away, a
 rebalance) leaves the view to answer 202: the record is durable.
 
 Redis is a cache and a guard here, never the authority: when it is away,
@@ -152,15 +153,6 @@ class DecisionBoard(Service):
             return
         try:
             async with self.redis.client.pipeline(transaction=False) as pipe:
-                fingerprints = {
-                    decision.reference_number: committed[decision.reference_number].fingerprint
-                    for decision in webhook
-                    if decision.reference_number in committed
-                }
-                if fingerprints:
-                    today = references_key(datetime.now(UTC).date())
-                    pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
-                    pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
                 decided = []
                 for decision in webhook:
                     endpoint = endpoint_of(decision.channel)
@@ -173,7 +165,19 @@ class DecisionBoard(Service):
                         get=True,
                     )
                     decided.append((waiting_key(endpoint, decision.source_id), answer))
-                stored = (await pipe.execute())[-len(decided) :]
+                # The cache after the decisions: a request that finds the reference
+                # cached finds its own id's decision too, and is not told "duplicate"
+                # of the payment its first delivery created.
+                fingerprints = {
+                    decision.reference_number: committed[decision.reference_number].fingerprint
+                    for decision in webhook
+                    if decision.reference_number in committed
+                }
+                if fingerprints:
+                    today = references_key(datetime.now(UTC).date())
+                    pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
+                    pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
+                stored = (await pipe.execute())[: len(decided)]
             # The first decision for an id stands, and is what every wait hears: a
             # redelivered or retried record is decided again, as a duplicate of itself.
             announced = [

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from app.codecs import decode_record
 from app.decisions import Answer, Claim, DecisionBoard
-from app.models import DateWindow, Decision, payment_id_for
+from app.models import DateWindow, Decision, KnownReference, payment_id_for
 from app.redis_connection import RedisConnection
 from app.settings import Settings
 from app.signatures import Verifier
@@ -261,13 +261,16 @@ class FakePipeline:
         return None
 
     def hset(self, *args: Any, **kwargs: Any) -> None:
+        self.redis.ops.append("hset")
         self.results.append(1)
 
     def expire(self, *args: Any) -> None:
+        self.redis.ops.append("expire")
         self.results.append(True)
 
     def set(self, key: str, value: str, **options: Any) -> None:
         assert options["nx"]
+        self.redis.ops.append("set")
         self.redis.keys.append(key)
         self.results.append(self.redis.values.get(key) if options.get("get") else None)
         self.redis.values.setdefault(key, value)
@@ -284,6 +287,7 @@ class FakeRedis:
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+        self.ops: list[str] = []
         self.values: dict[str, str] = {}
         self.announcements: list[Any] = []
         self.client = self
@@ -335,3 +339,14 @@ async def test_a_second_decision_for_an_id_is_announced_as_the_first() -> None:
 
     heard = [Answer.decode(answer).status for ((_, answer),) in redis.announcements]
     assert heard == [201, 201]
+
+
+async def test_a_decision_is_stored_before_its_reference_is_cached() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis))
+    created = decision("R-1", "created", None, "msg-1")
+
+    await board.post([created], {"R-1": KnownReference("fingerprint", created.payment_id)})
+
+    # A request that sees the reference cached must see its own id's decision too.
+    assert redis.ops == ["set", "hset", "expire"]
