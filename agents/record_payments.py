@@ -162,6 +162,7 @@ def register(app: PaymentService) -> Any:
                 after_claim=(
                     _freeze_once() if settings.fault_point == "freeze_in_transaction" else None
                 ),
+                outbox_lease_seconds=settings.outbox_relay_min_age_seconds,
             ),
             app.references,
             app.publisher,

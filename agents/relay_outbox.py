@@ -21,7 +21,7 @@ def register(app: PaymentService) -> None:
         relay = OutboxRelay(
             app.database.pool,
             app.publisher,
-            min_age_seconds=settings.outbox_relay_min_age_seconds,
+            lease_seconds=settings.outbox_relay_min_age_seconds,
         )
         try:
             await relay.relay()

@@ -6,7 +6,8 @@ letters), and the webhook views one per request refused before the intake
 (``audit: "webhook_rejected"``). The fields travel as ``extra=`` so a JSON
 line carries them as keys (app/log_format.py); the message repeats the gist
 for text logs. Never a body, a secret or a signature: references, ids,
-channels and addresses only.
+channels and addresses only. A webhook's ``channel`` is the endpoint it came
+through (``generic`` for the plan's body), never the body's free text.
 
 The staging poller adds the decisions it takes itself (invalid rows, and exact
 repeats it keeps from travelling), and the webhook views the duplicates they
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.models import DeadLetter, Decision
+from app.webhooks import endpoint_of
 
 log = logging.getLogger("payments.audit")
 
@@ -57,7 +59,7 @@ def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -
             "reference_number": decision.reference_number,
             "source": decision.source,
             "source_id": decision.source_id,
-            "channel": decision.channel,
+            "channel": _channel(decision.source, decision.channel),
             "payment_id": str(decision.payment_id),
         }
         if decision.outcome == "conflict":
@@ -86,7 +88,9 @@ def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -
                     "reference_number": letter.reference_number,
                     "source": letter.source,
                     "source_id": letter.source_id,
-                    "channel": channel if isinstance(channel, str) else None,
+                    "channel": _channel(
+                        letter.source, channel if isinstance(channel, str) else None
+                    ),
                     "fields": [detail.field for detail in letter.details],
                 },
             )
@@ -94,6 +98,11 @@ def decisions(decided: Iterable[Decision], dead_letters: Iterable[DeadLetter]) -
     if entries:
         text = "\n".join(message for message, _ in entries)
         log.info("%s", text, extra={BATCH_ATTRIBUTE: entries})
+
+
+def _channel(source: str | None, payment_channel: str | None) -> str | None:
+    """What ``channel`` says: a webhook's endpoint; a staging row's own channel."""
+    return endpoint_of(payment_channel) if source == "webhook" else payment_channel
 
 
 def webhook_rejected(

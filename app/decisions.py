@@ -7,17 +7,20 @@ webhook decision under the webhook id and announces the batch's decisions in
 one message on one pub/sub channel; every worker's board listens there and
 wakes the views waiting for those ids. A view registers its wait before it
 publishes, so the announcement cannot come first; a replay reads the stored
-decision instead. A decision that never comes in time (Redis away, a
+decision instead, and so does a view whose wait ran out (the listener may have
+been reconnecting). A decision that never comes in time (Redis away, a
 rebalance) leaves the view to answer 202: the record is durable.
 
 Redis is a cache and a guard here, never the authority: when it is away,
 nothing is lost, answers are 202 instead of synchronous, and a warning says so.
 
-Keys (all expire after ANSWER_TTL_SECONDS):
-- ``payments:webhook:{id}`` — the replay window: the SHA-256 of the body first
-  sent under the id;
-- ``payments:decision:{id}`` — the answer for that id: what the agent decided
-  for its record (or the hot cache's duplicate); the first one stands;
+Webhook ids are the sender's: each endpoint (a channel, or ``generic``) verifies
+with its own secrets and has its own ids, so they are kept per endpoint, and one
+channel's id never answers for another's. Keys (all expire after ANSWER_TTL_SECONDS):
+- ``payments:{endpoint}:webhook:{id}`` — the replay window: the SHA-256 of the
+  body first sent under the id;
+- ``payments:{endpoint}:decision:{id}`` — the answer for that id: what the agent
+  decided for its record (or the hot cache's duplicate); the first one stands;
 - ``payments:references:{YYYY-MM-DD}`` — a hash of the references webhooks
   carried that were committed that day (UTC) → their fingerprints; kept two
   days, so the last 24 h are always in today's or yesterday's. One HSET per
@@ -40,6 +43,7 @@ from redis.exceptions import RedisError
 from app.metrics import REDIS_UNAVAILABLE
 from app.models import DeadLetter, Decision, KnownReference
 from app.redis_connection import RedisConnection
+from app.webhooks import endpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +79,17 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def webhook_key(webhook_id: str) -> str:
-    return f"payments:webhook:{webhook_id}"
+def webhook_key(endpoint: str, webhook_id: str) -> str:
+    return f"payments:{endpoint}:webhook:{webhook_id}"
 
 
-def decision_key(webhook_id: str) -> str:
-    return f"payments:decision:{webhook_id}"
+def decision_key(endpoint: str, webhook_id: str) -> str:
+    return f"payments:{endpoint}:decision:{webhook_id}"
+
+
+def waiting_key(endpoint: str, webhook_id: str) -> str:
+    """How views wait for, and announcements name, one endpoint's webhook id."""
+    return f"{endpoint}:{webhook_id}"
 
 
 def references_key(day: date) -> str:
@@ -132,6 +141,13 @@ class Claim:
     fingerprint: str | None = None
 
 
+def _letter_endpoint(letter: DeadLetter) -> str:
+    """The endpoint a dead-lettered webhook record came through (its record's channel)."""
+    original = letter.original if isinstance(letter.original, dict) else {}
+    channel = original.get("payment_channel")
+    return endpoint_of(channel if isinstance(channel, str) else None)
+
+
 class DecisionBoard(Service):
     """One per worker: the agent posts decisions here; web views wait for them."""
 
@@ -165,8 +181,30 @@ class DecisionBoard(Service):
         ]
         if not webhook and not refused:
             return
+        answers = [
+            (endpoint_of(decision.channel), decision.source_id, Answer.of(decision))
+            for decision in webhook
+        ]
+        answers += [
+            (_letter_endpoint(letter), str(letter.source_id), Answer.refused(letter))
+            for letter in refused
+        ]
         try:
             async with self.redis.client.pipeline(transaction=False) as pipe:
+                decided = []
+                for endpoint, webhook_id, answer in answers:
+                    encoded = answer.encode()
+                    pipe.set(
+                        decision_key(endpoint, webhook_id),
+                        encoded,
+                        ex=ANSWER_TTL_SECONDS,
+                        nx=True,
+                        get=True,
+                    )
+                    decided.append((waiting_key(endpoint, webhook_id), encoded))
+                # The cache after the decisions: a request that finds the reference
+                # cached finds its own id's decision too, and is not told "duplicate"
+                # of the payment its first delivery created.
                 fingerprints = {
                     decision.reference_number: committed[decision.reference_number].fingerprint
                     for decision in webhook
@@ -176,46 +214,44 @@ class DecisionBoard(Service):
                     today = references_key(datetime.now(UTC).date())
                     pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
                     pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
-                answers = [(d.source_id, Answer.of(d)) for d in webhook]
-                answers += [(str(letter.source_id), Answer.refused(letter)) for letter in refused]
-                announced = []
-                for webhook_id, answer in answers:
-                    encoded = answer.encode()
-                    # The first decision for an id stands: a redelivered record is
-                    # decided again as a duplicate of itself.
-                    pipe.set(decision_key(webhook_id), encoded, ex=ANSWER_TTL_SECONDS, nx=True)
-                    announced.append([webhook_id, encoded])
-                # One announcement per batch: every worker's listener parses each one.
-                pipe.publish(DECISIONS_CHANNEL, json.dumps(announced))
-                await pipe.execute()
+                stored = (await pipe.execute())[: len(decided)]
+            # The first decision for an id stands, and is what every wait hears: a
+            # redelivered or retried record is decided again, as a duplicate of itself.
+            announced = [
+                [key, answer if first is None else _text(first)]
+                for (key, answer), first in zip(decided, stored, strict=True)
+            ]
+            # One announcement per batch: every worker's listener parses each one.
+            await self.redis.client.publish(DECISIONS_CHANNEL, json.dumps(announced))
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("post_decisions").inc()
             log.warning(
                 "could not post %d webhook decisions to Redis (%r): their senders get 202",
-                len(webhook) + len(refused),
+                len(answers),
                 exc,
             )
 
     # --- the web view's side -------------------------------------------------------
 
-    def expect(self, webhook_id: str) -> asyncio.Future[Answer]:
+    def expect(self, endpoint: str, webhook_id: str) -> asyncio.Future[Answer]:
         """A future the decision for ``webhook_id`` will resolve; call before publishing.
 
         Registered before the record can reach the agent, so the announcement
         cannot come first. Call :meth:`forget` when done with it.
         """
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(webhook_id, []).append(future)
+        self._waiting.setdefault(waiting_key(endpoint, webhook_id), []).append(future)
         return future
 
-    def forget(self, webhook_id: str, future: asyncio.Future[Answer]) -> None:
-        waiters = self._waiting.get(webhook_id, [])
+    def forget(self, endpoint: str, webhook_id: str, future: asyncio.Future[Answer]) -> None:
+        key = waiting_key(endpoint, webhook_id)
+        waiters = self._waiting.get(key, [])
         if future in waiters:
             waiters.remove(future)
         if not waiters:
-            self._waiting.pop(webhook_id, None)
+            self._waiting.pop(key, None)
 
-    async def claim(self, webhook_id: str, body_hash: str, reference: str) -> Claim:
+    async def claim(self, endpoint: str, webhook_id: str, body_hash: str, reference: str) -> Claim:
         """Take ``webhook_id`` for this body, or say what came before; read the hot cache too."""
         today = datetime.now(UTC).date()
         if self._claim_script is None:
@@ -223,8 +259,8 @@ class DecisionBoard(Service):
         try:
             taken, stored, decided, cached = await self._claim_script(
                 keys=[
-                    webhook_key(webhook_id),
-                    decision_key(webhook_id),
+                    webhook_key(endpoint, webhook_id),
+                    decision_key(endpoint, webhook_id),
                     references_key(today),
                     references_key(today - timedelta(days=1)),
                 ],
@@ -242,23 +278,25 @@ class DecisionBoard(Service):
         answer = Answer.decode(decided) if _text(decided) else None
         return Claim("seen", answer, fingerprint)
 
-    async def remember(self, webhook_id: str, answer: Answer) -> None:
+    async def remember(self, endpoint: str, webhook_id: str, answer: Answer) -> None:
         """Keep an answer given without the agent (the hot cache's), for replays."""
         try:
             await self.redis.client.set(
-                decision_key(webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
+                decision_key(endpoint, webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
             )
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("remember").inc()
             log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
 
-    async def release(self, webhook_id: str) -> None:
-        """Forget a claim whose record never reached Kafka, so a retry is not refused."""
+    async def stored(self, endpoint: str, webhook_id: str) -> Answer | None:
+        """The decision stored for ``webhook_id``, if one was (an announcement can be missed)."""
         try:
-            await self.redis.client.delete(webhook_key(webhook_id))
+            decided = await self.redis.client.get(decision_key(endpoint, webhook_id))
         except (RedisError, OSError) as exc:
-            REDIS_UNAVAILABLE.labels("release").inc()
-            log.warning("webhook %s: could not release its claim (%r)", webhook_id, exc)
+            REDIS_UNAVAILABLE.labels("stored").inc()
+            log.warning("webhook %s: could not read its decision (%r)", webhook_id, exc)
+            return None
+        return None if decided is None else Answer.decode(decided)
 
     @Service.task
     async def _listen(self) -> None:
@@ -280,15 +318,15 @@ class DecisionBoard(Service):
                 pause = min(pause * 2, 10.0)
 
     def _deliver(self, data: bytes) -> None:
-        """Resolve the waits for a batch's announcement: a list of [webhook id, answer]."""
+        """Resolve the waits for a batch's announcement: a list of [waiting key, answer]."""
         try:
-            announced = [(str(webhook_id), encoded) for webhook_id, encoded in json.loads(data)]
+            announced = [(str(key), encoded) for key, encoded in json.loads(data)]
         except (ValueError, TypeError):
             log.warning("decision listener: ignoring a malformed message %r", data[:200])
             return
         waiting = self._waiting
-        for webhook_id, encoded in announced:
-            futures = waiting.get(webhook_id)
+        for key, encoded in announced:
+            futures = waiting.get(key)
             if not futures:
                 continue
             answer = Answer.decode(encoded)

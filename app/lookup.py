@@ -134,19 +134,23 @@ async def _redis(settings: Settings, lookup: Lookup, note: Say) -> None:
             lookup.absent("redis hot cache (payments:references:{today,yesterday})")
         # Decisions are keyed by webhook id, which no row keeps: look for the payment_id
         # in their answers, over a bounded scan.
-        prefix = decision_key("")
         scanned = 0
         decisions = 0
-        async for keys in _key_chunks(client, prefix + "*"):
+        async for keys in _key_chunks(client, decision_key("*", "*")):
             values = await client.mget(keys)
             for key, value in zip(keys, values, strict=True):
                 if value is not None and payment_id in _text(value):
                     decisions += 1
                     answer = json.loads(value)
+                    # payments:{endpoint}:decision:{id}; an endpoint name holds no colon.
+                    endpoint, _, webhook_id = (
+                        _text(key).removeprefix("payments:").partition(":decision:")
+                    )
                     lookup.found(
                         "redis decision",
-                        f"webhook-id {_text(key).removeprefix(prefix)}: HTTP "
-                        f"{answer.get('status')} {answer.get('body', {}).get('status')}",
+                        f"webhook-id {webhook_id}: HTTP "
+                        f"{answer.get('status')} {answer.get('body', {}).get('status')} "
+                        f"(endpoint {endpoint})",
                     )
             before, scanned = scanned, scanned + len(keys)
             if scanned // 50_000 > before // 50_000:

@@ -4,13 +4,19 @@ Idempotency is the primary key of ``payment_references``: a batch first claims
 its references with ``ON CONFLICT DO NOTHING RETURNING``, and only the claimed
 ones get a ``payments`` row, in the same transaction as one outbox row holding
 the batch's events. Rows go in with COPY, never one INSERT per row.
+
+The worker that wrote an outbox row holds it (:meth:`PaymentStore.holding`)
+while it publishes the events: the outbox relay takes only rows no live worker
+holds (app/outbox_relay.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -82,6 +88,13 @@ NO_PARTITION = "no partition of relation"
 #: Kafka has these batches' events: the outbox keeps only what is still unsent.
 MARK_SENT = "DELETE FROM payment_service.outbox WHERE batch_id = ANY($1::uuid[])"
 
+#: The fast path still publishes these batches: the relay keeps off them for another lease.
+RENEW_LEASES = """
+UPDATE payment_service.outbox
+SET leased_until = now() + make_interval(secs => $2)
+WHERE batch_id = ANY($1::uuid[])
+"""
+
 PAYMENT_COLUMNS = (
     "id",
     "reference_number",
@@ -148,6 +161,8 @@ class PaymentStore:
     may lie past its recording, which bounds where late duplicates can be.
     ``after_claim`` (tests only, FAULT_POINT) runs inside the transaction once a
     batch has claimed references, before anything else is written.
+    ``outbox_lease_seconds`` is OUTBOX_RELAY_MIN_AGE_SECONDS: how long an outbox
+    row stays its worker's after the commit or the last renewal.
     """
 
     def __init__(
@@ -156,11 +171,13 @@ class PaymentStore:
         events_topic: str,
         max_future: timedelta = timedelta(days=1),
         after_claim: Callable[[], None] | None = None,
+        outbox_lease_seconds: float = 15.0,
     ) -> None:
         self.pool = pool
         self.events_topic = events_topic
         self.max_future = max_future
         self._after_claim = after_claim
+        self.outbox_lease_seconds = outbox_lease_seconds
         self._months: set[date] = set()
 
     async def known(self, references: Iterable[str]) -> dict[str, KnownReference]:
@@ -327,6 +344,41 @@ class PaymentStore:
             len(late),
         )
         return late
+
+    @contextlib.asynccontextmanager
+    async def holding(self, batch_ids: Sequence[uuid.UUID]) -> AsyncIterator[None]:
+        """Hold these outbox rows against the relay while the body runs (the fast path's publish).
+
+        A row is its worker's until ``created_at`` plus the lease; this renews the
+        lease every third of it, so only a worker that died (or froze for a whole
+        lease) lets the relay publish what it may still be publishing.
+        """
+        if not batch_ids:
+            yield
+            return
+        keeper = asyncio.create_task(self._renew(list(batch_ids)))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _renew(self, batch_ids: list[uuid.UUID]) -> None:
+        every = self.outbox_lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.pool.execute(RENEW_LEASES, batch_ids, self.outbox_lease_seconds)
+            except Exception as exc:
+                # Best effort, never the publish's failure; the relay cannot take the
+                # rows while Postgres is away either.
+                log.warning(
+                    "could not renew the outbox lease of %d batches (%r); the relay may "
+                    "publish their events too if this lasts OUTBOX_RELAY_MIN_AGE_SECONDS",
+                    len(batch_ids),
+                    exc,
+                )
 
     async def mark_sent(self, batch_ids: Sequence[uuid.UUID]) -> None:
         """These batches' events reached Kafka: delete their outbox rows."""

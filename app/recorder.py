@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -60,6 +61,7 @@ class Store(Protocol):
     async def record(self, records: Sequence[PaymentRecord]) -> RecordResult: ...
     async def stored_fields(self, references: Sequence[str]) -> dict[str, dict[str, str]]: ...
     async def mark_sent(self, batch_ids: Sequence[Any]) -> None: ...
+    def holding(self, batch_ids: Sequence[Any]) -> AbstractAsyncContextManager[None]: ...
 
 
 class ReferenceTable(Protocol):
@@ -225,14 +227,19 @@ class Recorder:
         # The decisions need only the commit: announce them (webhook views are
         # waiting) while the events and the table are written. Never raises.
         announced = self._announce(report) if self._announce is not None else asyncio.sleep(0)
-        await asyncio.gather(
-            self._retrying("publish", lambda: self._publish(events, letters)),
-            self._retrying("write the references table", lambda: self.references.put_many(entries)),
-            announced,
-        )
-        if result.outbox_batches:
-            batches = result.outbox_batches
-            await self._retrying("mark outbox sent", lambda: self.store.mark_sent(batches))
+        # The outbox rows stay ours while we publish, however long the retries take:
+        # the relay would send the same events again.
+        batches = result.outbox_batches
+        async with self.store.holding(batches):
+            await asyncio.gather(
+                self._retrying("publish", lambda: self._publish(events, letters)),
+                self._retrying(
+                    "write the references table", lambda: self.references.put_many(entries)
+                ),
+                announced,
+            )
+            if batches:
+                await self._retrying("mark outbox sent", lambda: self.store.mark_sent(batches))
         return report
 
     def _decode(self, item: Incoming, now: datetime, report: BatchReport) -> PaymentRecord | None:

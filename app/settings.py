@@ -292,7 +292,8 @@ class Settings(BaseSettings):
     outbox_relay_min_age_seconds: float = Field(
         15,
         ge=0,
-        description="Unsent outbox rows younger than this belong to the agent's fast path.",
+        description="The outbox lease: a row is its worker's this long after its commit or "
+        "the worker's last renewal (renewed while it publishes); then the relay's.",
     )
 
     # Performance

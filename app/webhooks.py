@@ -5,6 +5,11 @@ parses the body strictly (no duplicate keys, no NaN, decimals kept exact),
 validates it against its channel's model, maps it to the canonical record and
 validates that with the same rules as staging rows. Field errors name the
 fields of the body the sender wrote, not ours.
+
+A channel's notices carry the channel as ``payment_channel``; the generic body's
+free text may name any channel but one that has an endpoint (and a secret) of its
+own, so the holder of the default secret cannot speak for ``card``. Hence
+:func:`endpoint_of` recovers a webhook record's endpoint from its channel.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.channels import Channel
+from app.channels import CHANNELS, GENERIC, Channel
 from app.models import DateWindow, FieldError, PaymentRecord, field_errors
 
 #: Where a canonical field comes from in each channel's body, when the names differ.
@@ -80,6 +85,8 @@ def record_for(
             422, "invalid_body", "the body breaks the channel's format", field_errors(exc)
         ) from None
     values = notice.canonical()
+    if channel is GENERIC:
+        _refuse_channel_with_endpoint(values.get("payment_channel"))
     values.update(source="webhook", source_id=webhook_id, received_at=received_at)
     try:
         return PaymentRecord.model_validate(values, context={"window": window})
@@ -90,6 +97,32 @@ def record_for(
             for error in field_errors(exc)
         ]
         raise Rejected(422, "invalid_payment", "the payment breaks a rule", errors) from None
+
+
+def endpoint_of(payment_channel: str | None) -> str:
+    """The endpoint a webhook record came through: its channel's, else the generic one."""
+    return payment_channel if payment_channel in CHANNELS else GENERIC.name
+
+
+def _refuse_channel_with_endpoint(payment_channel: Any) -> None:
+    """422 when the generic body names a channel that must come through its own endpoint."""
+    if not isinstance(payment_channel, str):
+        return  # the record's own rules answer for other types
+    # "Card", " card ", "bank-transfer" and "Bank Transfer" mean the same channel.
+    name = "_".join(payment_channel.strip().lower().replace("-", " ").split())
+    if name in CHANNELS:
+        endpoint = f"/api/v1/payments/webhook/{name}"
+        raise Rejected(
+            422,
+            "invalid_body",
+            f"{name} payments come through POST {endpoint}, signed with that channel's secret",
+            [
+                FieldError(
+                    field="payment_channel",
+                    message=f"must not be {name!r} here: send these notices to {endpoint}",
+                )
+            ],
+        )
 
 
 def _refuse_constant(name: str) -> Any:

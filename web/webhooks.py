@@ -6,10 +6,17 @@ body is parsed), the body (400/422); then one Redis round trip for the replay
 window (the same webhook-id answers what it was answered; with another body,
 409) and the hot cache (a reference committed with the same fields is a
 duplicate at once); then the record goes to the intake topic keyed by its
-reference. No 2xx before the broker has it (503 with
-Retry-After otherwise); then the view waits for the record agent's decision
+reference. Then the view waits for the record agent's decision
 (app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
-conflict 409, or 202 accepted when the decision is still pending.
+conflict 409, or 202 accepted when the decision is still pending (after one
+look at the stored decision: its announcement may have been missed).
+
+No 2xx before the broker has the record (503 with Retry-After otherwise). One
+answer per webhook-id, whatever the timing: the claim on an id is never given
+back, since a send Kafka did not acknowledge in time may still be written; a
+retry with the same id and body is published again (the reference's dedup
+absorbs a repeat) and gets the decision of its own record, never ``duplicate``
+of itself.
 """
 
 from __future__ import annotations
@@ -148,7 +155,8 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     )
     deadline = time.monotonic() + ingress.settings.webhook_timeout_ms / 1000
     body_hash = hashlib.sha256(raw).hexdigest()
-    claim = await board.claim(webhook_id, body_hash, record.reference_number)
+    endpoint = channel.name
+    claim = await board.claim(endpoint, webhook_id, body_hash, record.reference_number)
     if claim.state == "reused":
         raise Rejected(409, "webhook_id_reused", "this webhook-id came before with another body")
     replay = claim.state == "seen"
@@ -158,26 +166,32 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         # Committed within the replay window with the same fields: a duplicate.
         REFERENCE_ANSWERS.labels("redis").inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
-        await board.remember(webhook_id, answer)
+        await board.remember(endpoint, webhook_id, answer)
         if ingress.settings.audit_log and not replay:
             audit_trail.decisions([_duplicate(record)], ())
         return _reply(answer, replay=replay)
 
     # A replay still undecided is published again: its first delivery may have
     # died before Kafka had it, and the reference's dedup absorbs a repeat.
-    decided = board.expect(webhook_id)
+    decided = board.expect(endpoint, webhook_id)
     try:
         message = (record.reference_number.encode(), encode_record(record))
         try:
             await asyncio.wait_for(ingress.publisher.publish(INTAKE, [message]), _left(deadline))
         except (PublishFailed, TimeoutError) as exc:
-            log.warning("webhook %s: intake publish failed: %r", webhook_id, exc)
-            if claim.state == "new":
-                await board.release(webhook_id)
+            # Not a 2xx: nothing says Kafka has it. But it may yet (a late ack, a
+            # buffered send), so the claim stays: the sender's retry is published
+            # again and hears its own record's decision, never "duplicate" of itself.
+            log.warning(
+                "webhook %s: Kafka did not acknowledge the intake record (%r); answered 503, "
+                "the sender retries with the same webhook-id",
+                webhook_id,
+                exc,
+            )
             raise Rejected(
                 503,
                 "unavailable",
-                "the payment could not be stored; retry later",
+                "the payment could not be stored; retry later with the same webhook-id and body",
                 retry=RETRY_AFTER_SECONDS,
             ) from None
         if claim.state == "unchecked":
@@ -185,10 +199,12 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         try:
             answer = await asyncio.wait_for(asyncio.shield(decided), _left(deadline))
         except TimeoutError:
-            answer = _accepted(record)
+            # The announcement may have come while the listener was away: the stored
+            # decision says what it said.
+            answer = await board.stored(endpoint, webhook_id) or _accepted(record)
         return _reply(answer, replay=replay)
     finally:
-        board.forget(webhook_id, decided)
+        board.forget(endpoint, webhook_id, decided)
 
 
 def _reply(answer: Answer, *, replay: bool = False) -> Reply:

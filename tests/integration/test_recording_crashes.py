@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -71,5 +72,6 @@ def test_death_between_commit_and_publish_is_repaired_by_the_relay(
 
     events = asyncio.run(read_topic(stack, EVENTS_DEFAULT))
     assert len(events) == load.created
+    assert len({json.loads(value)["event_id"] for _, value in events}) == load.created
     code, report = reconcile(stack, run)
     assert code == 0, report

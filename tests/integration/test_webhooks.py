@@ -382,6 +382,68 @@ def test_without_kafka_the_answer_is_503_with_retry_after_and_recovers(
     )
 
 
+def test_one_webhook_id_on_two_channels_is_two_senders_both_recorded(
+    stack: Stack, worker: Worker
+) -> None:
+    shared_id = f"SHARED-{uuid.uuid4().hex[:10]}"
+    on_generic, on_card = f"{shared_id}-G", f"{shared_id}-C"
+
+    generic_answer = answer(worker, generic(on_generic), shared_id)
+    status, _, raw = worker.post(
+        WEBHOOK + "/card", card(on_card), signed(CARD, card(on_card), msg_id=shared_id)
+    )
+
+    assert (generic_answer[0], generic_answer[1]["status"]) == (201, "created")
+    assert (status, json.loads(raw)["status"]) == (201, "created")
+    assert asyncio.run(recorded(stack, on_generic)) == (1, 1)
+    assert asyncio.run(recorded(stack, on_card)) == (1, 1)
+
+
+def test_a_generic_body_claiming_the_card_channel_is_422_and_later_notices_are_recorded(
+    stack: Stack, worker: Worker
+) -> None:
+    forged = f"FORGED-{uuid.uuid4().hex[:10]}"
+    good = f"GOOD-{uuid.uuid4().hex[:10]}"
+
+    refused = answer(worker, generic(forged, payment_channel="card"), forged)
+    after = answer(worker, generic(good, payment_channel="branch_cash"), good)
+
+    assert refused[0] == 422
+    assert refused[1]["errors"][0]["field"] == "payment_channel"
+    assert "/api/v1/payments/webhook/card" in refused[1]["errors"][0]["message"]
+    assert (after[0], after[1]["status"]) == (201, "created")
+    assert asyncio.run(recorded(stack, forged)) == (0, 0)
+    assert asyncio.run(recorded(stack, good)) == (1, 1)
+
+
+def test_a_publish_kafka_does_not_acknowledge_in_time_is_503_and_the_retry_gets_its_decision(
+    stack: Stack, worker: Worker
+) -> None:
+    if not stack.native:
+        pytest.skip("pausing Kafka needs scripts/stack")
+    reference = f"HUNG-{uuid.uuid4().hex[:10]}"
+    stack.script("pause", "kafka")
+    try:
+        status, headers, raw = worker.post(
+            WEBHOOK, generic(reference), signed(OLD, generic(reference), msg_id=reference)
+        )
+    finally:
+        stack.script("resume", "kafka")
+
+    assert (status, json.loads(raw)["error"]) == (503, "unavailable")
+    assert int(headers["Retry-After"]) >= 1
+    # The send was buffered and reaches the broker once it wakes: the payment is recorded.
+    wait_for(
+        lambda: asyncio.run(recorded(stack, reference)) == (1, 1),
+        timeout=60,
+        what="the unacknowledged send to be recorded",
+    )
+    # The sender retries with the same id: it hears its own payment's decision.
+    retry = answer(worker, generic(reference), reference)
+    assert (retry[0], retry[1]["status"]) == (201, "created"), retry
+    assert asyncio.run(recorded(stack, reference)) == (1, 1)
+
+
 # --- guards: a worker of its own, behind a "proxy" on loopback ------------------------
 
 PROXY_CLIENTS = "198.51.100.0/24"

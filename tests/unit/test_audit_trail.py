@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -167,3 +168,34 @@ def test_the_poller_keeps_what_its_own_decisions_need_for_the_trail() -> None:
         "8",
         "card",
     )
+
+
+def test_a_webhook_decision_names_its_endpoint_not_the_bodys_channel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="payments.audit")
+    decided = [
+        Decision(
+            reference_number=reference,
+            outcome="created",
+            payment_id=uuid.uuid4(),
+            source=source,
+            source_id="msg-1",
+            channel=channel,
+        )
+        for reference, source, channel in (
+            ("W-1", "webhook", "branch_cash"),
+            ("W-2", "webhook", "card"),
+            ("W-3", "webhook", None),
+            ("S-1", "staging", "branch_cash"),
+        )
+    ]
+
+    audit_trail.decisions(decided, [])
+
+    assert [line["channel"] for line in audit_lines(caplog)] == [
+        "generic",
+        "card",
+        "generic",
+        "branch_cash",
+    ]

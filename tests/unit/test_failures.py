@@ -284,6 +284,7 @@ class FakePipeline:
 
     def __init__(self, redis: FakeRedis) -> None:
         self.redis = redis
+        self.results: list[Any] = []
 
     async def __aenter__(self) -> FakePipeline:
         return self
@@ -292,19 +293,17 @@ class FakePipeline:
         return None
 
     def hset(self, key: str, mapping: dict[str, str]) -> None:
-        pass
+        self.results.append(1)
 
     def expire(self, key: str, seconds: int) -> None:
-        pass
+        self.results.append(True)
 
-    def set(self, key: str, value: str, ex: int, nx: bool) -> None:
+    def set(self, key: str, value: str, **options: Any) -> None:
+        self.results.append(self.redis.stored.get(key) if options.get("get") else None)
         self.redis.stored.setdefault(key, value)
 
-    def publish(self, channel: str, message: str) -> None:
-        self.redis.published.append(message)
-
-    async def execute(self) -> None:
-        pass
+    async def execute(self) -> list[Any]:
+        return self.results
 
 
 class FakeRedis:
@@ -316,6 +315,9 @@ class FakeRedis:
     def pipeline(self, transaction: bool) -> FakePipeline:
         return FakePipeline(self)
 
+    async def publish(self, channel: str, message: str) -> None:
+        self.published.append(message)
+
 
 async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> None:
     redis = FakeRedis()
@@ -324,7 +326,9 @@ async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> N
         lambda report: board.post(report.decisions, report.committed, report.dead_letters)
     )
     harness.store.refuse = {"REF-2"}
-    waiting = {webhook_id: board.expect(webhook_id) for webhook_id in ("w-a", "w-b", "w-ok")}
+    waiting = {
+        webhook_id: board.expect("generic", webhook_id) for webhook_id in ("w-a", "w-b", "w-ok")
+    }
     batch = [
         payment("REF-2", source="webhook", source_id="w-a"),
         payment("REF-2", source="webhook", source_id="w-b"),
@@ -345,7 +349,7 @@ async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> N
     assert waiting["w-a"].result() == refused
     assert waiting["w-b"].result() == refused
     assert waiting["w-ok"].result().status == 201
-    assert Answer.decode(redis.stored[decision_key("w-b")]) == refused  # for replays
+    assert Answer.decode(redis.stored[decision_key("generic", "w-b")]) == refused  # for replays
 
 
 async def test_a_webhook_whose_record_is_unprocessable_is_answered_422() -> None:
@@ -355,7 +359,7 @@ async def test_a_webhook_whose_record_is_unprocessable_is_answered_422() -> None
         lambda report: board.post(report.decisions, report.committed, report.dead_letters)
     )
     harness.store = harness.recorder.store = PoisonedStore("REF-P", RuntimeError("bad"))  # type: ignore[assignment]
-    waiting = board.expect("w-p")
+    waiting = board.expect("generic", "w-p")
     await record_batch(
         harness.recorder, [incoming(payment("REF-P", source="webhook", source_id="w-p"))]
     )

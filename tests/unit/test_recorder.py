@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -53,6 +54,9 @@ class FakeStore:
         self.transactions = 0
         self.fail_next: list[BaseException] = []
         self.refuse: set[str] = set()
+        #: The outbox batches each batch's publish held against the relay.
+        self.held: list[list[Any]] = []
+        self.holding_now: set[Any] = set()
 
     async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
         self.transactions += 1
@@ -87,6 +91,15 @@ class FakeStore:
     async def mark_sent(self, batch_ids: Sequence[Any]) -> None:
         for batch_id in batch_ids:
             self.sent += self.outbox.pop(batch_id)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, batch_ids: Sequence[Any]) -> AsyncIterator[None]:
+        self.held.append(list(batch_ids))
+        self.holding_now = set(batch_ids)
+        try:
+            yield
+        finally:
+            self.holding_now = set()
 
 
 class FakeTable:
@@ -302,3 +315,28 @@ async def test_decisions_are_announced_after_the_commit_while_kafka_is_still_ret
     assert announced == [(1, ["created", "duplicate"], 0)]  # committed, no event out yet
     assert len(harness.events()) == 1  # the publish was retried after the announcement
     assert harness.pauses  # ... after a pause
+
+
+async def test_the_outbox_row_is_held_against_the_relay_until_its_events_are_sent(
+    harness: Harness,
+) -> None:
+    store = harness.store
+    publisher = harness.publisher
+    held_at_each_send: list[set[Any]] = []
+    send = publisher.publish
+
+    async def watched(topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        held_at_each_send.append(set(store.holding_now))
+        await send(topic, messages)
+
+    publisher.publish = watched  # type: ignore[method-assign]
+    publisher.fail_next = [PublishFailed("broker away"), PublishFailed("still away")]
+
+    await harness.recorder.handle([incoming(payment("HOLD-1"))])
+
+    ((batch,),) = store.held
+    # Every attempt, the retries included, ran while the row was held; then it was sent.
+    assert held_at_each_send
+    assert all(held == {batch} for held in held_at_each_send)
+    assert store.outbox == {}
+    assert store.holding_now == set()

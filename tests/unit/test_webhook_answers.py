@@ -1,0 +1,352 @@
+"""One answer per webhook-id, whatever the timing; ids kept per endpoint (offline, with fakes).
+
+The view (web/webhooks.py) runs for real over a fake decision board, publisher
+and record agent; the board's Redis keys are checked over a fake pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any, cast
+
+from aiohttp import web
+
+from app.codecs import decode_record
+from app.decisions import Answer, Claim, DecisionBoard
+from app.models import DateWindow, Decision, KnownReference, payment_id_for
+from app.redis_connection import RedisConnection
+from app.settings import Settings
+from app.signatures import Verifier
+from app.webhooks import endpoint_of
+from tests.webhook_client import signed
+from web.webhooks import Reply, answer_webhook
+
+WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CARD_SECRET = "whsec_" + "Y2FyZCBwcm9jZXNzb3IgY2hhbm5lbCBzZWNyZXQ="
+
+
+class FakeBoard:
+    """app.decisions.DecisionBoard's view side over dicts keyed like its Redis keys."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[tuple[str, str], str] = {}
+        self.decisions: dict[tuple[str, str], Answer] = {}
+        self.waiting: dict[tuple[str, str], list[asyncio.Future[Answer]]] = {}
+
+    async def claim(self, endpoint: str, webhook_id: str, body_hash: str, reference: str) -> Claim:
+        key = (endpoint, webhook_id)
+        if key not in self.bodies:
+            self.bodies[key] = body_hash
+            return Claim("new")
+        if self.bodies[key] != body_hash:
+            return Claim("reused")
+        return Claim("seen", self.decisions.get(key))
+
+    def expect(self, endpoint: str, webhook_id: str) -> asyncio.Future[Answer]:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault((endpoint, webhook_id), []).append(future)
+        return future
+
+    def forget(self, endpoint: str, webhook_id: str, future: asyncio.Future[Answer]) -> None:
+        self.waiting.get((endpoint, webhook_id), []).remove(future)
+
+    async def remember(self, endpoint: str, webhook_id: str, answer: Answer) -> None:
+        self.decisions.setdefault((endpoint, webhook_id), answer)
+
+    async def stored(self, endpoint: str, webhook_id: str) -> Answer | None:
+        return self.decisions.get((endpoint, webhook_id))
+
+
+@dataclass
+class FakeAgent:
+    """Decides intake records as the record agent does: first carrier created, then duplicate."""
+
+    board: FakeBoard
+    announce: bool = True
+    pending: list[bytes] = field(default_factory=list)
+    recorded: set[str] = field(default_factory=set)
+
+    def decide(self) -> None:
+        for value in self.pending:
+            record = decode_record(value)
+            outcome = "duplicate" if record.reference_number in self.recorded else "created"
+            self.recorded.add(record.reference_number)
+            answer = Answer.of(
+                Decision(
+                    reference_number=record.reference_number,
+                    outcome=outcome,
+                    payment_id=record.payment_id,
+                    source=record.source,
+                    source_id=record.source_id,
+                    channel=record.payment_channel,
+                )
+            )
+            key = (endpoint_of(record.payment_channel), record.source_id)
+            self.board.decisions.setdefault(key, answer)
+            if self.announce:
+                for future in self.board.waiting.get(key, []):
+                    future.set_result(answer)
+        self.pending.clear()
+
+
+@dataclass
+class FakePublisher:
+    """Kafka: every send is written at once; acknowledged after ``ack_delay`` seconds."""
+
+    agent: FakeAgent
+    ack_delay: float = 0.0
+
+    async def publish(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        self.agent.pending += [value for _, value in messages]
+        if self.ack_delay:
+            await asyncio.sleep(self.ack_delay)  # the broker wrote it; the ack is late
+        else:
+            self.agent.decide()
+
+
+class OpenGuards:
+    def client(self, peer: str | None, forwarded_for: str | None) -> None:
+        return None
+
+    def allowed(self, client: object) -> bool:
+        return True
+
+    async def retry_after(self, client: object) -> None:
+        return None
+
+
+class NoCounts:
+    def add(self, channel: str, status: int, outcome: str, seconds: float) -> None:
+        pass
+
+
+@dataclass
+class Ingress:
+    settings: Settings
+    decisions: FakeBoard
+    publisher: FakePublisher
+    guards: OpenGuards = field(default_factory=OpenGuards)
+    date_window: DateWindow = field(default_factory=lambda: WINDOW)
+    webhook_counts: NoCounts = field(default_factory=NoCounts)
+    verifier: Verifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.verifier = Verifier(self.settings)
+
+
+def ingress(*, announce: bool = True, ack_delay: float = 0.0) -> Ingress:
+    settings = Settings(
+        webhook_secret=SECRET,  # type: ignore[arg-type]  # parsed from text, as from the env
+        webhook_channel_secrets={"card": [CARD_SECRET]},  # type: ignore[dict-item]
+        webhook_timeout_ms=100,
+        audit_log=False,
+    )
+    board = FakeBoard()
+    return Ingress(settings, board, FakePublisher(FakeAgent(board, announce), ack_delay))
+
+
+@dataclass
+class Body:
+    """An aiohttp request as answer_webhook reads it."""
+
+    raw: bytes
+
+    async def read(self, size: int) -> bytes:
+        chunk, self.raw = self.raw[:size], self.raw[size:]
+        return chunk
+
+
+@dataclass
+class Request:
+    content: Body
+    headers: dict[str, str]
+    remote: str = "127.0.0.1"
+    content_length: int | None = None
+
+
+async def post(
+    via: Ingress, body: dict[str, Any], webhook_id: str, channel: str | None = None
+) -> Reply:
+    raw = json.dumps(body).encode()
+    secret = CARD_SECRET if channel == "card" else SECRET
+    request = Request(Body(raw), signed(secret, raw, msg_id=webhook_id))
+    return await answer_webhook(cast(Any, via), cast(web.Request, request), channel)
+
+
+def generic(reference: str, **changes: Any) -> dict[str, Any]:
+    body = {
+        "reference_number": reference,
+        "loan_account_number": "LN0001234",
+        "cif": "C000987",
+        "amount": "150.25",
+        "payment_date": "2026-11-27",
+    }
+    return body | changes
+
+
+def card(reference: str) -> dict[str, Any]:
+    return {
+        "id": reference,
+        "amount_minor": 15025,
+        "currency": "USD",
+        "captured_at": "2026-11-27T16:45:10+07:00",
+        "loan_account_number": "LN0001234",
+        "cif": "C000987",
+    }
+
+
+async def test_a_timed_out_publish_is_503_and_the_retry_gets_its_own_decision() -> None:
+    via = ingress(ack_delay=1.0)  # the record reaches Kafka; its ack comes after the timeout
+
+    first = await post(via, generic("SLOW-1"), "msg-slow")
+    via.publisher.agent.decide()  # the record agent decides the record that got through
+    via.publisher.ack_delay = 0.0
+    retry = await post(via, generic("SLOW-1"), "msg-slow")
+
+    assert (first.status, first.body["error"]) == (503, "unavailable")
+    assert first.headers == {"Retry-After": "5"}
+    assert (retry.status, retry.body["status"]) == (201, "created")
+    assert retry.body["payment_id"] == str(payment_id_for("SLOW-1"))
+
+
+async def test_a_missed_announcement_is_answered_from_the_stored_decision() -> None:
+    via = ingress(announce=False)
+
+    reply = await post(via, generic("MISSED-1"), "msg-missed")
+
+    assert (reply.status, reply.body["status"]) == (201, "created")
+
+
+async def test_one_webhook_id_on_two_channels_is_two_senders() -> None:
+    via = ingress()
+
+    on_generic = await post(via, generic("SHARED-G"), "msg-shared")
+    on_card = await post(via, card("SHARED-C"), "msg-shared", channel="card")
+
+    assert (on_generic.status, on_generic.body["status"]) == (201, "created")
+    assert (on_card.status, on_card.body["status"]) == (201, "created")
+    assert on_card.body["payment_id"] == str(payment_id_for("SHARED-C"))
+
+
+async def test_the_generic_body_cannot_speak_for_a_channel_with_an_endpoint() -> None:
+    via = ingress()
+
+    for claimed in ("card", "Bank Transfer", " bank-transfer "):
+        reply = await post(via, generic("FAKE-CARD", payment_channel=claimed), f"msg-{claimed}")
+        assert reply.status == 422, reply.body
+        assert reply.body["errors"][0]["field"] == "payment_channel"
+    after = await post(via, generic("CASH-1", payment_channel="branch_cash"), "msg-cash")
+
+    assert "/api/v1/payments/webhook/card" in str(
+        (await post(via, generic("X", payment_channel="card"), "msg-x")).body
+    )
+    assert (after.status, after.body["status"]) == (201, "created")
+    assert via.publisher.agent.recorded == {"CASH-1"}
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self.redis = redis
+        self.results: list[Any] = []
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def hset(self, *args: Any, **kwargs: Any) -> None:
+        self.redis.ops.append("hset")
+        self.results.append(1)
+
+    def expire(self, *args: Any) -> None:
+        self.redis.ops.append("expire")
+        self.results.append(True)
+
+    def set(self, key: str, value: str, **options: Any) -> None:
+        assert options["nx"]
+        self.redis.ops.append("set")
+        self.redis.keys.append(key)
+        self.results.append(self.redis.values.get(key) if options.get("get") else None)
+        self.redis.values.setdefault(key, value)
+
+    def publish(self, channel: str, message: str) -> None:
+        self.redis.announcements.append(json.loads(message))
+
+    async def execute(self) -> list[Any]:
+        return self.results
+
+
+class FakeRedis:
+    """The calls DecisionBoard.post makes: SET NX (GET) in a pipeline, and PUBLISH."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.ops: list[str] = []
+        self.values: dict[str, str] = {}
+        self.announcements: list[Any] = []
+        self.client = self
+
+    def pipeline(self, transaction: bool) -> FakePipeline:
+        return FakePipeline(self)
+
+    async def publish(self, channel: str, message: str) -> None:
+        self.announcements.append(json.loads(message))
+
+
+def decision(reference: str, outcome: str, channel: str | None, webhook_id: str) -> Decision:
+    return Decision(
+        reference_number=reference,
+        outcome=outcome,  # type: ignore[arg-type]  # one of the Outcome literals
+        payment_id=payment_id_for(reference),
+        source="webhook",
+        source_id=webhook_id,
+        channel=channel,
+    )
+
+
+async def test_decisions_are_stored_and_announced_under_their_endpoint() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis))
+    decided = [
+        decision(reference, "created", channel, "msg-1")
+        for reference, channel in (("C-1", "card"), ("G-1", "branch_cash"), ("N-1", None))
+    ]
+
+    await board.post(decided, {})
+
+    assert redis.keys == [
+        "payments:card:decision:msg-1",
+        "payments:generic:decision:msg-1",
+        "payments:generic:decision:msg-1",
+    ]
+    (announcement,) = redis.announcements
+    assert [key for key, _ in announcement] == ["card:msg-1", "generic:msg-1", "generic:msg-1"]
+
+
+async def test_a_second_decision_for_an_id_is_announced_as_the_first() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis))
+
+    await board.post([decision("R-1", "created", None, "msg-1")], {})
+    # The sender's retry was published again and decided as a duplicate of itself.
+    await board.post([decision("R-1", "duplicate", None, "msg-1")], {})
+
+    heard = [Answer.decode(answer).status for ((_, answer),) in redis.announcements]
+    assert heard == [201, 201]
+
+
+async def test_a_decision_is_stored_before_its_reference_is_cached() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis))
+    created = decision("R-1", "created", None, "msg-1")
+
+    await board.post([created], {"R-1": KnownReference("fingerprint", created.payment_id)})
+
+    # A request that sees the reference cached must see its own id's decision too.
+    assert redis.ops == ["set", "hset", "expire"]
