@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast, get_args
 
 from aiohttp import web
 from faust.web import Request, Response, View
@@ -39,7 +39,7 @@ from app.codecs import encode_record
 from app.decisions import Answer
 from app.exceptions import PublishFailed
 from app.metrics import REFERENCE_ANSWERS, WEBHOOK_SECONDS
-from app.models import Decision, PaymentRecord
+from app.models import DeadLetterReason, Decision, PaymentRecord
 from app.topics import INTAKE
 from app.webhooks import Rejected, parse_body, record_for
 
@@ -72,6 +72,8 @@ KNOWN_OUTCOMES = frozenset(
         "invalid_payment",
         "webhook_id_reused",
         "unavailable",
+        # a record the agent dead-lettered is answered 422 with its reason
+        *get_args(DeadLetterReason),
     }
 )
 

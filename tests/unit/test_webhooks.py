@@ -320,3 +320,17 @@ def test_a_junk_timestamp_is_refused(verifier: Verifier) -> None:
 
 def test_without_any_secret_everything_is_refused() -> None:
     assert not Verifier(Settings()).verify("generic", BODY, signed(SECRET_A, BODY))
+
+
+def test_every_refusal_the_agent_can_answer_is_counted_under_its_own_outcome() -> None:
+    from typing import get_args
+
+    from app.decisions import Answer
+    from app.models import DeadLetter, DeadLetterReason
+    from web.webhooks import KNOWN_OUTCOMES
+
+    for reason in get_args(DeadLetterReason):
+        letter = DeadLetter(
+            reason=reason, source="webhook", source_id="w", failed_at=datetime.now(UTC)
+        )
+        assert Answer.refused(letter).body["error"] in KNOWN_OUTCOMES, reason
