@@ -538,7 +538,7 @@ class Hostile:
     """
 
     name: str
-    door: str  # "webhook", "staging" or "intake"
+    door: str  # "webhook", "staging", "intake" (a producer) or "console" (kafka-console-producer)
     key: str
     expect: str
     payload: Any
@@ -635,6 +635,9 @@ def hostile_inputs(prefix: str, ledger: Ledger) -> list[Hostile]:
                 b'{"metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
         Hostile("full-width digits", "intake", f"{p}-I6", "invalid",
                 record(f"{p}-I6", amount="\uff11\uff15\uff10\uff10")),
+        # a line an operator (or a broken tool) typed into Kafka's own console producer
+        Hostile("a line of text", "console", f"{p}-C1", "undecodable", "this is not a payment"),
+        Hostile("an empty JSON object", "console", f"{p}-C2", "invalid", "{}"),
     ]  # fmt: skip
     ledger.rng.shuffle(inputs)
     ledger.sent |= {hostile.key for hostile in inputs}
@@ -685,6 +688,8 @@ async def _send_hostile(
                         statuses[hostile.key] = 0
                 elif hostile.door == "staging":
                     await stage(stack, [hostile.payload])
+                elif hostile.door == "console":
+                    console_produce(stack, hostile.key, hostile.payload)
                 else:
                     sent = await producer.send_and_wait(
                         INTAKE, hostile.payload, key=hostile.key.encode()
@@ -702,6 +707,23 @@ async def _send_hostile(
     finally:
         await producer.stop()
     return statuses
+
+
+def console_produce(stack: Stack, key: str, line: str) -> None:
+    """One keyed record onto payment.intake through Kafka's own kafka-console-producer."""
+    result = stack.tool(
+        "kafka-console-producer",
+        "--bootstrap-server",
+        stack.kafka_bootstrap,
+        "--topic",
+        INTAKE,
+        "--property",
+        "parse.key=true",
+        "--property",
+        "key.separator=\t",
+        input=f"{key}\t{line}\n",
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def send_hostile(
