@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from app.staging import StagingPoller
+from app.intake.staging import StagingPoller
 
 if TYPE_CHECKING:
     from app.service import PaymentService

@@ -20,12 +20,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from app import audit_trail, failures
-from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.instruments import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.kafka.topics import INTAKE, INTAKE_PARTITIONS
 from app.models import PaymentRecord
-from app.payment_store import PaymentStore, RecordResult
-from app.recorder import BatchReport, Incoming, Recorder
-from app.topics import INTAKE, INTAKE_PARTITIONS
+from app.recording import audit_trail, failures
+from app.recording.payment_store import PaymentStore, RecordResult
+from app.recording.recorder import BatchReport, Incoming, Recorder
 
 if TYPE_CHECKING:
     from app.service import PaymentService

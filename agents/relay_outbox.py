@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from app.outbox_relay import OutboxRelay
+from app.recording.outbox_relay import OutboxRelay
 
 if TYPE_CHECKING:
     from app.service import PaymentService

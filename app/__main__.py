@@ -23,7 +23,7 @@ def main() -> None:
         raise SystemExit(2) from None
     if "worker" in sys.argv[1:]:
         _count_in_files(Path(settings.data_dir) / "metrics")
-    from app.log_format import log_before_setup
+    from app.ops.log_format import log_before_setup
     from app.service import create_app  # after _count_in_files: prometheus-client reads it
 
     log_before_setup(settings.log_format, settings.log_level)
@@ -37,7 +37,7 @@ def main() -> None:
 
 
 def _count_in_files(folder: Path) -> None:
-    """Metrics of the worker and its fronts in ``folder``, emptied (see app/metrics.py)."""
+    """Metrics of the worker and its fronts in ``folder``, emptied (see app/instruments.py)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)

@@ -13,26 +13,26 @@ from typing import Any, cast
 import faust
 
 from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
-from app import commands
-from app.audit import SecretAudit
-from app.database import Database
-from app.decisions import DecisionBoard
-from app.guards import Guards
-from app.health import HealthChecker
-from app.kafka_probe import KafkaProbe
-from app.kafka_transport import Transport, route_acks_through_the_consumer
-from app.log_format import use_log_format
-from app.metrics import faust_monitor
+from app.instruments import faust_monitor
+from app.intake.guards import Guards
+from app.intake.process_pool import ProcessPool
+from app.intake.signatures import Verifier
+from app.intake.staging import StagingPoller
+from app.intake.webhook_counts import WebhookCounts, process_name
+from app.kafka.probe import KafkaProbe
+from app.kafka.publisher import Publisher
+from app.kafka.topics import INTAKE_PARTITIONS
+from app.kafka.transport import Transport, route_acks_through_the_consumer
 from app.models import DateWindow
-from app.process_pool import ProcessPool
-from app.publisher import Publisher
-from app.redis_connection import RedisConnection
+from app.ops import commands
+from app.ops.health_report import HealthChecker
+from app.ops.log_format import use_log_format
+from app.ops.operator_audit import SecretAudit
+from app.recording.decisions import DecisionBoard
 from app.settings import Settings
-from app.signatures import Verifier
-from app.staging import StagingPoller
+from app.storage.database import Database
+from app.storage.redis_connection import RedisConnection
 from app.tls import faust_credentials
-from app.topics import INTAKE_PARTITIONS
-from app.webhook_counts import WebhookCounts, process_name
 from tables.references import References
 from web import admin, webhooks
 from web.front import Fronts
@@ -138,7 +138,7 @@ class PaymentService(faust.App):
         self.command(*commands.TOKENS_OPTIONS, base=commands.Command)(commands.tokens)
 
     def _new_transport(self) -> Any:
-        # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
+        # Our transport refuses acks for messages Faust skipped (app/kafka/transport.py).
         return Transport(self.conf.broker_consumer, self)
 
 

@@ -384,7 +384,7 @@ class Settings(BaseSettings):
         le=32,
         description="Processes that also serve the webhook endpoints, on WEBHOOK_PORT (0: none).",
     )
-    # Access to the non-webhook endpoints (app/access.py)
+    # Access to the non-webhook endpoints (app/ops/authorization.py)
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description=(

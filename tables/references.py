@@ -21,10 +21,10 @@ import faust
 from faust.streams import _current_event  # see event_context below
 from faust.types import TP, EventT
 
+from app.kafka.publisher import Publisher
+from app.kafka.topics import INTAKE_PARTITIONS
 from app.models import KnownReference
-from app.publisher import Publisher
 from app.settings import Settings
-from app.topics import INTAKE_PARTITIONS
 from tables.rocksdb import table_options
 
 #: v2: entries expire (RocksDB TTL, changelog retention). A TTL store stores a timestamp
@@ -71,7 +71,7 @@ class References:
         self, app: faust.App, settings: Settings, publisher: Publisher, **table_kwargs: Any
     ) -> None:
         self.publisher = publisher
-        # Entries live as long as Postgres keeps their reference (app/retention.py):
+        # Entries live as long as Postgres keeps their reference (app/storage/retention.py):
         # RocksDB drops them at compaction after the TTL, and the changelog deletes
         # segments past it, so a rebuilt table does not bring them back. An entry
         # past its TTL that is still read is still right: the payment was recorded.

@@ -1,4 +1,4 @@
-"""Bearer-token checks for the views that are not webhooks (app/access.py)."""
+"""Bearer-token checks for the views that are not webhooks (app/ops/authorization.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, cast
 
 from faust.web import Request, Response, View
 
-from app.access import Caller, Refusal, Role, authorize
+from app.ops.authorization import Caller, Refusal, Role, authorize
 
 if TYPE_CHECKING:
     from app.service import PaymentService

@@ -1,10 +1,10 @@
 """Operator actions over HTTP (an operator token), each leaving one audit row.
 
 - ``POST /api/v1/admin/dlq/replay`` ``{"reason": "invalid"?, "dry_run": false}``:
-  the dead letters' records back to the intake (app/dlq.py; the dedup makes a
+  the dead letters' records back to the intake (app/ops/dlq.py; the dedup makes a
   replay safe to repeat).
 - ``POST /api/v1/admin/staging/requeue`` ``{"from_id": 1, "to_id": 500, "dry_run": false}``:
-  processed staging rows back to the poller (app/staging_admin.py).
+  processed staging rows back to the poller (app/ops/staging_admin.py).
 
 Both answer when the action is done, with its counts and the audit row's id.
 The command line does the same (``python -m app dlq replay``, ``staging requeue``).
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any, cast
 from faust.web import Request, Response, View
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from app import dlq as dead_letters
-from app import staging_admin
-from app.access import Caller
-from app.audit import audited
 from app.exceptions import PaymentsError
 from app.models import field_errors
+from app.ops import dlq as dead_letters
+from app.ops import staging_admin
+from app.ops.authorization import Caller
+from app.ops.operator_audit import audited
 from web.access import caller_or_refusal
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from app import partitions
-from app.access import Caller
-from app.metrics import CONTENT_TYPE_LATEST, exposition, gauge
+from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
+from app.kafka.topics import INTAKE
+from app.ops.authorization import Caller
 from app.settings import IPNetwork
-from app.topics import INTAKE
+from app.storage import partitions
 from web.access import caller_or_refusal
 
 if TYPE_CHECKING:

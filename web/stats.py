@@ -1,4 +1,4 @@
-"""GET /api/v1/payments/stats (app/stats.py): a viewer token."""
+"""GET /api/v1/payments/stats (app/ops/todays_stats.py): a viewer token."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, cast
 
 from faust.web import Request, Response, View
 
-from app.access import Caller
-from app.stats import todays_stats
+from app.ops.authorization import Caller
+from app.ops.todays_stats import todays_stats
 from web.access import caller_or_refusal
 
 if TYPE_CHECKING:

@@ -1,13 +1,13 @@
 """POST /api/v1/payments/webhook[/{channel}]: signed payment notices into ``payment.intake``.
 
-The order: channel (404), the guards of app/guards.py (403 allowlist, 429 rate
+The order: channel (404), the guards of app/intake/guards.py (403 allowlist, 429 rate
 limit), the body size (413, before it is read), the signature (401, before the
 body is parsed), the body (400/422); then one Redis round trip for the replay
 window (the same webhook-id answers what it was answered; with another body,
 409) and the hot cache (a reference committed with the same fields is a
 duplicate at once); then the record goes to the intake topic keyed by its
 reference. Then the view waits for the record agent's decision
-(app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
+(app/recording/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
 conflict 409, or 202 accepted when the decision is still pending (after one
 look at the stored decision: its announcement may have been missed).
 
@@ -33,25 +33,25 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app import audit_trail
-from app.channels import CHANNELS, GENERIC, Channel
-from app.codecs import encode_record
-from app.decisions import Answer
 from app.exceptions import PublishFailed
-from app.metrics import REFERENCE_ANSWERS, WEBHOOK_SECONDS
+from app.instruments import REFERENCE_ANSWERS, WEBHOOK_SECONDS
+from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.webhook_body import Rejected, parse_body, record_for
+from app.kafka.codecs import encode_record
+from app.kafka.topics import INTAKE
 from app.models import Decision, PaymentRecord
-from app.topics import INTAKE
-from app.webhooks import Rejected, parse_body, record_for
+from app.recording import audit_trail
+from app.recording.decisions import Answer
 
 if TYPE_CHECKING:
-    from app.decisions import DecisionBoard
-    from app.guards import Guards
+    from app.intake.guards import Guards
+    from app.intake.signatures import Verifier
+    from app.intake.webhook_counts import WebhookCounts
+    from app.kafka.publisher import Publisher
     from app.models import DateWindow
-    from app.publisher import Publisher
+    from app.recording.decisions import DecisionBoard
     from app.service import PaymentService
     from app.settings import Settings
-    from app.signatures import Verifier
-    from app.webhook_counts import WebhookCounts
 
 log = logging.getLogger(__name__)
 

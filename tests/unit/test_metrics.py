@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import DECISIONS, exposition, gauge
+from app.instruments import DECISIONS, exposition, gauge
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
-from app.outbox_relay import free_in_order
-from app.payment_store import RENEW_LEASES, PaymentStore
+from app.recording.outbox_relay import free_in_order
+from app.recording.payment_store import RENEW_LEASES, PaymentStore
 
 
 def row(name: str, keys: set[bytes], *, behind_held: bool = False) -> dict[str, Any]:

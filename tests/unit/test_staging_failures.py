@@ -11,12 +11,12 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
-from app import staging
-from app.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, decode_record
 from app.exceptions import PublishFailed
+from app.intake import staging
+from app.intake.staging import StagingPoller, prepare_rows
+from app.kafka.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, decode_record
+from app.kafka.topics import DLQ, INTAKE
 from app.models import DateWindow
-from app.staging import StagingPoller, prepare_rows
-from app.topics import DLQ, INTAKE
 
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
 YESTERDAY = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=1)

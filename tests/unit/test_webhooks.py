@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from app.channels import CHANNELS, GENERIC, Channel
-from app.models import DateWindow, PaymentRecord
+from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.signatures import Verifier
+from app.intake.webhook_body import Rejected, parse_body, record_for
+from app.models import CHANNEL_ENDPOINTS, GENERIC_ENDPOINT, DateWindow, PaymentRecord
 from app.settings import Settings
-from app.signatures import Verifier
-from app.webhooks import Rejected, parse_body, record_for
 from tests.webhook_client import signed
 
 NOW = datetime.now(UTC)
@@ -320,3 +320,9 @@ def test_a_junk_timestamp_is_refused(verifier: Verifier) -> None:
 
 def test_without_any_secret_everything_is_refused() -> None:
     assert not Verifier(Settings()).verify("generic", BODY, signed(SECRET_A, BODY))
+
+
+def test_every_channel_has_its_endpoint() -> None:
+    """app.models names the endpoints (the decisions and audit trail key on them)."""
+    assert set(CHANNELS) == CHANNEL_ENDPOINTS
+    assert GENERIC.name == GENERIC_ENDPOINT

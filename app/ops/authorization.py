@@ -8,7 +8,7 @@ what a ``viewer`` may (read stats, metrics) plus replays and requeues.
 
 Answers: 401 without a token or with an unknown one (``WWW-Authenticate``
 says Bearer), 403 with a token whose role is too low. The token's NAME is the
-``actor`` of the audit rows its calls leave (app/audit.py).
+``actor`` of the audit rows its calls leave (app/ops/operator_audit.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the batch's events. Rows go in with COPY, never one INSERT per row.
 
 The worker that wrote an outbox row holds it (:meth:`PaymentStore.holding`)
 while it publishes the events: the outbox relay takes only rows no live worker
-holds (app/outbox_relay.py).
+holds (app/recording/outbox_relay.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 from pydantic_core import to_json
 
-from app.codecs import encode_event_for
+from app.kafka.codecs import encode_event_for
 from app.models import KnownReference, PaymentRecord, fingerprint_of, utc_text
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ WHERE reference_number = ANY($1::varchar[])
 ORDER BY reference_number, created_at
 """
 
-#: Set once reference retention has removed references created before it (app/retention.py).
+#: Set once reference retention has removed references created before it (app/storage/retention.py).
 RETENTION_WATERMARK = "SELECT pruned_before FROM payment_service.reference_retention"
 
 #: Payments recorded under references retention removed since: their partitions are the

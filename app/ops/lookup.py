@@ -16,14 +16,14 @@ from typing import Any
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from app.codecs import decode_event
-from app.database import connect
-from app.decisions import decision_key, references_key
 from app.exceptions import DependencyUnavailable
+from app.kafka.codecs import decode_event
+from app.kafka.topic_reader import TopicReader, partition_for_key
 from app.models import payment_id_for
-from app.redis_connection import RedisConnection
+from app.recording.decisions import decision_key, references_key
 from app.settings import Settings
-from app.topic_reader import TopicReader, partition_for_key
+from app.storage.database import connect
+from app.storage.redis_connection import RedisConnection
 from tables.references import decode_known
 
 Say = Callable[[str], None]

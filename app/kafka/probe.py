@@ -9,8 +9,8 @@ from aiokafka import AIOKafkaClient
 from mode import Service
 
 from app import tls
+from app.kafka.topics import required_topics
 from app.settings import Settings
-from app.topics import required_topics
 
 
 class KafkaProbe(Service):

@@ -4,7 +4,7 @@ The record agent writes one line per record of a committed batch (``audit:
 "decision"``: created, duplicate, conflict, or rejected for the other dead
 letters), and the webhook views one per request refused before the intake
 (``audit: "webhook_rejected"``). The fields travel as ``extra=`` so a JSON
-line carries them as keys (app/log_format.py); the message repeats the gist
+line carries them as keys (app/ops/log_format.py); the message repeats the gist
 for text logs. Never a body, a secret or a signature: references, ids,
 channels and addresses only. A webhook's ``channel`` is the endpoint it came
 through (``generic`` for the plan's body), never the body's free text.
@@ -24,12 +24,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from app.models import DeadLetter, Decision
-from app.webhooks import endpoint_of
+from app.models import DeadLetter, Decision, endpoint_of
 
 log = logging.getLogger("payments.audit")
 
-#: The LogRecord attribute holding a batch's entries (app/log_format.py writes one line each).
+#: The LogRecord attribute holding a batch's entries (app/ops/log_format.py writes one line each).
 BATCH_ATTRIBUTE = "audit_batch"
 
 #: Client-sent values (webhook-id, channel in the path) are cut to this many characters.

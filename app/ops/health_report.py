@@ -10,9 +10,9 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
-from app.database import Database
-from app.kafka_probe import KafkaProbe
-from app.redis_connection import RedisConnection
+from app.kafka.probe import KafkaProbe
+from app.storage.database import Database
+from app.storage.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,19 @@ import click
 from faust.cli import AppCommand, argument, option
 from mode import ServiceT, Worker
 
-from app import database, staging_admin
-from app import dlq as dead_letters
-from app import partitions as partition_jobs
-from app.access import new_token
-from app.audit import AuditEntry, audited, command_line_actor
 from app.exceptions import CommandError, PaymentsError
-from app.log_format import FormattedWorker
-from app.lookup import lookup_reference
-from app.migrations import migrate as apply_migrations
-from app.reconcile import reconcile as check_invariants
+from app.months import retention_cutoff
+from app.ops import dlq as dead_letters
+from app.ops import staging_admin
+from app.ops.authorization import new_token
+from app.ops.log_format import FormattedWorker
+from app.ops.lookup import lookup_reference
+from app.ops.operator_audit import AuditEntry, audited, command_line_actor
+from app.ops.reconcile import reconcile as check_invariants
 from app.settings import ROLES, TOKEN_NAME
+from app.storage import database
+from app.storage import partitions as partition_jobs
+from app.storage.migrations import migrate as apply_migrations
 
 if TYPE_CHECKING:
     from app.service import PaymentService
@@ -47,7 +49,7 @@ def _operator_errors(command: AppCommand) -> Iterator[None]:
 def _audited(
     app: PaymentService, action: str, parameters: dict[str, Any]
 ) -> AbstractAsyncContextManager[AuditEntry]:
-    """An operator's action on the command line, as one audit row (app/audit.py)."""
+    """An operator's action on the command line, as one audit row (app/ops/operator_audit.py)."""
     return audited(
         app.settings, actor=command_line_actor(), via="cli", action=action, parameters=parameters
     )
@@ -140,7 +142,7 @@ async def partitions(self: AppCommand, action: str, dry_run: bool) -> None:
                         "partitions": [partition.name for partition in run.dropped],
                         "kept": [held.partition.name for held in run.held],
                     }
-                cutoff = partition_jobs.retention_cutoff(today, months)
+                cutoff = retention_cutoff(today, months)
                 verb = "would drop" if dry_run else "dropped"
                 self.say(
                     f"{verb} {len(run.dropped)} partitions before {cutoff} "

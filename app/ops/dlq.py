@@ -19,16 +19,16 @@ from typing import Any, get_args
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from app.codecs import decode_dead_letter, encode_record
-from app.database import connect
 from app.exceptions import CommandError, PublishFailed
+from app.intake.staging import record_from_row
+from app.kafka.codecs import decode_dead_letter, encode_record
+from app.kafka.publisher import Message, Publisher
+from app.kafka.topic_reader import TopicReader, kafka_unreachable
+from app.kafka.topics import DLQ, INTAKE
 from app.models import DeadLetter, DeadLetterReason, PaymentRecord, field_errors
-from app.payment_store import KNOWN_REFERENCES
-from app.publisher import Message, Publisher
+from app.recording.payment_store import KNOWN_REFERENCES
 from app.settings import Settings
-from app.staging import record_from_row
-from app.topic_reader import TopicReader, kafka_unreachable
-from app.topics import DLQ, INTAKE
+from app.storage.database import connect
 
 Say = Callable[[str], None]
 

@@ -2,7 +2,7 @@
 
 "Today" is the UTC day. Staging figures come from ``staging_process_log`` (the
 batches completed today, and their duration) and the staging backlog; webhook
-figures from ``webhook_request_counts`` (app/webhook_counts.py), which every
+figures from ``webhook_request_counts`` (app/intake/webhook_counts.py), which every
 process answering webhooks writes once a second, so they lag by about that.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from app.staging import BACKLOG
+from app.intake.staging import BACKLOG
 
 STAGING_TODAY = """
 SELECT coalesce(sum(total_records), 0) AS processed,

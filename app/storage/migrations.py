@@ -19,7 +19,7 @@ from app.exceptions import MigrationError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 #: Any constant both runners agree on; it names "the migration lock".
 LOCK_KEY = 0x7061796D  # "paym"

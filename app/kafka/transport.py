@@ -73,7 +73,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 
-from app.metrics import INTAKE_RECORDS_LOST
+from app.instruments import INTAKE_RECORDS_LOST
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ what Kafka may not have. If the worker dies in between, the row stays; this rela
 sends its events with the same bytes (hence the same event_id) and deletes it.
 
 A row is its worker's while the worker holds its lease (``leased_until``, renewed
-while it publishes, app/payment_store.py; NULL: until ``created_at`` plus the
+while it publishes, app/recording/payment_store.py; NULL: until ``created_at`` plus the
 lease): the relay takes only rows whose lease ran out, so events are never sent
 twice by a live fast path and the relay. Events are keyed by loan account, and an
 account's events must keep their order: a row that shares a key with an earlier
@@ -24,8 +24,8 @@ from typing import Any
 
 import asyncpg
 
-from app.payment_store import MARK_SENT
-from app.publisher import Message
+from app.kafka.publisher import Message
+from app.recording.payment_store import MARK_SENT
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from mode import Service
 
-from app import database
 from app.settings import Settings
+from app.storage import database
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 import asyncpg
 from mode import Service
 
-from app.database import connect_options
 from app.settings import Settings
+from app.storage.database import connect_options
 
 log = logging.getLogger(__name__)
 

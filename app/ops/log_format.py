@@ -22,7 +22,7 @@ from typing import Any
 from mode import Worker
 from pythonjsonlogger.json import JsonFormatter
 
-from app.audit_trail import BATCH_ATTRIBUTE
+from app.recording.audit_trail import BATCH_ATTRIBUTE
 from app.settings import LogFormat
 
 #: LogRecord attributes → JSON keys, in this order (extras come after them).

@@ -34,9 +34,10 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 from pydantic import ValidationError
 
-from app import failures
-from app.codecs import dead_letter_message, decode_record
 from app.exceptions import UndecodableRecord
+from app.kafka.codecs import dead_letter_message, decode_record
+from app.kafka.publisher import Message
+from app.kafka.topics import DLQ
 from app.models import (
     DateWindow,
     DeadLetter,
@@ -48,9 +49,8 @@ from app.models import (
     differing_fields,
     field_errors,
 )
-from app.payment_store import RecordResult
-from app.publisher import Message
-from app.topics import DLQ
+from app.recording import failures
+from app.recording.payment_store import RecordResult
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ fields of the body the sender wrote, not ours.
 A channel's notices carry the channel as ``payment_channel``; the generic body's
 free text may name any channel but one that has an endpoint (and a secret) of its
 own, so the holder of the default secret cannot speak for ``card``. Hence
-:func:`endpoint_of` recovers a webhook record's endpoint from its channel.
+:func:`app.models.endpoint_of` recovers a webhook record's endpoint from its channel.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.channels import CHANNELS, GENERIC, Channel
+from app.intake.channels import CHANNELS, GENERIC, Channel
 from app.models import DateWindow, FieldError, PaymentRecord, field_errors
 
 #: Where a canonical field comes from in each channel's body, when the names differ.
@@ -97,11 +97,6 @@ def record_for(
             for error in field_errors(exc)
         ]
         raise Rejected(422, "invalid_payment", "the payment breaks a rule", errors) from None
-
-
-def endpoint_of(payment_channel: str | None) -> str:
-    """The endpoint a webhook record came through: its channel's, else the generic one."""
-    return payment_channel if payment_channel in CHANNELS else GENERIC.name
 
 
 def _refuse_channel_with_endpoint(payment_channel: Any) -> None:

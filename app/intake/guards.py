@@ -17,9 +17,9 @@ import time
 
 from redis.exceptions import RedisError
 
-from app.metrics import REDIS_UNAVAILABLE
-from app.redis_connection import RedisConnection
+from app.instruments import REDIS_UNAVAILABLE
 from app.settings import IPNetwork, Settings
+from app.storage.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 

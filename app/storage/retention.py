@@ -4,7 +4,7 @@ The references table keeps the dedup check small; the payments themselves stay
 in their partitions (until partition retention). Before the first row goes, the
 run records its cutoff in ``reference_retention``: from then on the record
 agent looks a newly claimed reference up in the old partitions, and a late
-duplicate stays a duplicate (app/payment_store.py). The RocksDB table expires
+duplicate stays a duplicate (app/recording/payment_store.py). The RocksDB table expires
 its entries on the same schedule (tables/references.py). Rows go in chunks of
 CHUNK_ROWS, each its own short transaction, with a progress line per chunk.
 """

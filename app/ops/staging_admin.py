@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.database import connect
 from app.exceptions import CommandError
 from app.settings import Settings
+from app.storage.database import connect
 
 Say = Callable[[str], None]
 

@@ -31,9 +31,11 @@ from typing import Any, NamedTuple
 import asyncpg
 from pydantic import ValidationError
 
-from app import audit_trail, failures
-from app.codecs import dead_letter_message, encode_record
-from app.metrics import STAGING_BATCH_SECONDS, STAGING_ROWS
+from app.instruments import STAGING_BATCH_SECONDS, STAGING_ROWS
+from app.intake.process_pool import ProcessPool
+from app.kafka.codecs import dead_letter_message, encode_record
+from app.kafka.publisher import Message
+from app.kafka.topics import DLQ, INTAKE
 from app.models import (
     METADATA_MAX_DEPTH,
     DateWindow,
@@ -45,10 +47,8 @@ from app.models import (
     field_errors,
     payment_id_for,
 )
-from app.payment_store import KNOWN_REFERENCES, naive_utc
-from app.process_pool import ProcessPool
-from app.publisher import Message
-from app.topics import DLQ, INTAKE
+from app.recording import audit_trail, failures
+from app.recording.payment_store import KNOWN_REFERENCES, naive_utc
 
 log = logging.getLogger(__name__)
 

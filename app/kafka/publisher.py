@@ -27,7 +27,7 @@ from mode import Service
 
 from app import tls
 from app.exceptions import PublishFailed
-from app.metrics import KAFKA_MESSAGES
+from app.instruments import KAFKA_MESSAGES
 from app.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from aiokafka.errors import (
 )
 from asyncpg.exceptions._base import DataError as QueryArgumentError
 
-from app.database import is_retriable
+from app.storage.database import is_retriable
 
 log = logging.getLogger(__name__)
 

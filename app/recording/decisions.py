@@ -40,10 +40,9 @@ from typing import Any
 from mode import Service
 from redis.exceptions import RedisError
 
-from app.metrics import REDIS_UNAVAILABLE
-from app.models import DeadLetter, Decision, KnownReference
-from app.redis_connection import RedisConnection
-from app.webhooks import endpoint_of
+from app.instruments import REDIS_UNAVAILABLE
+from app.models import DeadLetter, Decision, KnownReference, endpoint_of
+from app.storage.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
-from app import database, tls
+from app import tls
+from app.kafka.topic_reader import kafka_unreachable, partitions_of
 from app.models import utc_text
 from app.settings import Settings
-from app.topic_reader import kafka_unreachable, partitions_of
+from app.storage import database
 
 COUNTS = """
 SELECT
