@@ -19,10 +19,11 @@ from app.intake.process_pool import ProcessPool
 from app.intake.signatures import Verifier
 from app.intake.staging import StagingPoller
 from app.intake.webhook_counts import WebhookCounts, process_name
+from app.kafka import faust_patches
 from app.kafka.probe import KafkaProbe
 from app.kafka.publisher import Publisher
 from app.kafka.topics import INTAKE_PARTITIONS
-from app.kafka.transport import Transport, route_acks_through_the_consumer
+from app.kafka.transport import Transport
 from app.models import DateWindow
 from app.ops import commands
 from app.ops.health_report import HealthChecker
@@ -82,7 +83,7 @@ class PaymentService(faust.App):
             "Worker": QuietWorker,
         }
         options.update(overrides)
-        route_acks_through_the_consumer()
+        faust_patches.install()
         super().__init__(settings.kafka_client_id, **options)
         self.settings = settings
         if settings.enable_metrics:
@@ -111,10 +112,7 @@ class PaymentService(faust.App):
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
-        # Each table write queues a changelog record in Faust's producer buffer, and
-        # Faust stalls *every incoming message* while that buffer holds more than
-        # max_messages (100). A batch writes record_batch_size keys at once.
-        self.producer.buffer.max_messages = 4 * settings.record_batch_size
+        faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)
         self.staging_poller: StagingPoller | None = None
         self.record_payments = record_payments.register(self)
         poll_staging.register(self)

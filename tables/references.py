@@ -12,15 +12,13 @@ the changelog partition of a key is the intake partition that key arrives on
 from __future__ import annotations
 
 import uuid
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import faust
-from faust.streams import _current_event  # see event_context below
 from faust.types import TP, EventT
 
+from app.kafka.faust_patches import event_context
 from app.kafka.publisher import Publisher
 from app.kafka.topics import INTAKE_PARTITIONS
 from app.models import KnownReference
@@ -46,22 +44,6 @@ def decode_known(value: bytes) -> KnownReference:
         fingerprint=value[:_FINGERPRINT_BYTES].hex(),
         payment_id=uuid.UUID(bytes=value[_FINGERPRINT_BYTES:]),
     )
-
-
-@contextmanager
-def event_context(event: EventT[Any]) -> Iterator[None]:
-    """Make ``event`` the current event while writing the table.
-
-    A table write goes to the changelog partition (and the RocksDB partition) of
-    the *current event*. Inside a ``take_events`` batch Faust does not set one
-    per event, and a batch mixes partitions, so each write names its own event.
-    faust-streaming has no public setter for this (0.15.3).
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class References:

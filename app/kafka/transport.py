@@ -56,6 +56,14 @@ warning.
 
 Its consumer thread also keeps a failed group join from stopping the worker
 (:class:`ConsumerThread`).
+
+Upstream: fix 1 undoes the acks of the generation check added for faust-streaming
+#221 (prefetched records after a rebalance), fix 2 is the rest of #221, fixes 3 and 4
+are #606 (a one-offset head gap committed over), 6 is what #596 describes (gaps in
+the acked offsets that block committing for good) and 7 is #318 (no commit after
+an out-of-range reset). A repair fetches records again, so a record can be
+processed twice, as in #502: the record agent's dedup makes that harmless. The
+private names these fixes touch are checked at start (app/kafka/faust_patches.py).
 """
 
 from __future__ import annotations
@@ -68,7 +76,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka.errors import KafkaError
-from faust import streams as faust_streams
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
@@ -76,18 +83,6 @@ from faust.transport.drivers import aiokafka as driver
 from app.instruments import INTAKE_RECORDS_LOST
 
 log = logging.getLogger(__name__)
-
-
-def route_acks_through_the_consumer() -> None:
-    """Make every ack go through :meth:`Consumer.ack` (fix 1 depends on it).
-
-    Faust's Cython stream iterator inlines the consumer's ack bookkeeping, so an
-    override of ``Consumer.ack`` never sees the acks of skipped messages; with
-    it, a second worker joining the group lost thousands of records (bench/staging
-    --workers 2). The pure-Python iterator calls ``Consumer.ack``. ``__aiter__``
-    reads this module global on every call, so clearing it switches every stream.
-    """
-    faust_streams._CStreamIterator = None  # type: ignore[attr-defined]  # private switch, see above
 
 
 #: How long the head of a partition may stay unacked before we fetch it again.
