@@ -12,26 +12,25 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+
+import faust
 
 from app.instruments import PARTITIONS_KEPT
 from app.ops.operator_audit import audited
+from app.settings import Settings
 from app.storage import partitions
+from app.storage.database import Database
 from app.storage.retention import prune_references, reference_cutoff
-
-if TYPE_CHECKING:
-    from app.service import PaymentService
 
 log = logging.getLogger(__name__)
 
 
-def register(app: PaymentService) -> None:
+def register(app: faust.App, *, settings: Settings, database: Database) -> None:
     """Add the maintenance timer to ``app``."""
-    settings = app.settings
 
     async def maintain_partitions() -> None:
         now = datetime.now(UTC)
-        async with app.database.pool.acquire() as connection:
+        async with database.pool.acquire() as connection:
             try:
                 created = await partitions.ensure(connection, now.date())
                 if created:

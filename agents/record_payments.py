@@ -5,7 +5,7 @@ Faust runs it at-least-once (docs/architecture.md says why not
 :func:`record_batch` returns, so the batch is never acked before its rows are
 committed, its events published and its dead letters sent. A record that keeps
 failing for a reason nobody foresaw is isolated and dead-lettered as
-``unprocessable`` (:mod:`app.failures`): it never holds the worker.
+``unprocessable`` (:mod:`app.recording.failures`): it never holds the worker.
 """
 
 from __future__ import annotations
@@ -18,17 +18,21 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import faust
 
 from app.instruments import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.kafka.publisher import Publisher
 from app.kafka.topics import INTAKE, INTAKE_PARTITIONS
-from app.models import PaymentRecord
+from app.models import DateWindow, PaymentRecord
 from app.recording import audit_trail, failures
+from app.recording.decisions import DecisionBoard
 from app.recording.payment_store import PaymentStore, RecordResult
 from app.recording.recorder import BatchReport, Incoming, Recorder
-
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from app.settings import Settings
+from app.storage.database import Database
+from tables.references import References
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +145,17 @@ def _freeze_once() -> Callable[[], None]:
     return freeze
 
 
-def register(app: PaymentService) -> Any:
+def register(
+    app: faust.App,
+    *,
+    settings: Settings,
+    database: Database,
+    references: References,
+    publisher: Publisher,
+    decisions: DecisionBoard,
+    window: DateWindow,
+) -> Any:
     """Add the intake topic and the agent to ``app``; returns the agent."""
-    settings = app.settings
     intake = app.topic(
         INTAKE,
         key_type=bytes,
@@ -156,20 +168,20 @@ def register(app: PaymentService) -> Any:
     async def record_payments(stream: Any) -> None:
         recorder = Recorder(
             (_PoisonedStore if settings.fault_point == "poison_record" else PaymentStore)(
-                app.database.pool,
+                database.pool,
                 settings.kafka_topic,
-                app.date_window.max_future,
+                window.max_future,
                 after_claim=(
                     _freeze_once() if settings.fault_point == "freeze_in_transaction" else None
                 ),
                 outbox_lease_seconds=settings.outbox_relay_min_age_seconds,
             ),
-            app.references,
-            app.publisher,
+            references,
+            publisher,
             events_topic=settings.kafka_topic,
-            window=app.date_window,
+            window=window,
             crash_after_commit=_die if settings.fault_point == "after_commit" else None,
-            announce=lambda report: app.decisions.post(
+            announce=lambda report: decisions.post(
                 report.decisions, report.committed, report.dead_letters
             ),
         )

@@ -17,7 +17,6 @@ from app.instruments import faust_monitor
 from app.intake.guards import Guards
 from app.intake.process_pool import ProcessPool
 from app.intake.signatures import Verifier
-from app.intake.staging import StagingPoller
 from app.intake.webhook_counts import WebhookCounts, process_name
 from app.kafka import faust_patches
 from app.kafka.probe import KafkaProbe
@@ -35,11 +34,8 @@ from app.storage.database import Database
 from app.storage.redis_connection import RedisConnection
 from app.tls import faust_credentials
 from tables.references import References
-from web import admin, webhooks
+from web import admin, health, metrics, stats, webhooks
 from web.front import Fronts
-from web.health import HealthView, LivenessView, ReadinessView
-from web.metrics import MetricsView
-from web.stats import StatsView
 
 
 class PaymentService(faust.App):
@@ -113,20 +109,45 @@ class PaymentService(faust.App):
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
         faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)
-        self.staging_poller: StagingPoller | None = None
-        self.record_payments = record_payments.register(self)
-        poll_staging.register(self)
-        relay_outbox.register(self)
-        maintain_partitions.register(self)
+        self.record_payments = record_payments.register(
+            self,
+            settings=settings,
+            database=self.database,
+            references=self.references,
+            publisher=self.publisher,
+            decisions=self.decisions,
+            window=self.date_window,
+        )
+        poll_staging.register(
+            self,
+            settings=settings,
+            database=self.database,
+            publisher=self.publisher,
+            window=self.date_window,
+            helpers=self.helpers,
+        )
+        relay_outbox.register(
+            self, settings=settings, database=self.database, publisher=self.publisher
+        )
+        maintain_partitions.register(self, settings=settings, database=self.database)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
-        self.page("/health")(HealthView)
-        self.page("/health/live")(LivenessView)
-        self.page("/health/ready")(ReadinessView)
-        self.page("/metrics")(MetricsView)
-        self.page("/api/v1/payments/stats")(StatsView)
-        webhooks.register(self)
-        admin.register(self)
+        health.register(self, health=self.health)
+        metrics.register(self, settings=settings, database=self.database)
+        stats.register(self, settings=settings, database=self.database)
+        webhooks.register(
+            self,
+            ingress=webhooks.WorkerIngress(
+                settings=settings,
+                decisions=self.decisions,
+                guards=self.guards,
+                verifier=self.verifier,
+                publisher=self.publisher,
+                date_window=self.date_window,
+                webhook_counts=self.webhook_counts,
+            ),
+        )
+        admin.register(self, settings=settings)
         self.command(base=commands.Command)(commands.migrate)
         self.command(base=commands.Command)(commands.reconcile)
         self.command(*commands.PARTITIONS_OPTIONS, base=commands.Command)(commands.partitions)

@@ -42,6 +42,7 @@ from app.kafka.topics import INTAKE
 from app.models import Decision, PaymentRecord
 from app.recording import audit_trail
 from app.recording.decisions import Answer
+from web.binding import bound
 
 if TYPE_CHECKING:
     from app.intake.guards import Guards
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from app.kafka.publisher import Publisher
     from app.models import DateWindow
     from app.recording.decisions import DecisionBoard
-    from app.service import PaymentService
     from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,19 @@ RETRY_AFTER_SECONDS = 5
 
 class Ingress(Protocol):
     """What answering a webhook needs: the worker's app, or a front process (web/front.py)."""
+
+    settings: Settings
+    decisions: DecisionBoard
+    guards: Guards
+    verifier: Verifier
+    publisher: Publisher
+    date_window: DateWindow
+    webhook_counts: WebhookCounts
+
+
+@dataclass
+class WorkerIngress:
+    """The worker's :class:`Ingress`, handed over by the composition root (app/service.py)."""
 
     settings: Settings
     decisions: DecisionBoard
@@ -214,10 +227,11 @@ def _reply(answer: Answer, *, replay: bool = False) -> Reply:
 class WebhookView(View):
     """One view for the generic body (no channel in the path) and each channel's own."""
 
+    ingress: Ingress
+
     async def post(self, request: Request, channel: str | None = None) -> Response:
-        app = cast("PaymentService", self.app)
         # Faust's aiohttp driver hands over aiohttp's request.
-        reply = await answer_webhook(app, cast(web.Request, request), channel)
+        reply = await answer_webhook(self.ingress, cast(web.Request, request), channel)
         return self.json(reply.body, status=reply.status, headers=reply.headers)
 
 
@@ -282,8 +296,8 @@ class ChannelWebhookView(WebhookView):
     """The same view under the channel path (Faust keeps one path per view class)."""
 
 
-def register(app: Any) -> None:
+def register(app: Any, *, ingress: Ingress) -> None:
     """Route both webhook paths."""
-    app.page("/api/v1/payments/webhook")(WebhookView)
-    app.page("/api/v1/payments/webhook/{channel}")(ChannelWebhookView)
+    app.page("/api/v1/payments/webhook")(bound(WebhookView, ingress=ingress))
+    app.page("/api/v1/payments/webhook/{channel}")(bound(ChannelWebhookView, ingress=ingress))
     app.page("/api/v1/openapi.yaml")(OpenApiView)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import click
 from faust.cli import AppCommand, argument, option
@@ -27,13 +27,20 @@ from app.ops.log_format import FormattedWorker
 from app.ops.lookup import lookup_reference
 from app.ops.operator_audit import AuditEntry, audited, command_line_actor
 from app.ops.reconcile import reconcile as check_invariants
-from app.settings import ROLES, TOKEN_NAME
+from app.settings import ROLES, TOKEN_NAME, Settings
 from app.storage import database
 from app.storage import partitions as partition_jobs
 from app.storage.migrations import migrate as apply_migrations
 
 if TYPE_CHECKING:
-    from app.service import PaymentService
+    from tables.references import References
+
+
+class Operated(Protocol):
+    """What the commands use of the app they run in (app/service.py builds it)."""
+
+    settings: Settings
+    references: References
 
 
 @contextmanager
@@ -47,7 +54,7 @@ def _operator_errors(command: AppCommand) -> Iterator[None]:
 
 
 def _audited(
-    app: PaymentService, action: str, parameters: dict[str, Any]
+    app: Operated, action: str, parameters: dict[str, Any]
 ) -> AbstractAsyncContextManager[AuditEntry]:
     """An operator's action on the command line, as one audit row (app/ops/operator_audit.py)."""
     return audited(
@@ -71,15 +78,13 @@ class Command(AppCommand):
         self, service: ServiceT, loop: asyncio.AbstractEventLoop | None = None
     ) -> Worker:
         worker = super().worker_for_service(service, loop)
-        cast(FormattedWorker, worker).log_format = cast(
-            "PaymentService", self.app
-        ).settings.log_format
+        cast(FormattedWorker, worker).log_format = cast(Operated, self.app).settings.log_format
         return worker
 
 
 async def migrate(self: AppCommand) -> None:
     """Apply pending database migrations (idempotent; safe while workers run)."""
-    app = cast("PaymentService", self.app)
+    app = cast(Operated, self.app)
     # database.connect says what to check (the host, or the CA setting for a rejected certificate).
     with _operator_errors(self):
         connection = await database.connect(app.settings)
@@ -96,7 +101,7 @@ async def migrate(self: AppCommand) -> None:
 
 async def reconcile(self: AppCommand) -> None:
     """Check the invariants between Postgres and payment.events; exit 0 only if they hold."""
-    app = cast("PaymentService", self.app)
+    app = cast(Operated, self.app)
     with _operator_errors(self):
         report = await check_invariants(app.settings, progress=self.say)
     figures = report.as_dict()
@@ -118,7 +123,7 @@ PARTITIONS_OPTIONS = (
 
 async def partitions(self: AppCommand, action: str, dry_run: bool) -> None:
     """Monthly partitions of payments: `partitions list|ensure|prune [--dry-run]`."""
-    app = cast("PaymentService", self.app)
+    app = cast(Operated, self.app)
     settings = app.settings
     today = datetime.now(UTC).date()
     with _operator_errors(self):
@@ -179,7 +184,7 @@ async def dlq(
     self: AppCommand, action: str, reason: str | None, limit: int | None, dry_run: bool
 ) -> None:
     """The dead-letter topic: `dlq list [--reason R] [--limit N]`, `dlq replay [--dry-run]`."""
-    app = cast("PaymentService", self.app)
+    app = cast(Operated, self.app)
     with _operator_errors(self):
         reason = dead_letters.check_reason(reason)
         if action == "list":
@@ -224,7 +229,7 @@ async def staging(
     dry_run: bool,
 ) -> None:
     """The staging table: `staging status`, `staging requeue --from-id A --to-id B`."""
-    app = cast("PaymentService", self.app)
+    app = cast(Operated, self.app)
     with _operator_errors(self):
         if action == "status":
             if from_id is not None or to_id is not None or dry_run:
@@ -256,7 +261,7 @@ REFERENCES_OPTIONS = (
 
 async def references(self: AppCommand, action: str, reference: str) -> None:
     """Where a reference is: `references lookup REF` (Postgres, Redis, changelog, events)."""
-    app = cast("PaymentService", self.app)
+    app = cast(Operated, self.app)
     with _operator_errors(self):
         found = await lookup_reference(
             app.settings,
