@@ -117,6 +117,7 @@ class PaymentService(faust.App):
             publisher=self.publisher,
             decisions=self.decisions,
             window=self.date_window,
+            faults=_fault_hooks(settings),
         )
         poll_staging.register(
             self,
@@ -173,6 +174,15 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         use_log_format(logger, cast(PaymentService, self.app).settings.log_format)
+
+
+def _fault_hooks(settings: Settings) -> record_payments.FaultHooks | None:
+    """FAULT_POINT's hooks for the record agent: tests only, so imported only when it is set."""
+    if not settings.fault_point:
+        return None
+    from app import fault_points  # the one seam to the test-only hooks
+
+    return fault_points.record_hooks(settings.fault_point)
 
 
 def create_app(settings: Settings, **overrides: Any) -> PaymentService:
