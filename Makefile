@@ -7,7 +7,7 @@ PY := .venv/bin/python
 # The test stack lives apart from the dev stack (own state folder and ports): scripts/test-stack.env.
 TEST_STACK_ENV := set -a; source scripts/test-stack.env; set +a
 
-.PHONY: run test bootstrap up down status logs reset migrate lint typecheck check
+.PHONY: run test bootstrap up down status logs reset migrate lint typecheck imports check
 
 run: bootstrap up migrate
 	eval "$$(scripts/stack env)"; \
@@ -51,5 +51,9 @@ lint: bootstrap
 typecheck: bootstrap
 	.venv/bin/mypy
 
+# The rooms of app/ and what each may import: the contracts in pyproject.toml.
+imports: bootstrap
+	.venv/bin/lint-imports
+
 # Static checks run first in `make test` (and so in CI): warnings and type errors are bugs.
-check: lint typecheck
+check: lint typecheck imports

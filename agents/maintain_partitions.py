@@ -1,8 +1,8 @@
 """The maintenance timer: leader only, every PARTITION_MAINTENANCE_INTERVAL_SECONDS.
 
 Creates the partitions ahead, drops the expired ones (PARTITION_AUTO_PRUNE), and
-removes references past REFERENCE_CACHE_TTL_DAYS (app/partitions.py,
-app/retention.py). Each step logs what it did; a failed step is retried at the
+removes references past REFERENCE_CACHE_TTL_DAYS (app/storage/partitions.py,
+app/storage/retention.py). Each step logs what it did; a failed step is retried at the
 next tick and does not stop the others. An expired month that holds rows recorded
 after the accepted window had closed on it is kept, with an error each run and
 ``payments_partitions_kept_total`` counting it.
@@ -12,26 +12,25 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from app import partitions
-from app.audit import audited
-from app.metrics import PARTITIONS_KEPT
-from app.retention import prune_references, reference_cutoff
+import faust
 
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from app.instruments import PARTITIONS_KEPT
+from app.ops.operator_audit import audited
+from app.settings import Settings
+from app.storage import partitions
+from app.storage.database import Database
+from app.storage.retention import prune_references, reference_cutoff
 
 log = logging.getLogger(__name__)
 
 
-def register(app: PaymentService) -> None:
+def register(app: faust.App, *, settings: Settings, database: Database) -> None:
     """Add the maintenance timer to ``app``."""
-    settings = app.settings
 
     async def maintain_partitions() -> None:
         now = datetime.now(UTC)
-        async with app.database.pool.acquire() as connection:
+        async with database.pool.acquire() as connection:
             try:
                 created = await partitions.ensure(connection, now.date())
                 if created:

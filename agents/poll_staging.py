@@ -3,32 +3,44 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from app.staging import StagingPoller
+import faust
 
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from app.intake.process_pool import ProcessPool
+from app.intake.staging import StagingPoller
+from app.kafka.publisher import Publisher
+from app.models import DateWindow
+from app.settings import Settings
+from app.storage.database import Database
 
 log = logging.getLogger(__name__)
 
 
-def register(app: PaymentService) -> None:
-    """Add the poller's timer to ``app``."""
-    settings = app.settings
+def register(
+    app: faust.App,
+    *,
+    settings: Settings,
+    database: Database,
+    publisher: Publisher,
+    window: DateWindow,
+    helpers: ProcessPool,
+) -> None:
+    """Add the poller's timer to ``app``; the poller is built on the first tick (the pool is up)."""
+    pollers: list[StagingPoller] = []
 
     async def poll_staging() -> None:
-        poller = app.staging_poller
-        if poller is None:
-            poller = app.staging_poller = StagingPoller(
-                app.database.pool,
-                app.publisher,
-                batch_size=settings.staging_batch_size,
-                max_retries=settings.staging_max_retries,
-                window=app.date_window,
-                helpers=app.helpers,
-                audit_log=settings.audit_log,
+        if not pollers:
+            pollers.append(
+                StagingPoller(
+                    database.pool,
+                    publisher,
+                    batch_size=settings.staging_batch_size,
+                    max_retries=settings.staging_max_retries,
+                    window=window,
+                    helpers=helpers,
+                    audit_log=settings.audit_log,
+                )
             )
-        await poller.drain()
+        await pollers[0].drain()
 
     app.timer(settings.staging_interval_seconds, on_leader=True, name="poll_staging")(poll_staging)

@@ -5,30 +5,32 @@ Faust runs it at-least-once (docs/architecture.md says why not
 :func:`record_batch` returns, so the batch is never acked before its rows are
 committed, its events published and its dead letters sent. A record that keeps
 failing for a reason nobody foresaw is isolated and dead-lettered as
-``unprocessable`` (:mod:`app.failures`): it never holds the worker.
+``unprocessable`` (:mod:`app.recording.failures`): it never holds the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from app import audit_trail, failures
-from app.metrics import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
-from app.models import PaymentRecord
-from app.payment_store import PaymentStore, RecordResult
-from app.recorder import BatchReport, Incoming, Recorder
-from app.topics import INTAKE, INTAKE_PARTITIONS
+import faust
 
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from app.instruments import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.kafka.publisher import Publisher
+from app.kafka.topics import INTAKE, INTAKE_PARTITIONS
+from app.models import DateWindow
+from app.recording import audit_trail, failures
+from app.recording.decisions import DecisionBoard
+from app.recording.payment_store import PaymentStore
+from app.recording.recorder import BatchReport, Incoming, Recorder
+from app.settings import Settings
+from app.storage.database import Database
+from tables.references import References
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,6 @@ UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
 
 #: How often a busy agent logs its progress.
 PROGRESS_INTERVAL_SECONDS = 10.0
-
-#: Exit code of a worker stopped by FAULT_POINT.
-FAULT_EXIT_CODE = 70
 
 
 class Progress:
@@ -100,50 +99,31 @@ async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchRe
     return reports[0] if len(reports) == 1 else BatchReport.merged(reports)
 
 
-#: FAULT_POINT=poison_record: references starting with this fail, unforeseen, in Postgres.
-POISON_PREFIX = "POISON-"
+@dataclass(frozen=True)
+class FaultHooks:
+    """Where a test may break the agent (FAULT_POINT, app/fault_points.py); none in production."""
+
+    #: The payment store's class (a test's fails on chosen records).
+    store: type[PaymentStore] = PaymentStore
+    #: Makes, per agent start, what runs inside the transaction once references are claimed.
+    after_claim: Callable[[], Callable[[], None]] | None = None
+    #: Runs after the Postgres commit, before the events are published.
+    crash_after_commit: Callable[[], None] | None = None
 
 
-class _PoisonedStore(PaymentStore):
-    """FAULT_POINT=poison_record: a store whose batches fail when they hold a POISON- reference."""
-
-    async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
-        poisoned = [
-            r.reference_number for r in records if r.reference_number.startswith(POISON_PREFIX)
-        ]
-        if poisoned:
-            raise RuntimeError(f"FAULT_POINT poison_record: {poisoned[0]} poisons its batch")
-        return await super().record(records)
-
-
-def _die() -> None:
-    """FAULT_POINT=after_commit: vanish like a SIGKILL, with nothing flushed or published."""
-    sys.stderr.write("FAULT_POINT after_commit: exiting after the Postgres commit\n")
-    sys.stderr.flush()
-    os._exit(FAULT_EXIT_CODE)
-
-
-def _freeze_once() -> Callable[[], None]:
-    """FAULT_POINT=freeze_in_transaction: stop the whole process (SIGSTOP) once, mid-transaction.
-
-    The test sends SIGCONT: the worker wakes as a zombie whose session and
-    group membership may have expired meanwhile.
-    """
-    frozen = False
-
-    def freeze() -> None:
-        nonlocal frozen
-        if not frozen:
-            frozen = True
-            log.warning("FAULT_POINT freeze_in_transaction: stopping with claims uncommitted")
-            os.kill(os.getpid(), signal.SIGSTOP)
-
-    return freeze
-
-
-def register(app: PaymentService) -> Any:
+def register(
+    app: faust.App,
+    *,
+    settings: Settings,
+    database: Database,
+    references: References,
+    publisher: Publisher,
+    decisions: DecisionBoard,
+    window: DateWindow,
+    faults: FaultHooks | None = None,
+) -> Any:
     """Add the intake topic and the agent to ``app``; returns the agent."""
-    settings = app.settings
+    faults = faults or FaultHooks()
     intake = app.topic(
         INTAKE,
         key_type=bytes,
@@ -155,21 +135,19 @@ def register(app: PaymentService) -> Any:
 
     async def record_payments(stream: Any) -> None:
         recorder = Recorder(
-            (_PoisonedStore if settings.fault_point == "poison_record" else PaymentStore)(
-                app.database.pool,
+            faults.store(
+                database.pool,
                 settings.kafka_topic,
-                app.date_window.max_future,
-                after_claim=(
-                    _freeze_once() if settings.fault_point == "freeze_in_transaction" else None
-                ),
+                window.max_future,
+                after_claim=faults.after_claim() if faults.after_claim else None,
                 outbox_lease_seconds=settings.outbox_relay_min_age_seconds,
             ),
-            app.references,
-            app.publisher,
+            references,
+            publisher,
             events_topic=settings.kafka_topic,
-            window=app.date_window,
-            crash_after_commit=_die if settings.fault_point == "after_commit" else None,
-            announce=lambda report: app.decisions.post(
+            window=window,
+            crash_after_commit=faults.crash_after_commit,
+            announce=lambda report: decisions.post(
                 report.decisions, report.committed, report.dead_letters
             ),
         )

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from app.outbox_relay import OutboxRelay
+import faust
 
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from app.kafka.publisher import Publisher
+from app.recording.outbox_relay import OutboxRelay
+from app.settings import Settings
+from app.storage.database import Database
 
 log = logging.getLogger(__name__)
 
 
-def register(app: PaymentService) -> None:
+def register(
+    app: faust.App, *, settings: Settings, database: Database, publisher: Publisher
+) -> None:
     """Add the relay's timer to ``app``."""
-    settings = app.settings
 
     async def relay_outbox() -> None:
         relay = OutboxRelay(
-            app.database.pool,
-            app.publisher,
+            database.pool,
+            publisher,
             lease_seconds=settings.outbox_relay_min_age_seconds,
         )
         try:

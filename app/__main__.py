@@ -23,8 +23,10 @@ def main() -> None:
         raise SystemExit(2) from None
     if "worker" in sys.argv[1:]:
         _count_in_files(Path(settings.data_dir) / "metrics")
-    from app.log_format import log_before_setup
-    from app.service import create_app  # after _count_in_files: prometheus-client reads it
+    # After _count_in_files: prometheus-client reads it.
+    from app.kafka.faust_patches import FaustInternalsChanged
+    from app.ops.log_format import log_before_setup
+    from app.service import create_app
 
     log_before_setup(settings.log_format, settings.log_level)
 
@@ -33,11 +35,16 @@ def main() -> None:
         sys.argv[1:1] = ["--quiet"]
     if not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=") for arg in sys.argv):
         sys.argv[1:1] = ["--loglevel", FAUST_LOG_LEVELS.get(settings.log_level, settings.log_level)]
-    create_app(settings).main()
+    try:
+        app = create_app(settings)
+    except FaustInternalsChanged as exc:
+        print(f"payment-service: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app.main()
 
 
 def _count_in_files(folder: Path) -> None:
-    """Metrics of the worker and its fronts in ``folder``, emptied (see app/metrics.py)."""
+    """Metrics of the worker and its fronts in ``folder``, emptied (see app/instruments.py)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)

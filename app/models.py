@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
 
-from app import partitions
+from app import months
 from app.currencies import CurrencyCode, minor_unit_exponent
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class DateWindow:
         """The earliest payment_date accepted at ``now``: it moves with ``now``.
 
         The later of PAYMENT_DATE_MIN and the start of the oldest month that
-        partition retention keeps for a margin more (app/partitions.py): webhooks
+        partition retention keeps for a margin more (app/storage/partitions.py): webhooks
         and the staging poller ask for ACCEPTING_MARGIN, the record agent
         (``recording``) for RECORDING_MARGIN, so what was accepted is still inside
         the agent's window for the time it may wait in the intake.
@@ -186,8 +186,8 @@ class DateWindow:
         start = datetime.combine(self.earliest, datetime.min.time(), UTC)
         if self.retention_months is None:
             return start
-        margin = partitions.RECORDING_MARGIN if recording else partitions.ACCEPTING_MARGIN
-        return max(start, partitions.oldest_kept(now, self.retention_months, margin))
+        margin = months.RECORDING_MARGIN if recording else months.ACCEPTING_MARGIN
+        return max(start, months.oldest_kept(now, self.retention_months, margin))
 
     def check(
         self, payment_date: datetime, now: datetime | None = None, *, recording: bool = False
@@ -530,3 +530,15 @@ class KnownReference:
 
     fingerprint: str
     payment_id: uuid.UUID
+
+
+#: The webhook endpoints: the generic body's bare path, and one per channel
+#: (``/webhook/{name}``; app/intake/channels.py gives each its body format, and a
+#: unit test holds the two lists together).
+GENERIC_ENDPOINT = "generic"
+CHANNEL_ENDPOINTS = frozenset({"bank_transfer", "card"})
+
+
+def endpoint_of(payment_channel: str | None) -> str:
+    """The endpoint a webhook record came through: its channel's, else the generic one."""
+    return payment_channel if payment_channel in CHANNEL_ENDPOINTS else GENERIC_ENDPOINT

@@ -13,32 +13,29 @@ from typing import Any, cast
 import faust
 
 from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
-from app import commands
-from app.audit import SecretAudit
-from app.database import Database
-from app.decisions import DecisionBoard
-from app.guards import Guards
-from app.health import HealthChecker
-from app.kafka_probe import KafkaProbe
-from app.kafka_transport import Transport, route_acks_through_the_consumer
-from app.log_format import use_log_format
-from app.metrics import faust_monitor
+from app.instruments import faust_monitor
+from app.intake.guards import Guards
+from app.intake.process_pool import ProcessPool
+from app.intake.signatures import Verifier
+from app.intake.webhook_counts import WebhookCounts, process_name
+from app.kafka import faust_patches
+from app.kafka.probe import KafkaProbe
+from app.kafka.publisher import Publisher
+from app.kafka.topics import INTAKE_PARTITIONS
+from app.kafka.transport import Transport
 from app.models import DateWindow
-from app.process_pool import ProcessPool
-from app.publisher import Publisher
-from app.redis_connection import RedisConnection
+from app.ops import commands
+from app.ops.health_report import HealthChecker
+from app.ops.log_format import use_log_format
+from app.ops.operator_audit import SecretAudit
+from app.recording.decisions import DecisionBoard
 from app.settings import Settings
-from app.signatures import Verifier
-from app.staging import StagingPoller
+from app.storage.database import Database
+from app.storage.redis_connection import RedisConnection
 from app.tls import faust_credentials
-from app.topics import INTAKE_PARTITIONS
-from app.webhook_counts import WebhookCounts, process_name
 from tables.references import References
-from web import admin, webhooks
+from web import admin, health, metrics, stats, webhooks
 from web.front import Fronts
-from web.health import HealthView, LivenessView, ReadinessView
-from web.metrics import MetricsView
-from web.stats import StatsView
 
 
 class PaymentService(faust.App):
@@ -82,7 +79,7 @@ class PaymentService(faust.App):
             "Worker": QuietWorker,
         }
         options.update(overrides)
-        route_acks_through_the_consumer()
+        faust_patches.install()
         super().__init__(settings.kafka_client_id, **options)
         self.settings = settings
         if settings.enable_metrics:
@@ -111,24 +108,47 @@ class PaymentService(faust.App):
         self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
-        # Each table write queues a changelog record in Faust's producer buffer, and
-        # Faust stalls *every incoming message* while that buffer holds more than
-        # max_messages (100). A batch writes record_batch_size keys at once.
-        self.producer.buffer.max_messages = 4 * settings.record_batch_size
-        self.staging_poller: StagingPoller | None = None
-        self.record_payments = record_payments.register(self)
-        poll_staging.register(self)
-        relay_outbox.register(self)
-        maintain_partitions.register(self)
+        faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)
+        self.record_payments = record_payments.register(
+            self,
+            settings=settings,
+            database=self.database,
+            references=self.references,
+            publisher=self.publisher,
+            decisions=self.decisions,
+            window=self.date_window,
+            faults=_fault_hooks(settings),
+        )
+        poll_staging.register(
+            self,
+            settings=settings,
+            database=self.database,
+            publisher=self.publisher,
+            window=self.date_window,
+            helpers=self.helpers,
+        )
+        relay_outbox.register(
+            self, settings=settings, database=self.database, publisher=self.publisher
+        )
+        maintain_partitions.register(self, settings=settings, database=self.database)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
-        self.page("/health")(HealthView)
-        self.page("/health/live")(LivenessView)
-        self.page("/health/ready")(ReadinessView)
-        self.page("/metrics")(MetricsView)
-        self.page("/api/v1/payments/stats")(StatsView)
-        webhooks.register(self)
-        admin.register(self)
+        health.register(self, health=self.health)
+        metrics.register(self, settings=settings, database=self.database)
+        stats.register(self, settings=settings, database=self.database)
+        webhooks.register(
+            self,
+            ingress=webhooks.WorkerIngress(
+                settings=settings,
+                decisions=self.decisions,
+                guards=self.guards,
+                verifier=self.verifier,
+                publisher=self.publisher,
+                date_window=self.date_window,
+                webhook_counts=self.webhook_counts,
+            ),
+        )
+        admin.register(self, settings=settings)
         self.command(base=commands.Command)(commands.migrate)
         self.command(base=commands.Command)(commands.reconcile)
         self.command(*commands.PARTITIONS_OPTIONS, base=commands.Command)(commands.partitions)
@@ -138,7 +158,7 @@ class PaymentService(faust.App):
         self.command(*commands.TOKENS_OPTIONS, base=commands.Command)(commands.tokens)
 
     def _new_transport(self) -> Any:
-        # Our transport refuses acks for messages Faust skipped (app/kafka_transport.py).
+        # Our transport refuses acks for messages Faust skipped (app/kafka/transport.py).
         return Transport(self.conf.broker_consumer, self)
 
 
@@ -154,6 +174,15 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         use_log_format(logger, cast(PaymentService, self.app).settings.log_format)
+
+
+def _fault_hooks(settings: Settings) -> record_payments.FaultHooks | None:
+    """FAULT_POINT's hooks for the record agent: tests only, so imported only when it is set."""
+    if not settings.fault_point:
+        return None
+    from app import fault_points  # the one seam to the test-only hooks
+
+    return fault_points.record_hooks(settings.fault_point)
 
 
 def create_app(settings: Settings, **overrides: Any) -> PaymentService:

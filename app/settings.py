@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    BaseModel,
     Field,
     SecretStr,
     ValidationError,
@@ -158,17 +159,9 @@ def _both_set(variable: str) -> SettingsError:
     return SettingsError(f"{variable} and {variable}{FILE_SUFFIX} are both set: set only one")
 
 
-class Settings(BaseSettings):
-    """All configuration, validated at start. Field ``x_y`` is variable ``X_Y``."""
+class ServerSection(BaseModel):
+    """The worker's process: its port, environment, data folder and identity."""
 
-    model_config = SettingsConfigDict(
-        frozen=True,
-        case_sensitive=False,
-        extra="ignore",
-        env_ignore_empty=False,
-    )
-
-    # Server
     port: int = Field(3004, ge=1, le=65535)
     node_env: Literal["development", "test", "staging", "production"] = "development"
     data_dir: str = Field(
@@ -191,7 +184,10 @@ class Settings(BaseSettings):
         60, gt=0, description="How long start-up waits for Postgres before giving up."
     )
 
-    # Database
+
+class DatabaseSection(BaseModel):
+    """Postgres: where it is, the pool, the idle-in-transaction timeout and TLS."""
+
     db_host: str = Field("postgres", min_length=1)
     db_port: int = Field(5432, ge=1, le=65535)
     db_database: str = Field("collectioncrm", min_length=1)
@@ -218,21 +214,41 @@ class Settings(BaseSettings):
         None, description="CA file for verify-ca/verify-full (default: the system's CAs)."
     )
 
-    # Redis
+
+class RedisSection(BaseModel):
+    """Redis: where it is, its password and TLS."""
+
     redis_host: str = Field("redis", min_length=1)
     redis_port: int = Field(6379, ge=1, le=65535)
-    redis_ttl_seconds: int = Field(86400, ge=1)
+    redis_ttl_seconds: int = Field(
+        86400,
+        ge=1,
+        description=(
+            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
+            "the hot reference cache's lifetime is fixed today."
+        ),
+    )
     redis_password: SecretStr | None = Field(None, description="Redis AUTH (requirepass).")
     redis_tls: bool = Field(False, description="TLS to Redis (the certificate and host verified).")
     redis_tls_ca_file: str | None = Field(
         None, description="CA file for REDIS_TLS (default: the system's CAs)."
     )
 
-    # Kafka
+
+class KafkaSection(BaseModel):
+    """Kafka: brokers, the events topic, TLS and SASL, and the consumer group's timing."""
+
     kafka_brokers: Annotated[list[str], NoDecode] = Field(["kafka:9092"], min_length=1)
     kafka_topic: str = Field("payment.events", min_length=1)
     kafka_client_id: str = Field("payment-service", min_length=1)
-    kafka_batch_size: int = Field(100, ge=1)
+    kafka_batch_size: int = Field(
+        100,
+        ge=1,
+        description=(
+            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
+            "the record agent's batches are RECORD_BATCH_SIZE."
+        ),
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="SSL: TLS; SASL_SSL: TLS and a SASL login (KAFKA_SASL_*).",
@@ -260,7 +276,10 @@ class Settings(BaseSettings):
         1, ge=1, description="For the topics Faust creates (table changelogs); 3 in production."
     )
 
-    # Processing
+
+class ProcessingSection(BaseModel):
+    """The pipeline's pace: staging, the webhook wait, the date window, batches, the relay."""
+
     staging_batch_size: int = Field(1000, ge=1, le=100_000)
     staging_interval_seconds: float = Field(30, gt=0)
     staging_max_retries: int = Field(3, ge=0)
@@ -296,10 +315,29 @@ class Settings(BaseSettings):
         "the worker's last renewal (renewed while it publishes); then the relay's.",
     )
 
-    # Performance
-    enable_memory_cache: bool = True
-    memory_cache_max_size: int = Field(10000, ge=0)
-    enable_redis_cache: bool = True
+
+class PerformanceSection(BaseModel):
+    """Caches, retention, partitions, RocksDB memory, table standbys; tests' FAULT_POINT."""
+
+    enable_memory_cache: bool = Field(
+        True,
+        description=(
+            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
+            "the RocksDB references table is the local cache and is always on."
+        ),
+    )
+    memory_cache_max_size: int = Field(
+        10000,
+        ge=0,
+        description="Not yet read by anything (accepted from the plan; issue 20 implements it).",
+    )
+    enable_redis_cache: bool = Field(
+        True,
+        description=(
+            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
+            "the Redis hot reference cache is always on."
+        ),
+    )
     reference_cache_ttl_days: int = Field(90, ge=1)
     partition_retention_months: int = Field(12, ge=1)
     partition_maintenance_interval_seconds: float = Field(
@@ -349,7 +387,10 @@ class Settings(BaseSettings):
         ),
     )
 
-    # Monitoring
+
+class MonitoringSection(BaseModel):
+    """Logs, metrics and the audit trail."""
+
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: LogFormat = Field(
         "json", description="json: one JSON object per line; text: mode's format, for a terminal."
@@ -358,9 +399,20 @@ class Settings(BaseSettings):
         True, description="One payments.audit line per decision and per refused webhook."
     )
     enable_metrics: bool = True
-    metrics_port: int = Field(9090, ge=1, le=65535)
+    metrics_port: int = Field(
+        9090,
+        ge=1,
+        le=65535,
+        description=(
+            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
+            "/metrics is served on PORT."
+        ),
+    )
 
-    # Webhooks
+
+class WebhooksSection(BaseModel):
+    """The webhook endpoints: secrets, guards and front processes."""
+
     webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Default secrets (whsec_...), comma-separated: any may match (rotation).",
@@ -384,7 +436,11 @@ class Settings(BaseSettings):
         le=32,
         description="Processes that also serve the webhook endpoints, on WEBHOOK_PORT (0: none).",
     )
-    # Access to the non-webhook endpoints (app/access.py)
+
+
+class AccessSection(BaseModel):
+    """Who may call the other endpoints (tokens, metrics allowlist); the fronts' WEBHOOK_PORT."""
+
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -402,6 +458,30 @@ class Settings(BaseSettings):
     )
     webhook_port: int | None = Field(
         None, ge=1, le=65535, description="The port the WEBHOOK_PROCESSES share (SO_REUSEPORT)."
+    )
+
+
+# The sections, last first: pydantic collects fields base by base from the end, so the variables
+# keep the plan's order (and so do the error lines of an invalid configuration).
+class Settings(
+    AccessSection,
+    WebhooksSection,
+    MonitoringSection,
+    PerformanceSection,
+    ProcessingSection,
+    KafkaSection,
+    RedisSection,
+    DatabaseSection,
+    ServerSection,
+    BaseSettings,
+):
+    """All configuration, validated at start. Field ``x_y`` is variable ``X_Y``."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=False,
+        extra="ignore",
+        env_ignore_empty=False,
     )
 
     @field_validator("log_level", "log_format", "node_env", mode="before")

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from app.models import fingerprint_of, payment_id_for
-from app.payment_store import PAYMENT_COLUMNS
+from app.recording.payment_store import PAYMENT_COLUMNS
 from tests.pipeline import app_env, fresh_pipeline, make_load, run_id, stage, wait_drained
 from tests.stack import Stack, native_stack, native_stack_env, run_worker
 

@@ -12,19 +12,17 @@ the changelog partition of a key is the intake partition that key arrives on
 from __future__ import annotations
 
 import uuid
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import faust
-from faust.streams import _current_event  # see event_context below
 from faust.types import TP, EventT
 
+from app.kafka.faust_patches import event_context
+from app.kafka.publisher import Publisher
+from app.kafka.topics import INTAKE_PARTITIONS
 from app.models import KnownReference
-from app.publisher import Publisher
 from app.settings import Settings
-from app.topics import INTAKE_PARTITIONS
 from tables.rocksdb import table_options
 
 #: v2: entries expire (RocksDB TTL, changelog retention). A TTL store stores a timestamp
@@ -48,22 +46,6 @@ def decode_known(value: bytes) -> KnownReference:
     )
 
 
-@contextmanager
-def event_context(event: EventT[Any]) -> Iterator[None]:
-    """Make ``event`` the current event while writing the table.
-
-    A table write goes to the changelog partition (and the RocksDB partition) of
-    the *current event*. Inside a ``take_events`` batch Faust does not set one
-    per event, and a batch mixes partitions, so each write names its own event.
-    faust-streaming has no public setter for this (0.15.3).
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 class References:
     """Typed access to the table: ``str`` references in, :class:`KnownReference` out."""
 
@@ -71,7 +53,7 @@ class References:
         self, app: faust.App, settings: Settings, publisher: Publisher, **table_kwargs: Any
     ) -> None:
         self.publisher = publisher
-        # Entries live as long as Postgres keeps their reference (app/retention.py):
+        # Entries live as long as Postgres keeps their reference (app/storage/retention.py):
         # RocksDB drops them at compaction after the TTL, and the changelog deletes
         # segments past it, so a rebuilt table does not bring them back. An entry
         # past its TTL that is still read is still right: the payment was recorded.

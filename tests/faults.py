@@ -41,7 +41,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.topics import DLQ, EVENTS_DEFAULT, INTAKE
+from app.kafka.topics import DLQ, EVENTS_DEFAULT, INTAKE
 from tests.pipeline import (
     StagingLoad,
     app_env,

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
-from app.staging import ROW_COLUMNS
-from app.topics import DLQ, EVENTS_DEFAULT, INTAKE
+from app.intake.staging import ROW_COLUMNS
+from app.kafka.topics import DLQ, EVENTS_DEFAULT, INTAKE
 from tests.stack import ROOT, Stack, read_topics_conf
 
 #: What the ETL writes: the poller's columns without the generated id.

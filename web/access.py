@@ -1,21 +1,18 @@
-"""Bearer-token checks for the views that are not webhooks (app/access.py)."""
+"""Bearer-token checks for the views that are not webhooks (app/ops/authorization.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
-
 from faust.web import Request, Response, View
 
-from app.access import Caller, Refusal, Role, authorize
-
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from app.ops.authorization import Caller, Refusal, Role, authorize
+from app.settings import Settings
 
 
-def caller_or_refusal(view: View, request: Request, needed: Role) -> Caller | Response:
+def caller_or_refusal(
+    view: View, settings: Settings, request: Request, needed: Role
+) -> Caller | Response:
     """The request's caller when its token has ``needed``, else the 401/403 answer to send."""
-    app = cast("PaymentService", view.app)
-    found = authorize(app.settings, request.headers.get("Authorization"), needed)
+    found = authorize(settings, request.headers.get("Authorization"), needed)
     if isinstance(found, Refusal):
         return view.json(found.body(), status=found.status, headers=found.headers())
     return found

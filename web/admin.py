@@ -1,10 +1,10 @@
 """Operator actions over HTTP (an operator token), each leaving one audit row.
 
 - ``POST /api/v1/admin/dlq/replay`` ``{"reason": "invalid"?, "dry_run": false}``:
-  the dead letters' records back to the intake (app/dlq.py; the dedup makes a
+  the dead letters' records back to the intake (app/ops/dlq.py; the dedup makes a
   replay safe to repeat).
 - ``POST /api/v1/admin/staging/requeue`` ``{"from_id": 1, "to_id": 500, "dry_run": false}``:
-  processed staging rows back to the poller (app/staging_admin.py).
+  processed staging rows back to the poller (app/ops/staging_admin.py).
 
 Both answer when the action is done, with its counts and the audit row's id.
 The command line does the same (``python -m app dlq replay``, ``staging requeue``).
@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from faust.web import Request, Response, View
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from app import dlq as dead_letters
-from app import staging_admin
-from app.access import Caller
-from app.audit import audited
 from app.exceptions import PaymentsError
 from app.models import field_errors
+from app.ops import dlq as dead_letters
+from app.ops import staging_admin
+from app.ops.authorization import Caller
+from app.ops.operator_audit import audited
+from app.settings import Settings
 from web.access import caller_or_refusal
-
-if TYPE_CHECKING:
-    from app.service import PaymentService
-    from app.settings import Settings
+from web.binding import bound
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +64,21 @@ class OperatorAction(View):
 
     action: str
     body_model: type[BaseModel]
+    settings: Settings
 
     async def run(self, settings: Settings, asked: Any) -> dict[str, Any]:
         """Do the action; its counts go to the audit row and the answer."""
         raise NotImplementedError
 
     async def post(self, request: Request) -> Response:
-        caller = caller_or_refusal(self, request, "operator")
+        settings = self.settings
+        caller = caller_or_refusal(self, settings, request, "operator")
         if not isinstance(caller, Caller):
             return caller
         asked = await _body(request, self.body_model)
         if not isinstance(asked, self.body_model):
             assert isinstance(asked, dict)
             return self.json(asked, status=422 if "errors" in asked else 400)
-        settings = cast("PaymentService", self.app).settings
         parameters = asked.model_dump()
         try:
             async with audited(
@@ -119,6 +118,7 @@ def _status(exc: PaymentsError) -> int:
     return 503 if exc.retriable else 422
 
 
-def register(app: Any) -> None:
-    app.page("/api/v1/admin/dlq/replay")(DlqReplayView)
-    app.page("/api/v1/admin/staging/requeue")(StagingRequeueView)
+def register(app: Any, *, settings: Settings) -> None:
+    """Route the operator actions."""
+    app.page("/api/v1/admin/dlq/replay")(bound(DlqReplayView, settings=settings))
+    app.page("/api/v1/admin/staging/requeue")(bound(StagingRequeueView, settings=settings))

@@ -30,16 +30,16 @@ from typing import Any
 from aiohttp import web
 from mode import Service
 
-from app.decisions import DecisionBoard
-from app.guards import Guards
-from app.log_format import FormattedWorker, log_before_setup
+from app.intake.guards import Guards
+from app.intake.process_pool import exit_with_parent
+from app.intake.signatures import Verifier
+from app.intake.webhook_counts import WebhookCounts, process_name
+from app.kafka.publisher import Publisher
 from app.models import DateWindow
-from app.process_pool import exit_with_parent
-from app.publisher import Publisher
-from app.redis_connection import RedisConnection
+from app.ops.log_format import FormattedWorker, log_before_setup
+from app.recording.decisions import DecisionBoard
 from app.settings import Settings, load_settings
-from app.signatures import Verifier
-from app.webhook_counts import WebhookCounts, process_name
+from app.storage.redis_connection import RedisConnection
 from web.webhooks import OPENAPI, answer_webhook
 
 log = logging.getLogger(__name__)

@@ -11,22 +11,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from faust.web import Request, Response, View
 
+from app.ops.health_report import HealthChecker
+from web.binding import bound
+
 if TYPE_CHECKING:
     from faust.tables.manager import TableManager
-
-    from app.service import PaymentService
 
 
 class HealthView(View):
     """Reports database, kafka and redis as ok/error, the staging backlog and last run."""
 
+    health: HealthChecker
+
     async def get(self, request: Request) -> Response:
-        app = cast("PaymentService", self.app)
-        report = await app.health.report()
+        report = await self.health.report()
         status = 200 if report.status == "healthy" else 503
         return self.json(report.model_dump(mode="json"), status=status)
 
@@ -41,12 +43,14 @@ class LivenessView(View):
 class ReadinessView(View):
     """GET /health/ready: assignment, table recovery and the dependency checks."""
 
+    health: HealthChecker
+
     async def get(self, request: Request) -> Response:
-        app = cast("PaymentService", self.app)
+        app = self.app  # Faust's own state: the group membership and the tables
         joined = app.rebalancing_count > 0 and not app.rebalancing
         recovery = cast("TableManager", app.tables).recovery
         recovered = recovery.completed.is_set() and not recovery.in_recovery
-        report = await app.health.report()
+        report = await self.health.report()
         ready = joined and recovered and report.status == "healthy"
         body = {
             "status": "ready" if ready else "not_ready",
@@ -58,3 +62,10 @@ class ReadinessView(View):
             "errors": report.errors,
         }
         return self.json(body, status=200 if ready else 503)
+
+
+def register(app: Any, *, health: HealthChecker) -> None:
+    """Route /health, /health/live and /health/ready."""
+    app.page("/health")(bound(HealthView, health=health))
+    app.page("/health/live")(LivenessView)
+    app.page("/health/ready")(bound(ReadinessView, health=health))

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import Any, cast
 
 import asyncpg
 from aiohttp import web
@@ -15,15 +15,14 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from app import partitions
-from app.access import Caller
-from app.metrics import CONTENT_TYPE_LATEST, exposition, gauge
-from app.settings import IPNetwork
-from app.topics import INTAKE
+from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
+from app.kafka.topics import INTAKE
+from app.ops.authorization import Caller
+from app.settings import IPNetwork, Settings
+from app.storage import partitions
+from app.storage.database import Database
 from web.access import caller_or_refusal
-
-if TYPE_CHECKING:
-    from app.service import PaymentService
+from web.binding import bound
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +38,24 @@ FROM payment_service.outbox
 class MetricsView(View):
     """Counters and histograms of every process; Postgres and pool gauges measured now."""
 
+    settings: Settings
+    database: Database
+
     async def get(self, request: Request) -> Response:
-        app = cast("PaymentService", self.app)
-        if not app.settings.enable_metrics:
+        settings = self.settings
+        if not settings.enable_metrics:
             body = {"error": "not_found", "message": "ENABLE_METRICS is off"}
             return self.json(body, status=404)
-        allowlist = app.settings.metrics_allowlist
+        allowlist = settings.metrics_allowlist
         if allowlist and not _listed(cast(web.Request, request).remote, allowlist):
             body = {"error": "forbidden", "message": "this address is not in METRICS_ALLOWLIST"}
             return self.json(body, status=403)
-        if app.settings.metrics_token_required:
-            caller = caller_or_refusal(self, request, "viewer")
+        if settings.metrics_token_required:
+            caller = caller_or_refusal(self, settings, request, "viewer")
             if not isinstance(caller, Caller):
                 return caller
         # aiohttp's content_type argument refuses the charset Prometheus' type carries.
-        text = exposition(await _measure(app))
+        text = exposition(await _measure(settings, self.database, self.app.consumer))
         response = web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
         return cast(Response, response)  # Faust's aiohttp driver hands it over as it is
 
@@ -66,8 +68,8 @@ def _listed(address: str | None, networks: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in networks)
 
 
-async def _measure(app: PaymentService) -> list[Metric]:
-    pool = app.database.pool
+async def _measure(settings: Settings, database: Database, consumer: Any) -> list[Metric]:
+    pool = database.pool
     measured: list[Metric] = [
         gauge("payments_db_pool_size", "Postgres connections open in the pool", pool.get_size()),
         gauge(
@@ -83,8 +85,8 @@ async def _measure(app: PaymentService) -> list[Metric]:
         log.warning("metrics: Postgres gauges left out: %r", exc)
         return measured
     assert row is not None  # an aggregate always returns a row
-    measured += await _partitions(app)
-    measured += await _lag(app)
+    measured += await _partitions(settings, database)
+    measured += await _lag(consumer)
     return [
         *measured,
         gauge("payments_staging_backlog", "Staging rows not processed yet", row["staging_backlog"]),
@@ -101,10 +103,10 @@ async def _measure(app: PaymentService) -> list[Metric]:
     ]
 
 
-async def _partitions(app: PaymentService) -> list[Metric]:
+async def _partitions(settings: Settings, database: Database) -> list[Metric]:
     """Each month's partition size, its planned budget, and the months prepared ahead."""
     try:
-        async with app.database.pool.acquire(timeout=5) as connection:
+        async with database.pool.acquire(timeout=5) as connection:
             found = await partitions.list_partitions(connection)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
         log.warning("metrics: partition gauges left out: %r", exc)
@@ -130,7 +132,7 @@ async def _partitions(app: PaymentService) -> list[Metric]:
         gauge(
             "payments_partition_budget_bytes",
             "PARTITION_BUDGET_BYTES: the size one month's partition is planned for",
-            app.settings.partition_budget_bytes,
+            settings.partition_budget_bytes,
         ),
         gauge(
             "payments_partitions_ahead_months",
@@ -140,9 +142,8 @@ async def _partitions(app: PaymentService) -> list[Metric]:
     ]
 
 
-async def _lag(app: PaymentService) -> list[Metric]:
+async def _lag(consumer: Any) -> list[Metric]:
     """Per assigned intake partition: the log end offset minus this worker's committed offset."""
-    consumer = app.consumer
     assigned = sorted(tp for tp in consumer.assignment() if tp.topic == INTAKE)
     family = GaugeMetricFamily(
         "payments_consumer_lag",
@@ -164,3 +165,8 @@ async def _lag(app: PaymentService) -> list[Metric]:
         if end is not None and done is not None:
             family.add_metric([tp.topic, str(tp.partition)], max(end - done, 0))
     return [family]
+
+
+def register(app: Any, *, settings: Settings, database: Database) -> None:
+    """Route /metrics."""
+    app.page("/metrics")(bound(MetricsView, settings=settings, database=database))

@@ -1,13 +1,13 @@
 """POST /api/v1/payments/webhook[/{channel}]: signed payment notices into ``payment.intake``.
 
-The order: channel (404), the guards of app/guards.py (403 allowlist, 429 rate
+The order: channel (404), the guards of app/intake/guards.py (403 allowlist, 429 rate
 limit), the body size (413, before it is read), the signature (401, before the
 body is parsed), the body (400/422); then one Redis round trip for the replay
 window (the same webhook-id answers what it was answered; with another body,
 409) and the hot cache (a reference committed with the same fields is a
 duplicate at once); then the record goes to the intake topic keyed by its
 reference. Then the view waits for the record agent's decision
-(app/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
+(app/recording/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
 conflict 409, or 202 accepted when the decision is still pending (after one
 look at the stored decision: its announcement may have been missed).
 
@@ -33,25 +33,25 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, get_args
 from aiohttp import web
 from faust.web import Request, Response, View
 
-from app import audit_trail
-from app.channels import CHANNELS, GENERIC, Channel
-from app.codecs import encode_record
-from app.decisions import Answer
 from app.exceptions import PublishFailed
-from app.metrics import REFERENCE_ANSWERS, WEBHOOK_SECONDS
+from app.instruments import REFERENCE_ANSWERS, WEBHOOK_SECONDS
+from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.webhook_body import Rejected, parse_body, record_for
+from app.kafka.codecs import encode_record
+from app.kafka.topics import INTAKE
 from app.models import DeadLetterReason, Decision, PaymentRecord
-from app.topics import INTAKE
-from app.webhooks import Rejected, parse_body, record_for
+from app.recording import audit_trail
+from app.recording.decisions import Answer
+from web.binding import bound
 
 if TYPE_CHECKING:
-    from app.decisions import DecisionBoard
-    from app.guards import Guards
+    from app.intake.guards import Guards
+    from app.intake.signatures import Verifier
+    from app.intake.webhook_counts import WebhookCounts
+    from app.kafka.publisher import Publisher
     from app.models import DateWindow
-    from app.publisher import Publisher
-    from app.service import PaymentService
+    from app.recording.decisions import DecisionBoard
     from app.settings import Settings
-    from app.signatures import Verifier
-    from app.webhook_counts import WebhookCounts
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,19 @@ RETRY_AFTER_SECONDS = 5
 
 class Ingress(Protocol):
     """What answering a webhook needs: the worker's app, or a front process (web/front.py)."""
+
+    settings: Settings
+    decisions: DecisionBoard
+    guards: Guards
+    verifier: Verifier
+    publisher: Publisher
+    date_window: DateWindow
+    webhook_counts: WebhookCounts
+
+
+@dataclass
+class WorkerIngress:
+    """The worker's :class:`Ingress`, handed over by the composition root (app/service.py)."""
 
     settings: Settings
     decisions: DecisionBoard
@@ -216,10 +229,11 @@ def _reply(answer: Answer, *, replay: bool = False) -> Reply:
 class WebhookView(View):
     """One view for the generic body (no channel in the path) and each channel's own."""
 
+    ingress: Ingress
+
     async def post(self, request: Request, channel: str | None = None) -> Response:
-        app = cast("PaymentService", self.app)
         # Faust's aiohttp driver hands over aiohttp's request.
-        reply = await answer_webhook(app, cast(web.Request, request), channel)
+        reply = await answer_webhook(self.ingress, cast(web.Request, request), channel)
         return self.json(reply.body, status=reply.status, headers=reply.headers)
 
 
@@ -284,8 +298,8 @@ class ChannelWebhookView(WebhookView):
     """The same view under the channel path (Faust keeps one path per view class)."""
 
 
-def register(app: Any) -> None:
+def register(app: Any, *, ingress: Ingress) -> None:
     """Route both webhook paths."""
-    app.page("/api/v1/payments/webhook")(WebhookView)
-    app.page("/api/v1/payments/webhook/{channel}")(ChannelWebhookView)
+    app.page("/api/v1/payments/webhook")(bound(WebhookView, ingress=ingress))
+    app.page("/api/v1/payments/webhook/{channel}")(bound(ChannelWebhookView, ingress=ingress))
     app.page("/api/v1/openapi.yaml")(OpenApiView)

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, encode_record
+from app.kafka.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, encode_record
+from app.kafka.publisher import Publisher
+from app.kafka.topics import DLQ, INTAKE, INTAKE_PARTITIONS
 from app.models import DeadLetter, PaymentRecord
-from app.publisher import Publisher
-from app.topics import DLQ, INTAKE, INTAKE_PARTITIONS
 from tests.pipeline import (
     app_env,
     assert_recorded_once,

@@ -15,9 +15,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from app.codecs import encode_record
+from app.kafka.codecs import encode_record
+from app.kafka.topics import INTAKE
 from app.models import PaymentRecord
-from app.topics import INTAKE
 from tests.pipeline import app_env, fetch, wait_consumed
 from tests.stack import Stack, run_worker, wait_for
 

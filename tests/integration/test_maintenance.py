@@ -14,11 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app import partitions
-from app.migrations import migrate
+from app import months
 from app.models import PaymentRecord
-from app.payment_store import PaymentStore
-from app.retention import prune_references, reference_cutoff
+from app.recording.payment_store import PaymentStore
+from app.storage import partitions
+from app.storage.migrations import migrate
+from app.storage.retention import prune_references, reference_cutoff
 from tests.pipeline import app_env, command, fetch, fresh_pipeline, ok
 from tests.stack import Stack, run_worker, wait_for
 
@@ -122,7 +123,7 @@ async def test_prune_keeps_an_expired_month_holding_rows_recorded_after_its_wind
     assert (held.partition.name, held.rows) == ("payments_2025_09", 2)
     assert held.since == datetime(2026, 9, 23)  # noqa: DTZ001
 
-    caplog.set_level(logging.ERROR, logger="app.partitions")
+    caplog.set_level(logging.ERROR, logger="app.storage.partitions")
     caplog.clear()
     run = await partitions.prune(migrated, TODAY, 12, dry_run=False)
     assert [partition.name for partition in run.dropped] == ["payments_2025_08", "payments_2025_10"]
@@ -146,7 +147,7 @@ async def test_prune_keeps_an_expired_month_holding_rows_recorded_after_its_wind
 
 def test_partitions_prune_says_which_month_it_keeps_and_why(stack: Stack, run: str) -> None:
     today = datetime.now(UTC).date()
-    young, old = partitions.add_months(today, -15), partitions.add_months(today, -16)
+    young, old = months.add_months(today, -15), months.add_months(today, -16)
     young_name, old_name = partitions.partition_name(young), partitions.partition_name(old)
 
     async def prepare() -> None:
@@ -286,10 +287,10 @@ def test_the_leaders_timer_keeps_partitions_ahead_and_expires_references(
 ) -> None:
     asyncio.run(fresh_pipeline(stack))
     farthest = partitions.partition_name(
-        partitions.add_months(datetime.now(UTC).date().replace(day=1), partitions.PARTITIONS_AHEAD)
+        months.add_months(datetime.now(UTC).date().replace(day=1), partitions.PARTITIONS_AHEAD)
     )
     # An expired month holding a row recorded today: the timer must keep it, and say so.
-    young = partitions.add_months(datetime.now(UTC).date(), -15)
+    young = months.add_months(datetime.now(UTC).date(), -15)
 
     async def prepare() -> None:
         connection = await asyncpg.connect(**stack.db_connect_kwargs())

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from app.exceptions import MigrationError
-from app.migrations import Migration, discover, migrate
+from app.storage.migrations import Migration, discover, migrate
 from tests.stack import Stack
 
 

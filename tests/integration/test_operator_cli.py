@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from app.topics import DLQ, INTAKE
+from app.kafka.topics import DLQ, INTAKE
 from tables.references import TABLE_NAME
 from tests.pipeline import (
     app_env,

@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from app.kafka.publisher import Publisher
+from app.kafka.topics import EVENTS_DEFAULT
 from app.models import PaymentRecord
-from app.outbox_relay import OutboxRelay
-from app.payment_store import PaymentStore
-from app.publisher import Publisher
-from app.topics import EVENTS_DEFAULT
+from app.recording.outbox_relay import OutboxRelay
+from app.recording.payment_store import PaymentStore
 from tests.pipeline import fresh_pipeline, read_topic
 from tests.stack import Stack
 

@@ -8,8 +8,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from app.publisher import Publisher
-from app.topics import EVENTS_DEFAULT, INTAKE
+from app.kafka.publisher import Publisher
+from app.kafka.topics import EVENTS_DEFAULT, INTAKE
 from tests.stack import Stack, read_topics_conf
 
 

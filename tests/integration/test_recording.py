@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 from aiokafka.partitioner import murmur2
 
-from app.codecs import decode_dead_letter, decode_event
-from app.partitions import partition_name
-from app.topics import DLQ, EVENTS_DEFAULT
+from app.kafka.codecs import decode_dead_letter, decode_event
+from app.kafka.topics import DLQ, EVENTS_DEFAULT
+from app.storage.partitions import partition_name
 from tests.pipeline import (
     app_env,
     make_load,
@@ -146,10 +146,10 @@ def test_known_references_stay_duplicates_even_when_only_postgres_knows(
 
 async def _publish_staged_again(stack: Stack, rows: list[tuple[Any, ...]]) -> None:
     """Put rows on the intake topic directly, as a second input would."""
-    from app.codecs import encode_record
+    from app.kafka.codecs import encode_record
+    from app.kafka.publisher import Publisher
+    from app.kafka.topics import INTAKE
     from app.models import PaymentRecord
-    from app.publisher import Publisher
-    from app.topics import INTAKE
 
     publisher = Publisher(stack.settings())
     await publisher.start()

@@ -7,8 +7,8 @@ import json
 import signal
 from pathlib import Path
 
-from agents.record_payments import FAULT_EXIT_CODE
-from app.topics import EVENTS_DEFAULT
+from app.fault_points import FAULT_EXIT_CODE
+from app.kafka.topics import EVENTS_DEFAULT
 from tests.pipeline import (
     app_env,
     assert_recorded_once,

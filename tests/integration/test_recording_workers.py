@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from app.topics import INTAKE
+from app.kafka.topics import INTAKE
 from tests.pipeline import (
     app_env,
     assert_recorded_once,

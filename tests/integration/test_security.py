@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.access import new_token
+from app.ops.authorization import new_token
 from tests.pipeline import app_env, command, fetch, fresh_pipeline, ok
 from tests.stack import Stack, Worker, run_worker
 from tests.webhook_client import signed

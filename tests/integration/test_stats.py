@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from app.access import new_token
+from app.ops.authorization import new_token
 from tests.pipeline import app_env, fresh_pipeline, make_load, stage, wait_drained
 from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
@@ -20,7 +20,7 @@ SECRET = "whsec_" + "c3RhdHMgdGVzdCBzZWNyZXQgb2YgdGhpcyBydW4h"
 WEBHOOK = "/api/v1/payments/webhook"
 TOKEN, TOKEN_ENTRY = new_token("stats-test", "viewer")
 
-#: The same figures as app/stats.py, written separately so a slip in one shows.
+#: The same figures as app/ops/todays_stats.py, written separately so a slip in one shows.
 EXPECTED_SQL = """
 WITH today AS (SELECT date_trunc('day', now() AT TIME ZONE 'utc') AS midnight),
      batches AS (

@@ -31,13 +31,13 @@ from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app import database
 from app.exceptions import CertificateRejected
-from app.kafka_probe import KafkaProbe
-from app.publisher import Publisher
-from app.redis_connection import RedisConnection
+from app.kafka.probe import KafkaProbe
+from app.kafka.publisher import Publisher
+from app.kafka.topic_reader import TopicReader
 from app.settings import Settings
-from app.topic_reader import TopicReader
+from app.storage import database
+from app.storage.redis_connection import RedisConnection
 from tests.pipeline import STAGING_COLUMNS, app_env, make_load, run_id
 from tests.stack import Stack, native_tls_stack, run_script, run_worker, wait_for
 

@@ -13,8 +13,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from app.kafka.topics import EVENTS_DEFAULT, INTAKE
 from app.models import DateWindow, payment_id_for
-from app.topics import EVENTS_DEFAULT, INTAKE
 from tests.pipeline import app_env, fresh_pipeline, read_topic
 from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.access import Caller, Refusal, authorize, digest, new_token
-from app.audit import fingerprint, secret_fingerprints
 from app.exceptions import SettingsError
+from app.ops.authorization import Caller, Refusal, authorize, digest, new_token
+from app.ops.operator_audit import fingerprint, secret_fingerprints
 from app.settings import Settings, load_settings
 
 VIEWER, VIEWER_ENTRY = new_token("grafana", "viewer")

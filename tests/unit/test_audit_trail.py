@@ -12,10 +12,10 @@ from typing import Any, NoReturn
 
 import pytest
 
-from app import audit_trail
-from app.log_format import JsonLines
+from app.intake.staging import prepare_rows
 from app.models import DeadLetter, Decision
-from app.staging import prepare_rows
+from app.ops.log_format import JsonLines
+from app.recording import audit_trail
 from tests.unit.test_recorder import WINDOW, Harness, incoming, payment
 
 

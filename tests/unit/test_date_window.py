@@ -12,13 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from app import partitions
-from app.codecs import decode_dead_letter, encode_record
+from app.intake.staging import prepare_rows
+from app.kafka.codecs import decode_dead_letter, encode_record
 from app.models import DateWindow, PaymentRecord, beyond_retention, field_errors
-from app.partitions import ACCEPTING_MARGIN, RECORDING_MARGIN, expiry, young_since
-from app.recorder import Incoming, Recorder
+from app.months import ACCEPTING_MARGIN, RECORDING_MARGIN, expiry, retention_cutoff
+from app.recording.recorder import Incoming, Recorder
 from app.settings import Settings
-from app.staging import prepare_rows
+from app.storage.partitions import young_since
 from tests.unit.test_recorder import FakePublisher, FakeStore, FakeTable
 
 DAY = timedelta(days=1)
@@ -119,7 +119,7 @@ def test_what_is_accepted_is_recorded_and_kept_past_the_margin(
         )
         # ...and prune's belt and braces never counts its row as recorded too late.
         assert now.replace(tzinfo=None) < young_since(month, months)
-        assert partitions.retention_cutoff(now.date(), months) <= month
+        assert retention_cutoff(now.date(), months) <= month
     else:
         assert now.replace(tzinfo=None) >= young_since(month, months)
     assert ACCEPTING_MARGIN > RECORDING_MARGIN

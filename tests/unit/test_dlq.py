@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from app.codecs import dead_letter_message, decode_dead_letter, encode_record
-from app.dlq import (
+from app.exceptions import CommandError
+from app.intake.staging import prepare_rows
+from app.kafka.codecs import dead_letter_message, decode_dead_letter, encode_record
+from app.models import DateWindow, DeadLetter, FieldError, PaymentRecord
+from app.ops.dlq import (
     CUT_DOWN,
     NO_ORIGINAL,
     NOT_A_RECORD,
@@ -24,9 +27,6 @@ from app.dlq import (
     record_of,
     summary,
 )
-from app.exceptions import CommandError
-from app.models import DateWindow, DeadLetter, FieldError, PaymentRecord
-from app.staging import prepare_rows
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WIDE = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))

@@ -13,18 +13,18 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from pydantic_core import to_json
 
 from agents.record_payments import record_batch
-from app import failures
-from app.codecs import (
+from app.exceptions import PublishFailed
+from app.kafka.codecs import (
     DEAD_LETTER_MAX_BYTES,
     dead_letter_message,
     decode_dead_letter,
     encode_record,
 )
-from app.decisions import REFUSED_MESSAGES, Answer, DecisionBoard, decision_key
-from app.exceptions import PublishFailed
 from app.models import DeadLetter, FieldError, PaymentRecord
-from app.payment_store import RecordResult
-from app.recorder import Incoming
+from app.recording import failures
+from app.recording.decisions import REFUSED_MESSAGES, Answer, DecisionBoard, decision_key
+from app.recording.payment_store import RecordResult
+from app.recording.recorder import Incoming
 from tests.unit.test_recorder import FakeStore, Harness, incoming, payment
 from tests.unit.test_webhooks import GENERIC, documented_example, fields, rejection
 

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from app.guards import Guards
-from app.redis_connection import RedisConnection
+from app.intake.guards import Guards
 from app.settings import Settings
+from app.storage.redis_connection import RedisConnection
 
 
 def guards(**settings: str) -> Guards:

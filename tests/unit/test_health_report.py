@@ -6,10 +6,10 @@ import asyncio
 from datetime import datetime
 from typing import Any, cast
 
-from app.database import Database
-from app.health import HealthChecker
-from app.kafka_probe import KafkaProbe
-from app.redis_connection import RedisConnection
+from app.kafka.probe import KafkaProbe
+from app.ops.health_report import HealthChecker
+from app.storage.database import Database
+from app.storage.redis_connection import RedisConnection
 
 
 class FakePool:

@@ -15,15 +15,15 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from prometheus_client import REGISTRY
 
-from app import kafka_transport
-from app.kafka_transport import Consumer, ConsumerThread
+from app.kafka import transport as kafka_transport
+from app.kafka.topics import INTAKE
+from app.kafka.transport import Consumer, ConsumerThread
 from app.service import create_app
 from app.settings import Settings
-from app.topics import INTAKE
 
 
 def test_the_service_routes_every_ack_through_its_consumer() -> None:
-    """The offset fixes (app/kafka_transport.py) need Faust's pure-Python stream iterator."""
+    """The offset fixes (app/kafka/transport.py) need Faust's pure-Python stream iterator."""
     app = create_app(Settings(), store="memory://")
     assert faust.streams._CStreamIterator is None  # type: ignore[attr-defined]
     assert app.transport.Consumer is Consumer

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from app import topics
+from app.kafka import topics
 from app.settings import Settings
 from tables.rocksdb import MIB, table_options
 from tests.stack import ROOT, read_topics_conf

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from app.log_format import FormattedWorker, JsonLines, log_before_setup
+from app.ops.log_format import FormattedWorker, JsonLines, log_before_setup
 from app.service import create_app
 from app.settings import LogFormat, Settings
 from tests.stack import ROOT
@@ -161,7 +161,7 @@ def test_lines_logged_while_the_app_is_built_are_json_too(
 ) -> None:
     logging.getLogger().handlers.clear()
     log_before_setup("json", "info")
-    logging.getLogger("app.signatures").warning("no WEBHOOK_SECRET is set")
+    logging.getLogger("app.intake.signatures").warning("no WEBHOOK_SECRET is set")
 
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == "no WEBHOOK_SECRET is set"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.lookup import Lookup
+from app.kafka.topic_reader import partition_for_key
 from app.models import payment_id_for
-from app.topic_reader import partition_for_key
+from app.ops.lookup import Lookup
 
 
 def test_partition_for_key_is_kafkas_default_partitioner() -> None:

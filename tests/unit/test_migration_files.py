@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.exceptions import MigrationError
-from app.migrations import discover
+from app.storage.migrations import discover
 
 
 def test_project_migrations_are_ordered_and_complete() -> None:

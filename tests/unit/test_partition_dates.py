@@ -6,8 +6,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from app.partitions import add_months, partition_name, retention_cutoff
-from app.retention import reference_cutoff
+from app.months import add_months, retention_cutoff
+from app.storage.partitions import partition_name
+from app.storage.retention import reference_cutoff
 
 
 @pytest.mark.parametrize(

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from app.codecs import (
+from app.exceptions import UndecodableRecord
+from app.intake.staging import record_from_row
+from app.kafka.codecs import (
     decode_event,
     decode_record,
     encode_event,
     encode_event_for,
     encode_record,
 )
-from app.exceptions import UndecodableRecord
 from app.models import (
     DateWindow,
     PaymentRecord,
@@ -26,7 +27,6 @@ from app.models import (
     field_errors,
     payment_id_for,
 )
-from app.staging import record_from_row
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
-from app.process_pool import ProcessPool
+from app.intake.process_pool import ProcessPool
 from tests.stack import ROOT
 
 ORPHAN_SCRIPT = """
 import asyncio, os, time
-from app.process_pool import ProcessPool
+from app.intake.process_pool import ProcessPool
 
 async def main():
     pool = ProcessPool(1)

@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from app.channels import CHANNELS, GENERIC, Channel
-from app.codecs import decode_record, encode_record
 from app.exceptions import UndecodableRecord
+from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.staging import ROW_COLUMNS, record_from_row
+from app.intake.webhook_body import Rejected, parse_body, record_for
+from app.kafka.codecs import decode_record, encode_record
 from app.models import DateWindow, PaymentRecord
-from app.staging import ROW_COLUMNS, record_from_row
-from app.webhooks import Rejected, parse_body, record_for
 
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)

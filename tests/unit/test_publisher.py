@@ -13,7 +13,7 @@ import pytest
 from aiokafka.errors import NotLeaderForPartitionError, OutOfOrderSequenceNumber
 
 from app.exceptions import PublishFailed
-from app.publisher import Publisher
+from app.kafka.publisher import Publisher
 from app.settings import Settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from app.reconcile import content_hash
+from app.ops.reconcile import content_hash
 
 
 def digest(**changes: Any) -> int:

@@ -12,12 +12,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.codecs import decode_dead_letter, encode_event, encode_record
 from app.exceptions import PublishFailed
+from app.kafka.codecs import decode_dead_letter, encode_event, encode_record
+from app.kafka.topics import DLQ
 from app.models import DateWindow, KnownReference, PaymentRecord, PaymentRecordedEvent
-from app.payment_store import OutgoingEvent, RecordResult
-from app.recorder import BatchReport, Incoming, Recorder
-from app.topics import DLQ
+from app.recording.payment_store import OutgoingEvent, RecordResult
+from app.recording.recorder import BatchReport, Incoming, Recorder
 
 EVENTS = "payment.events"
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))

@@ -213,8 +213,8 @@ def test_the_process_stops_with_one_line_per_bad_variable() -> None:
 def test_the_timeouts_that_bound_a_hung_worker_reach_kafka_and_postgres(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app.database import connect_options
     from app.service import create_app
+    from app.storage.database import connect_options
 
     settings = Settings(
         kafka_session_timeout_seconds=12, db_idle_in_transaction_timeout_seconds=7.5

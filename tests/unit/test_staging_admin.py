@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from app.staging_admin import describe_run, failure_text, id_chunks
+from app.ops.staging_admin import describe_run, failure_text, id_chunks
 
 
 def test_id_chunks_cover_the_range_inclusively_without_overlap() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
 
-from app import staging
-from app.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, decode_record
 from app.exceptions import PublishFailed
+from app.intake import staging
+from app.intake.staging import StagingPoller, prepare_rows
+from app.kafka.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, decode_record
+from app.kafka.topics import DLQ, INTAKE
 from app.models import DateWindow
-from app.staging import StagingPoller, prepare_rows
-from app.topics import DLQ, INTAKE
 
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
 YESTERDAY = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=1)
@@ -214,3 +214,36 @@ def test_prepare_rows_never_raises_for_a_row() -> None:
     assert (letter.reason, letter.reference_number) == ("unprocessable", "REF-2")
     assert letter.details[0].message.startswith("JSONDecodeError: ")
     assert [(e["id"], e["reference_number"]) for e in prepared.errors] == [(2, "REF-2")]
+
+
+async def test_a_clean_backlog_goes_to_the_intake_in_order_and_is_marked() -> None:
+    db = FakeDatabase([row(n) for n in range(1, 20)])
+    publisher = FakePublisher()
+    assert await poller(db, publisher, batch_size=5).drain() == 19
+    assert db.processed == set(range(1, 20))
+    assert publisher.keys(INTAKE) == [f"REF-{n}".encode() for n in range(1, 20)]
+    record = decode_record(publisher.topics[INTAKE][0][1])
+    assert (record.reference_number, record.source, record.source_id) == ("REF-1", "staging", "1")
+    assert publisher.topics.get(DLQ) is None
+    assert len(db.log) == 4  # one staging_process_log row per claimed batch
+
+
+async def test_an_exact_repeat_postgres_holds_is_marked_but_not_published() -> None:
+    class KnowsTheFirst(FakeConnection):
+        async def fetch(self, query: str, *args: Any) -> list[Record]:
+            if query != staging.KNOWN_REFERENCES:
+                return await super().fetch(query, *args)
+            first = prepare_rows([Record(row(1))], WINDOW, datetime.now(UTC)).records[0]
+            known = {"reference_number": "REF-1", "fingerprint": first.fingerprint}
+            return [Record(known)]
+
+    class Database(FakeDatabase):
+        @asynccontextmanager
+        async def acquire(self) -> AsyncIterator[FakeConnection]:
+            yield KnowsTheFirst(self)
+
+    db = Database([row(1), row(2)])
+    publisher = FakePublisher()
+    await poller(db, publisher).drain()
+    assert db.processed == {1, 2}
+    assert publisher.keys(INTAKE) == [b"REF-2"]

@@ -15,13 +15,12 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from app.codecs import decode_record
-from app.decisions import Answer, Claim, DecisionBoard
-from app.models import DateWindow, Decision, KnownReference, payment_id_for
-from app.redis_connection import RedisConnection
+from app.intake.signatures import Verifier
+from app.kafka.codecs import decode_record
+from app.models import DateWindow, Decision, KnownReference, endpoint_of, payment_id_for
+from app.recording.decisions import Answer, Claim, DecisionBoard
 from app.settings import Settings
-from app.signatures import Verifier
-from app.webhooks import endpoint_of
+from app.storage.redis_connection import RedisConnection
 from tests.webhook_client import signed
 from web.webhooks import Reply, answer_webhook
 
@@ -31,7 +30,7 @@ CARD_SECRET = "whsec_" + "Y2FyZCBwcm9jZXNzb3IgY2hhbm5lbCBzZWNyZXQ="
 
 
 class FakeBoard:
-    """app.decisions.DecisionBoard's view side over dicts keyed like its Redis keys."""
+    """app.recording.decisions.DecisionBoard's view side over dicts keyed like its Redis keys."""
 
     def __init__(self) -> None:
         self.bodies: dict[tuple[str, str], str] = {}

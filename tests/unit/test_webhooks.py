@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from app.channels import CHANNELS, GENERIC, Channel
-from app.models import DateWindow, PaymentRecord
+from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.signatures import Verifier
+from app.intake.webhook_body import Rejected, parse_body, record_for
+from app.models import CHANNEL_ENDPOINTS, GENERIC_ENDPOINT, DateWindow, PaymentRecord
 from app.settings import Settings
-from app.signatures import Verifier
-from app.webhooks import Rejected, parse_body, record_for
 from tests.webhook_client import signed
 
 NOW = datetime.now(UTC)
@@ -325,8 +325,8 @@ def test_without_any_secret_everything_is_refused() -> None:
 def test_every_refusal_the_agent_can_answer_is_counted_under_its_own_outcome() -> None:
     from typing import get_args
 
-    from app.decisions import Answer
     from app.models import DeadLetter, DeadLetterReason
+    from app.recording.decisions import Answer
     from web.webhooks import KNOWN_OUTCOMES
 
     for reason in get_args(DeadLetterReason):
@@ -334,3 +334,9 @@ def test_every_refusal_the_agent_can_answer_is_counted_under_its_own_outcome() -
             reason=reason, source="webhook", source_id="w", failed_at=datetime.now(UTC)
         )
         assert Answer.refused(letter).body["error"] in KNOWN_OUTCOMES, reason
+
+
+def test_every_channel_has_its_endpoint() -> None:
+    """app.models names the endpoints (the decisions and audit trail key on them)."""
+    assert set(CHANNELS) == CHANNEL_ENDPOINTS
+    assert GENERIC.name == GENERIC_ENDPOINT

@@ -1,0 +1,517 @@
+"""Reading the staging table into ``payment.intake``, one claimed batch at a time.
+
+A batch is claimed with ``FOR UPDATE SKIP LOCKED`` inside a transaction that
+stays open until the broker has acknowledged every record of it; only then are
+the rows marked processed and the batch logged, in the same transaction. A crash
+in between rolls the claim back, so the rows are published again later and the
+record agent's dedup absorbs the repeat. A row is never marked processed without
+having been published (or dead-lettered).
+
+Failures follow :mod:`app.recording.failures`: an outage leaves the batch unprocessed and
+is retried (``STAGING_MAX_RETRIES`` times, then at the next run). A row that
+cannot be read for a reason nobody foresaw is dead-lettered
+as ``unprocessable`` with the rest of its batch published; a batch that keeps
+failing for a reason nobody foresaw is claimed in halves until the row at fault
+is alone, and that row is dead-lettered as ``unprocessable`` and marked
+processed. Dead letters too large for the broker are cut down
+(:func:`app.kafka.codecs.cut_down`): the row in Postgres stays the full copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import asyncpg
+from pydantic import ValidationError
+
+from app.instruments import STAGING_BATCH_SECONDS, STAGING_ROWS
+from app.intake.process_pool import ProcessPool
+from app.kafka.codecs import dead_letter_message, encode_record
+from app.kafka.publisher import Message
+from app.kafka.topics import DLQ, INTAKE
+from app.models import (
+    METADATA_MAX_DEPTH,
+    DateWindow,
+    DeadLetter,
+    Decision,
+    FieldError,
+    PaymentRecord,
+    beyond_retention,
+    field_errors,
+    payment_id_for,
+)
+from app.recording import audit_trail, failures
+from app.recording.payment_store import KNOWN_REFERENCES, naive_utc
+
+log = logging.getLogger(__name__)
+
+#: One poller at a time, whichever worker's timer fires (a leader handoff can overlap).
+POLLER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller'))"
+
+CLAIM_ROWS = """
+SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
+       payment_channel, metadata::text AS metadata
+FROM public.payment_staging
+WHERE NOT processed
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+MARK_PROCESSED = """
+UPDATE public.payment_staging SET processed = TRUE, processed_at = timezone('utc', now())
+WHERE id = ANY($1::bigint[])
+"""
+
+LOG_BATCH = """
+INSERT INTO payment_service.staging_process_log
+  (batch_start_id, batch_end_id, total_records, processed_records, duplicate_records,
+   error_records, status, started_at, completed_at, error_details)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+"""
+
+BACKLOG = "SELECT count(*) FROM public.payment_staging WHERE NOT processed"
+
+#: Pause before retry n is RETRY_BASE_SECONDS * 2**(n-1).
+RETRY_BASE_SECONDS = 1.0
+
+
+@dataclass
+class BatchSummary:
+    """One staging batch, as written to ``staging_process_log``."""
+
+    first_id: int = 0
+    last_id: int = 0
+    total: int = 0
+    published: int = 0
+    duplicates: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    #: How many rows the batch could claim (less than STAGING_BATCH_SIZE while isolating a row).
+    limit: int = 0
+
+
+def record_from_row(
+    row: asyncpg.Record | Mapping[str, Any], window: DateWindow | None, now: datetime
+) -> PaymentRecord:
+    """A staging row as a canonical record (raises ``ValidationError``).
+
+    ``window`` None checks the structure only (a DLQ replay: the agent checks the window).
+    """
+    metadata = row["metadata"]
+    return PaymentRecord.model_validate(
+        {
+            "reference_number": row["reference_number"],
+            "loan_account_number": row["loan_account_number"],
+            "cif": row["cif"],
+            "amount": row["amount"],
+            "payment_date": row["payment_date"],
+            "payment_channel": row["payment_channel"],
+            "metadata": None if metadata is None else _metadata(metadata),
+            "source": "staging",
+            "source_id": str(row["id"]),
+            "received_at": now,
+        },
+        context={"window": window},
+    )
+
+
+def _metadata(text: str) -> Any:
+    """A row's metadata column, parsed; nesting too deep for json comes back too deep to accept.
+
+    Postgres stores jsonb nested thousands of levels deep; Python's parser stops at
+    about a thousand (RecursionError). Such metadata is far past METADATA_MAX_DEPTH,
+    so the model is handed just too deep a value and refuses it with its field error.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        too_deep: dict[str, Any] = {}
+        for _ in range(METADATA_MAX_DEPTH):
+            too_deep = {"nested": too_deep}
+        return too_deep
+
+
+def _row_as_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row as a dead letter carries it (metadata as the text Postgres gave)."""
+    return {
+        "id": row["id"],
+        "reference_number": row["reference_number"],
+        "loan_account_number": row["loan_account_number"],
+        "cif": row["cif"],
+        "amount": str(row["amount"]),
+        "payment_date": row["payment_date"].isoformat(),
+        "payment_channel": row["payment_channel"],
+        "metadata": row["metadata"],
+    }
+
+
+#: The columns of CLAIM_ROWS, in order: rows travel to helper processes as tuples.
+ROW_COLUMNS = (
+    "id",
+    "reference_number",
+    "loan_account_number",
+    "cif",
+    "amount",
+    "payment_date",
+    "payment_channel",
+    "metadata",
+)
+
+
+class StagedRecord(NamedTuple):
+    """A valid staging row, checked and encoded for the intake topic."""
+
+    reference_number: str
+    fingerprint: str
+    value: bytes
+    row_id: int
+    channel: str | None
+
+
+@dataclass
+class PreparedRows:
+    """A claimed batch, checked and encoded: what to publish, and what failed and why."""
+
+    #: The valid rows, in id order.
+    records: list[StagedRecord] = field(default_factory=list)
+    letters: list[Message] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    #: The invalid rows' dead letters (``letters`` holds them encoded), for the audit trail.
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def add_letter(self, letter: DeadLetter) -> None:
+        """A row that is not published: its dead letter, and its entry in the batch's errors."""
+        self.errors.append(row_error(letter))
+        self.letters.append(dead_letter_message(letter))
+        self.dead_letters.append(letter)
+
+
+def row_letter(
+    row: Mapping[str, Any], reason: Any, details: list[FieldError], now: datetime
+) -> DeadLetter:
+    """The dead letter of staging row ``row`` (cut down later if it is too large to send)."""
+    return DeadLetter(
+        reason=reason,
+        details=details,
+        reference_number=row["reference_number"],
+        source="staging",
+        source_id=str(row["id"]),
+        original=_row_as_json(row),
+        failed_at=now,
+    )
+
+
+def row_error(letter: DeadLetter) -> dict[str, Any]:
+    """A dead-lettered row as ``staging_process_log.error_details`` lists it."""
+    return {
+        "id": int(letter.source_id or 0),
+        "reference_number": letter.reference_number,
+        "errors": [error.model_dump() for error in letter.details],
+    }
+
+
+def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime) -> PreparedRows:
+    """Check and encode staging rows (CPU only, so it can run in a helper process)."""
+    prepared = PreparedRows()
+    for values in rows:
+        row = dict(zip(ROW_COLUMNS, values, strict=True))
+        try:
+            record = record_from_row(row, window, now)
+        except ValidationError as exc:
+            reason = "beyond_retention" if beyond_retention(exc) else "invalid"
+            prepared.add_letter(row_letter(row, reason, field_errors(exc), now))
+            continue
+        except Exception as exc:
+            # CPU only, no server involved: whatever fails here is the row's own doing.
+            details = [FieldError(field="record", message=failures.describe(exc))]
+            prepared.add_letter(row_letter(row, "unprocessable", details, now))
+            continue
+        prepared.records.append(
+            StagedRecord(
+                record.reference_number,
+                record.fingerprint,
+                encode_record(record),
+                row["id"],
+                record.payment_channel,
+            )
+        )
+    return prepared
+
+
+class StagingPoller:
+    """Moves staging rows to the intake topic; :meth:`drain` is the timer's body."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Any,
+        *,
+        batch_size: int,
+        max_retries: int,
+        window: DateWindow,
+        helpers: ProcessPool | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        audit_log: bool = True,
+    ) -> None:
+        self.pool = pool
+        self.audit_log = audit_log
+        self.helpers = helpers or ProcessPool(0)
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self.max_retries = max_retries
+        self.window = window
+        self._sleep = sleep
+
+    async def drain(self) -> int:
+        """Poll batches back to back while full ones keep coming; return the rows moved."""
+        moved = 0
+        started = time.monotonic()
+        while True:
+            summary = await self._batch_with_retries()
+            if summary is None:
+                break
+            moved += summary.total
+            if summary.total < summary.limit:
+                break
+        if moved >= self.batch_size:
+            elapsed = time.monotonic() - started
+            log.info(
+                "staging: moved %d rows to %s in %.1f s (%.0f rows/s)",
+                moved,
+                INTAKE,
+                elapsed,
+                moved / max(elapsed, 1e-9),
+            )
+        return moved
+
+    async def _batch_with_retries(self) -> BatchSummary | None:
+        """One batch, by the failure policy; None when there was nothing to do or it failed.
+
+        An outage is retried with backoff, then left to the next run. Anything else
+        is retried a few times, then the batch is claimed in halves (the rows are
+        claimed in id order, so the first half is the same rows) until the row at
+        fault is alone; that row is dead-lettered and the drain goes on.
+        """
+        limit = self.batch_size
+        attempt = 0
+        while True:
+            attempt += 1
+            started = datetime.now(UTC)
+            try:
+                summary = await self.poll_once(limit)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if failures.is_outage(exc):
+                    if attempt <= self.max_retries:
+                        await self._pause("batch failed", attempt, self.max_retries + 1, exc)
+                        continue
+                    # The rows stay unprocessed: the next tick claims them again. Marking
+                    # them anyway would lose payments; the failed log row tells the operator.
+                    log.error(
+                        "staging: batch failed %d times, giving up until the next run: %r",
+                        attempt,
+                        exc,
+                    )
+                    await self._log_failure(started, exc, attempt)
+                    return None
+                tries = 1 if failures.is_record_error(exc) else failures.UNFORESEEN_ATTEMPTS
+                if attempt < tries:
+                    await self._pause("batch failed unexpectedly", attempt, tries, exc)
+                    continue
+                attempt = 0
+                if limit > 1:
+                    limit //= 2
+                    log.warning(
+                        "staging: a batch keeps failing (%s); claiming %d rows at a time "
+                        "to find the row at fault",
+                        failures.describe(exc),
+                        limit,
+                    )
+                    continue
+                summary = await self._dead_letter_next(exc)
+            if summary is None or summary.total == 0:
+                return None
+            return summary
+
+    async def _pause(self, what: str, attempt: int, attempts: int, exc: BaseException) -> None:
+        pause = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+        log.warning(
+            "staging: %s (attempt %d of %d), retrying in %.0f s: %r",
+            what,
+            attempt,
+            attempts,
+            pause,
+            exc,
+        )
+        await self._sleep(pause)
+
+    async def _dead_letter_next(self, error: BaseException) -> BatchSummary | None:
+        """Dead-letter the first unprocessed row, which keeps failing alone, and mark it processed.
+
+        Failing here (Kafka away) leaves the row for the next run, as any batch.
+        """
+        started = datetime.now(UTC)
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                if not await connection.fetchval(POLLER_LOCK):
+                    return None
+                rows = await connection.fetch(CLAIM_ROWS, 1)
+                if not rows:
+                    return None
+                row = rows[0]
+                details = [FieldError(field="record", message=failures.describe(error))]
+                letter = row_letter(row, "unprocessable", details, started)
+                log.error(
+                    "staging: row %d (reference %s) keeps failing (%s); dead-lettering it as "
+                    "unprocessable and going on. Fix the cause, then requeue or replay it",
+                    row["id"],
+                    row["reference_number"],
+                    failures.describe(error),
+                    exc_info=error,
+                )
+                await self.publisher.publish(DLQ, [dead_letter_message(letter)])
+                await connection.execute(MARK_PROCESSED, [row["id"]])
+                summary = BatchSummary(
+                    first_id=row["id"], last_id=row["id"], total=1, errors=[row_error(letter)]
+                )
+                summary.limit = 1
+                await _log_batch(connection, summary, "completed", started, summary.errors)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("staging: could not dead-letter the row at fault: %r; next run", exc)
+            await self._log_failure(started, exc, 1)
+            return None
+        if self.audit_log:
+            audit_trail.decisions([], [letter])
+        STAGING_ROWS.labels("invalid").inc()
+        return summary
+
+    async def poll_once(self, limit: int | None = None) -> BatchSummary | None:
+        """Claim, publish, mark, log: one batch in one transaction. None if another poller runs.
+
+        ``limit``: claim at most this many rows (default STAGING_BATCH_SIZE).
+        """
+        started = datetime.now(UTC)
+        clock = time.perf_counter()
+        summary = BatchSummary(limit=limit or self.batch_size)
+        # The poller decides two things itself: invalid rows (dead letters) and exact
+        # repeats (duplicates that never travel). They belong in the audit trail too.
+        auditing = self.audit_log and audit_trail.enabled()
+        repeats: list[Decision] = []
+        async with self.pool.acquire() as connection, connection.transaction():
+            if not await connection.fetchval(POLLER_LOCK):
+                log.debug("staging: another poller holds the lock; skipping this run")
+                return None
+            rows = await connection.fetch(CLAIM_ROWS, summary.limit)
+            if not rows:
+                return summary
+            summary.first_id, summary.last_id, summary.total = (
+                rows[0]["id"],
+                rows[-1]["id"],
+                len(rows),
+            )
+            prepared = await self.helpers.run(
+                prepare_rows, [tuple(row) for row in rows], self.window, started
+            )
+            summary.errors = prepared.errors
+
+            # The plan's bulk duplicate check: exact repeats of what Postgres already
+            # holds, or of an earlier row in this batch, need not travel. Anything
+            # else (new, or a possible conflict) goes to the record agent, which decides.
+            known = {
+                row["reference_number"]: row["fingerprint"]
+                for row in await connection.fetch(
+                    KNOWN_REFERENCES, list({staged.reference_number for staged in prepared.records})
+                )
+            }
+            outgoing: list[Message] = []
+            for staged in prepared.records:
+                reference = staged.reference_number
+                if known.get(reference) == staged.fingerprint:
+                    summary.duplicates += 1
+                    if auditing:
+                        repeats.append(_repeat(staged))
+                    continue
+                known.setdefault(reference, staged.fingerprint)
+                outgoing.append((reference.encode(), staged.value))
+            summary.published = len(outgoing)
+
+            await asyncio.gather(
+                self.publisher.publish(INTAKE, outgoing),
+                self.publisher.publish(DLQ, prepared.letters),
+            )
+            await connection.execute(MARK_PROCESSED, [row["id"] for row in rows])
+            details = summary.errors or None
+            await _log_batch(connection, summary, "completed", started, details)
+        if auditing:
+            audit_trail.decisions(repeats, prepared.dead_letters)
+        STAGING_BATCH_SECONDS.observe(time.perf_counter() - clock)
+        STAGING_ROWS.labels("published").inc(summary.published)
+        STAGING_ROWS.labels("duplicate").inc(summary.duplicates)
+        STAGING_ROWS.labels("invalid").inc(len(summary.errors))
+        log.debug(
+            "staging: ids %d-%d: %d rows, %d published, %d duplicates, %d invalid",
+            summary.first_id,
+            summary.last_id,
+            summary.total,
+            summary.published,
+            summary.duplicates,
+            len(summary.errors),
+        )
+        return summary
+
+    async def _log_failure(self, started: datetime, exc: BaseException, attempts: int) -> None:
+        try:
+            async with self.pool.acquire() as connection:
+                first = await connection.fetchval(
+                    "SELECT min(id) FROM public.payment_staging WHERE NOT processed"
+                )
+                empty = BatchSummary(first_id=first or 0, last_id=first or 0)
+                details = {"error": repr(exc), "attempts": attempts}
+                await _log_batch(connection, empty, "failed", started, details)
+        except Exception as log_exc:
+            log.error("staging: could not log the failed batch either: %r", log_exc)
+
+
+async def _log_batch(
+    connection: asyncpg.Connection,
+    summary: BatchSummary,
+    status: str,
+    started: datetime,
+    details: Any,
+) -> None:
+    """One ``staging_process_log`` row for ``summary``."""
+    await connection.execute(
+        LOG_BATCH,
+        summary.first_id,
+        summary.last_id,
+        summary.total,
+        summary.published,
+        summary.duplicates,
+        len(summary.errors),
+        status,
+        naive_utc(started),
+        naive_utc(datetime.now(UTC)),
+        None if details is None else json.dumps(details),
+    )
+
+
+def _repeat(staged: StagedRecord) -> Decision:
+    """The duplicate decision for a row the poller kept from travelling."""
+    return Decision(
+        reference_number=staged.reference_number,
+        outcome="duplicate",
+        payment_id=payment_id_for(staged.reference_number),
+        source="staging",
+        source_id=str(staged.row_id),
+        channel=staged.channel,
+    )

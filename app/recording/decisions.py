@@ -1,0 +1,334 @@
+"""Webhook answers through Redis: decisions, the replay window and the hot reference cache.
+
+The record agent decides a webhook's record after its Postgres commit, in
+another process than the web view that holds the request (any worker of the
+group may own the reference's partition). After the commit it writes each
+webhook decision under the webhook id and announces the batch's decisions in
+one message on one pub/sub channel; every worker's board listens there and
+wakes the views waiting for those ids. A view registers its wait before it
+publishes, so the announcement cannot come first; a replay reads the stored
+decision instead, and so does a view whose wait ran out (the listener may have
+been reconnecting). A decision that never comes in time (Redis away, a
+rebalance) leaves the view to answer 202: the record is durable.
+
+Redis is a cache and a guard here, never the authority: when it is away,
+nothing is lost, answers are 202 instead of synchronous, and a warning says so.
+
+Webhook ids are the sender's: each endpoint (a channel, or ``generic``) verifies
+with its own secrets and has its own ids, so they are kept per endpoint, and one
+channel's id never answers for another's. Keys (all expire after ANSWER_TTL_SECONDS):
+- ``payments:{endpoint}:webhook:{id}`` — the replay window: the SHA-256 of the
+  body first sent under the id;
+- ``payments:{endpoint}:decision:{id}`` — the answer for that id: what the agent
+  decided for its record (or the hot cache's duplicate); the first one stands;
+- ``payments:references:{YYYY-MM-DD}`` — a hash of the references webhooks
+  carried that were committed that day (UTC) → their fingerprints; kept two
+  days, so the last 24 h are always in today's or yesterday's. One HSET per
+  batch: a SET with a TTL per reference costs ~40 µs through redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from mode import Service
+from redis.exceptions import RedisError
+
+from app.instruments import REDIS_UNAVAILABLE
+from app.models import DeadLetter, Decision, KnownReference, endpoint_of
+from app.storage.redis_connection import RedisConnection
+
+log = logging.getLogger(__name__)
+
+#: How long an answer, a decision and a cached reference are kept (the replay window).
+ANSWER_TTL_SECONDS = 24 * 3600
+
+DECISIONS_CHANNEL = "payments:decisions"
+
+#: A webhook request's one round trip: claim the id for this body (SET NX), and read
+#: what an earlier request stored under it, the decision, and the hot cache (today's
+#: hash, else yesterday's). redis-py spent more building and parsing the five
+#: pipelined commands than the round trip took. Missing values come back as "".
+CLAIM_SCRIPT = """
+local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
+local stored = redis.call('GET', KEYS[1])
+local decided = redis.call('GET', KEYS[2])
+local cached = redis.call('HGET', KEYS[3], ARGV[3])
+if not cached then cached = redis.call('HGET', KEYS[4], ARGV[3]) end
+return {taken and 1 or 0, stored or '', decided or '', cached or ''}
+"""
+
+#: HTTP status of each outcome.
+STATUS_OF = {"created": 201, "duplicate": 200, "conflict": 409}
+
+#: What a sender is told when the record agent dead-lettered its record (422), by reason.
+REFUSED_MESSAGES = {
+    "rejected": "the database refused this payment; it is not recorded",
+    "unprocessable": "this payment could not be processed; it is not recorded, and kept for review",
+}
+
+
+def _text(value: bytes | str) -> str:
+    return value if isinstance(value, str) else value.decode()
+
+
+def webhook_key(endpoint: str, webhook_id: str) -> str:
+    return f"payments:{endpoint}:webhook:{webhook_id}"
+
+
+def decision_key(endpoint: str, webhook_id: str) -> str:
+    return f"payments:{endpoint}:decision:{webhook_id}"
+
+
+def waiting_key(endpoint: str, webhook_id: str) -> str:
+    """How views wait for, and announcements name, one endpoint's webhook id."""
+    return f"{endpoint}:{webhook_id}"
+
+
+def references_key(day: date) -> str:
+    return f"payments:references:{day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a webhook request is told: an HTTP status and a JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+    def encode(self) -> str:
+        return json.dumps({"status": self.status, "body": self.body})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Answer:
+        value = json.loads(raw)
+        return cls(int(value["status"]), dict(value["body"]))
+
+    @classmethod
+    def of(cls, decision: Decision) -> Answer:
+        body: dict[str, Any] = {"status": decision.outcome, "payment_id": str(decision.payment_id)}
+        if decision.outcome == "conflict":
+            body["differing_fields"] = list(decision.differing_fields)
+        return cls(STATUS_OF[decision.outcome], body)
+
+    @classmethod
+    def refused(cls, letter: DeadLetter) -> Answer:
+        """422 for a record the agent dead-lettered (a conflict has its own decision)."""
+        message = REFUSED_MESSAGES.get(letter.reason, "this payment is not recorded")
+        errors = [detail.model_dump() for detail in letter.details]
+        return cls(422, {"error": letter.reason, "message": message, "errors": errors})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What Redis says of a webhook id and its reference, in one round trip.
+
+    ``state``: ``new`` (this request has the id), ``seen`` (an earlier request
+    with the same body had it: ``answer`` is its decision if one was made),
+    ``reused`` (the id came with another body) or ``unchecked`` (Redis away).
+    ``fingerprint`` is what the hot cache holds for the reference, if anything.
+    """
+
+    state: str
+    answer: Answer | None = None
+    fingerprint: str | None = None
+
+
+def _letter_endpoint(letter: DeadLetter) -> str:
+    """The endpoint a dead-lettered webhook record came through (its record's channel)."""
+    original = letter.original if isinstance(letter.original, dict) else {}
+    channel = original.get("payment_channel")
+    return endpoint_of(channel if isinstance(channel, str) else None)
+
+
+class DecisionBoard(Service):
+    """One per worker: the agent posts decisions here; web views wait for them."""
+
+    def __init__(self, redis: RedisConnection, **kwargs: Any) -> None:
+        self.redis = redis
+        self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
+        self._claim_script: Any = None
+        super().__init__(**kwargs)
+
+    # --- the record agent's side ---------------------------------------------------
+
+    async def post(
+        self,
+        decisions: Iterable[Decision],
+        committed: Mapping[str, KnownReference],
+        dead_letters: Iterable[DeadLetter] = (),
+    ) -> None:
+        """Store and announce webhook decisions; cache their references. Never raises.
+
+        Webhook records dead-lettered for anything but a conflict are answered 422
+        (:meth:`Answer.refused`) the same way. Only references that webhooks carried
+        are cached: a staging load would pay for a cache entry per row
+        (bench/staging: ~10% more agent CPU), and a webhook repeating a staged
+        payment is still answered, through the agent.
+        """
+        webhook = [decision for decision in decisions if decision.source == "webhook"]
+        refused = [
+            letter
+            for letter in dead_letters
+            if letter.source == "webhook" and letter.source_id and letter.reason != "conflict"
+        ]
+        if not webhook and not refused:
+            return
+        answers = [
+            (endpoint_of(decision.channel), decision.source_id, Answer.of(decision))
+            for decision in webhook
+        ]
+        answers += [
+            (_letter_endpoint(letter), str(letter.source_id), Answer.refused(letter))
+            for letter in refused
+        ]
+        try:
+            async with self.redis.client.pipeline(transaction=False) as pipe:
+                decided = []
+                for endpoint, webhook_id, answer in answers:
+                    encoded = answer.encode()
+                    pipe.set(
+                        decision_key(endpoint, webhook_id),
+                        encoded,
+                        ex=ANSWER_TTL_SECONDS,
+                        nx=True,
+                        get=True,
+                    )
+                    decided.append((waiting_key(endpoint, webhook_id), encoded))
+                # The cache after the decisions: a request that finds the reference
+                # cached finds its own id's decision too, and is not told "duplicate"
+                # of the payment its first delivery created.
+                fingerprints = {
+                    decision.reference_number: committed[decision.reference_number].fingerprint
+                    for decision in webhook
+                    if decision.reference_number in committed
+                }
+                if fingerprints:
+                    today = references_key(datetime.now(UTC).date())
+                    pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
+                    pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
+                stored = (await pipe.execute())[: len(decided)]
+            # The first decision for an id stands, and is what every wait hears: a
+            # redelivered or retried record is decided again, as a duplicate of itself.
+            announced = [
+                [key, answer if first is None else _text(first)]
+                for (key, answer), first in zip(decided, stored, strict=True)
+            ]
+            # One announcement per batch: every worker's listener parses each one.
+            await self.redis.client.publish(DECISIONS_CHANNEL, json.dumps(announced))
+        except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("post_decisions").inc()
+            log.warning(
+                "could not post %d webhook decisions to Redis (%r): their senders get 202",
+                len(answers),
+                exc,
+            )
+
+    # --- the web view's side -------------------------------------------------------
+
+    def expect(self, endpoint: str, webhook_id: str) -> asyncio.Future[Answer]:
+        """A future the decision for ``webhook_id`` will resolve; call before publishing.
+
+        Registered before the record can reach the agent, so the announcement
+        cannot come first. Call :meth:`forget` when done with it.
+        """
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(waiting_key(endpoint, webhook_id), []).append(future)
+        return future
+
+    def forget(self, endpoint: str, webhook_id: str, future: asyncio.Future[Answer]) -> None:
+        key = waiting_key(endpoint, webhook_id)
+        waiters = self._waiting.get(key, [])
+        if future in waiters:
+            waiters.remove(future)
+        if not waiters:
+            self._waiting.pop(key, None)
+
+    async def claim(self, endpoint: str, webhook_id: str, body_hash: str, reference: str) -> Claim:
+        """Take ``webhook_id`` for this body, or say what came before; read the hot cache too."""
+        today = datetime.now(UTC).date()
+        if self._claim_script is None:
+            self._claim_script = self.redis.client.register_script(CLAIM_SCRIPT)
+        try:
+            taken, stored, decided, cached = await self._claim_script(
+                keys=[
+                    webhook_key(endpoint, webhook_id),
+                    decision_key(endpoint, webhook_id),
+                    references_key(today),
+                    references_key(today - timedelta(days=1)),
+                ],
+                args=[body_hash, ANSWER_TTL_SECONDS, reference],
+            )
+        except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("claim").inc()
+            log.warning("webhook %s: Redis unavailable (%r); no replay check", webhook_id, exc)
+            return Claim("unchecked")
+        fingerprint = _text(cached) or None
+        if taken:
+            return Claim("new", fingerprint=fingerprint)
+        if _text(stored) not in ("", body_hash):
+            return Claim("reused")
+        answer = Answer.decode(decided) if _text(decided) else None
+        return Claim("seen", answer, fingerprint)
+
+    async def remember(self, endpoint: str, webhook_id: str, answer: Answer) -> None:
+        """Keep an answer given without the agent (the hot cache's), for replays."""
+        try:
+            await self.redis.client.set(
+                decision_key(endpoint, webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
+            )
+        except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("remember").inc()
+            log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
+
+    async def stored(self, endpoint: str, webhook_id: str) -> Answer | None:
+        """The decision stored for ``webhook_id``, if one was (an announcement can be missed)."""
+        try:
+            decided = await self.redis.client.get(decision_key(endpoint, webhook_id))
+        except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("stored").inc()
+            log.warning("webhook %s: could not read its decision (%r)", webhook_id, exc)
+            return None
+        return None if decided is None else Answer.decode(decided)
+
+    @Service.task
+    async def _listen(self) -> None:
+        """Wake the views waiting for decisions announced on DECISIONS_CHANNEL (reconnects)."""
+        pause = 0.5
+        while not self.should_stop:
+            try:
+                async with self.redis.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(DECISIONS_CHANNEL)
+                    pause = 0.5
+                    while not self.should_stop:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None:
+                            self._deliver(message["data"])
+            except (RedisError, OSError) as exc:
+                REDIS_UNAVAILABLE.labels("listen").inc()
+                log.warning("decision listener: Redis unavailable (%r); retrying", exc)
+                await self.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    def _deliver(self, data: bytes) -> None:
+        """Resolve the waits for a batch's announcement: a list of [waiting key, answer]."""
+        try:
+            announced = [(str(key), encoded) for key, encoded in json.loads(data)]
+        except (ValueError, TypeError):
+            log.warning("decision listener: ignoring a malformed message %r", data[:200])
+            return
+        waiting = self._waiting
+        for key, encoded in announced:
+            futures = waiting.get(key)
+            if not futures:
+                continue
+            answer = Answer.decode(encoded)
+            for future in futures:
+                if not future.done():
+                    future.set_result(answer)

@@ -1,0 +1,386 @@
+"""Postgres, the authority: recording a batch of payments in one transaction.
+
+Idempotency is the primary key of ``payment_references``: a batch first claims
+its references with ``ON CONFLICT DO NOTHING RETURNING``, and only the claimed
+ones get a ``payments`` row, in the same transaction as one outbox row holding
+the batch's events. Rows go in with COPY, never one INSERT per row.
+
+The worker that wrote an outbox row holds it (:meth:`PaymentStore.holding`)
+while it publishes the events: the outbox relay takes only rows no live worker
+holds (app/recording/outbox_relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from pydantic_core import to_json
+
+from app.kafka.codecs import encode_event_for
+from app.models import KnownReference, PaymentRecord, fingerprint_of, utc_text
+
+log = logging.getLogger(__name__)
+
+CLAIM_REFERENCES = """
+INSERT INTO payment_service.payment_references
+  (reference_number, payment_id, payment_date, fingerprint)
+SELECT r, p, d, f
+FROM unnest($1::varchar[], $2::uuid[], $3::timestamp[], $4::text[]) AS t(r, p, d, f)
+ORDER BY r  -- one lock order for every batch, so two workers cannot deadlock
+ON CONFLICT (reference_number) DO NOTHING
+RETURNING reference_number
+"""
+
+KNOWN_REFERENCES = """
+SELECT reference_number, payment_id, fingerprint
+FROM payment_service.payment_references
+WHERE reference_number = ANY($1::varchar[])
+"""
+
+#: A payment recorded before currency was a column (0008) holds it only in the metadata
+#: its channel wrote (card, bank_transfer): a conflict names the currency only when it differs.
+STORED_PAYMENTS = """
+SELECT DISTINCT ON (reference_number)
+  reference_number, loan_account_number, cif, amount, payment_date, payment_channel,
+  coalesce(
+    currency,
+    CASE WHEN payment_channel IN ('card', 'bank_transfer') THEN metadata->>'currency' END
+  ) AS currency
+FROM payment_service.payments
+WHERE reference_number = ANY($1::varchar[])
+ORDER BY reference_number, created_at
+"""
+
+#: Set once reference retention has removed references created before it (app/storage/retention.py).
+RETENTION_WATERMARK = "SELECT pruned_before FROM payment_service.reference_retention"
+
+#: Payments recorded under references retention removed since: their partitions are the
+#: only memory left of them. payment_date bounds the search to the old partitions.
+RECORDED_BEFORE = """
+SELECT DISTINCT ON (reference_number)
+  reference_number, id, loan_account_number, cif, amount, payment_date, payment_channel, currency
+FROM payment_service.payments
+WHERE reference_number = ANY($1::varchar[]) AND payment_date < $2
+ORDER BY reference_number, created_at
+"""
+
+#: A late duplicate's claim becomes its first payment's reference again.
+RESTORE_REFERENCES = """
+UPDATE payment_service.payment_references AS r
+SET payment_id = t.p, payment_date = t.d, fingerprint = t.f
+FROM unnest($1::varchar[], $2::uuid[], $3::timestamp[], $4::text[]) AS t(ref, p, d, f)
+WHERE r.reference_number = t.ref
+"""
+
+ENSURE_PARTITION = "SELECT payment_service.ensure_payment_partition($1::date)"
+
+#: Postgres' words (SQLSTATE 23514) for a row whose month has no partition.
+NO_PARTITION = "no partition of relation"
+
+#: Kafka has these batches' events: the outbox keeps only what is still unsent.
+MARK_SENT = "DELETE FROM payment_service.outbox WHERE batch_id = ANY($1::uuid[])"
+
+#: The fast path still publishes these batches: the relay keeps off them for another lease.
+RENEW_LEASES = """
+UPDATE payment_service.outbox
+SET leased_until = now() + make_interval(secs => $2)
+WHERE batch_id = ANY($1::uuid[])
+"""
+
+PAYMENT_COLUMNS = (
+    "id",
+    "reference_number",
+    "loan_account_number",
+    "cif",
+    "amount",
+    "payment_date",
+    "payment_channel",
+    "source",
+    "metadata",
+    "currency",
+)
+OUTBOX_COLUMNS = ("batch_id", "topic", "event_ids", "message_keys", "payloads")
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """An event committed to the outbox, ready to publish with exactly these bytes."""
+
+    event_id: uuid.UUID
+    key: bytes
+    payload: bytes
+
+
+@dataclass
+class RecordResult:
+    """What one transaction did: the records it created and the references it found taken."""
+
+    created: list[PaymentRecord] = field(default_factory=list)
+    events: list[OutgoingEvent] = field(default_factory=list)
+    existing: dict[str, KnownReference] = field(default_factory=dict)
+    #: The outbox rows holding ``events`` (one per transaction), to delete once they are sent.
+    outbox_batches: list[uuid.UUID] = field(default_factory=list)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """TIMESTAMP columns hold UTC without a zone; asyncpg wants naive values for them."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def month_of(value: datetime) -> date:
+    """The first day of the month ``value`` falls in (UTC): the partition it belongs to."""
+    utc = value.astimezone(UTC)
+    return date(utc.year, utc.month, 1)
+
+
+def defining_fields_of(row: Mapping[str, Any]) -> dict[str, str]:
+    """A ``payments`` row's fingerprinted fields, spelled as PaymentRecord.defining_fields."""
+    return {
+        "reference_number": row["reference_number"],
+        "loan_account_number": row["loan_account_number"],
+        "cif": row["cif"],
+        "amount": f"{row['amount']:.2f}",
+        "payment_date": row["payment_date"].isoformat(),
+        "payment_channel": row["payment_channel"] or "",
+        "currency": row["currency"] or "",
+    }
+
+
+class PaymentStore:
+    """Reads and writes the service's tables through one pool.
+
+    ``max_future`` is PAYMENT_DATE_MAX_FUTURE_DAYS: how far a recorded payment_date
+    may lie past its recording, which bounds where late duplicates can be.
+    ``after_claim`` (tests only, FAULT_POINT) runs inside the transaction once a
+    batch has claimed references, before anything else is written.
+    ``outbox_lease_seconds`` is OUTBOX_RELAY_MIN_AGE_SECONDS: how long an outbox
+    row stays its worker's after the commit or the last renewal.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        events_topic: str,
+        max_future: timedelta = timedelta(days=1),
+        after_claim: Callable[[], None] | None = None,
+        outbox_lease_seconds: float = 15.0,
+    ) -> None:
+        self.pool = pool
+        self.events_topic = events_topic
+        self.max_future = max_future
+        self._after_claim = after_claim
+        self.outbox_lease_seconds = outbox_lease_seconds
+        self._months: set[date] = set()
+
+    async def known(self, references: Iterable[str]) -> dict[str, KnownReference]:
+        """The references Postgres already holds, with their fingerprints and payment_ids."""
+        wanted = list(references)
+        if not wanted:
+            return {}
+        rows = await self.pool.fetch(KNOWN_REFERENCES, wanted)
+        return {
+            row["reference_number"]: KnownReference(row["fingerprint"], row["payment_id"])
+            for row in rows
+        }
+
+    async def stored_fields(self, references: Iterable[str]) -> dict[str, dict[str, str]]:
+        """The recorded defining fields of ``references`` (to name what a conflict changes)."""
+        wanted = list(references)
+        if not wanted:
+            return {}
+        rows = await self.pool.fetch(STORED_PAYMENTS, wanted)
+        return {row["reference_number"]: defining_fields_of(row) for row in rows}
+
+    async def ensure_partitions(self, records: Iterable[PaymentRecord]) -> None:
+        """Create the monthly partitions these records need (each month asked once per process,
+        and again once :meth:`record` finds it dropped).
+
+        In its own short transaction: DDL on the parent must not sit inside the batch's.
+        """
+        missing = {month_of(record.payment_date) for record in records} - self._months
+        if not missing:
+            return
+        async with self.pool.acquire() as connection:
+            for month in sorted(missing):
+                await connection.execute(ENSURE_PARTITION, month)
+        self._months |= missing
+
+    async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
+        """Record ``records`` (distinct references) in one transaction; see the module doc."""
+        if not records:
+            return RecordResult()
+        await self.ensure_partitions(records)
+        try:
+            return await self._record(records)
+        except asyncpg.CheckViolationError as exc:
+            # A month this process created (and remembers) was dropped since, by
+            # maintenance or by hand: forget it and create it again, or its records
+            # would be refused here while other workers record them.
+            gone = {month_of(record.payment_date) for record in records} & self._months
+            if NO_PARTITION not in str(exc) or not gone:
+                raise
+            log.warning(
+                "the partitions of %s were dropped after this worker created them; "
+                "creating them again",
+                ", ".join(f"{month:%Y-%m}" for month in sorted(gone)),
+            )
+            self._months -= gone
+            await self.ensure_partitions(records)
+            return await self._record(records)
+
+    async def _record(self, records: Sequence[PaymentRecord]) -> RecordResult:
+        result = RecordResult()
+        by_reference = {record.reference_number: record for record in records}
+        recorded_text = utc_text(datetime.now(UTC))
+        async with self.pool.acquire() as connection, connection.transaction():
+            claimed = await connection.fetch(
+                CLAIM_REFERENCES,
+                list(by_reference),
+                [record.payment_id for record in records],
+                [naive_utc(record.payment_date) for record in records],
+                [record.fingerprint for record in records],
+            )
+            claimed_refs = {row["reference_number"] for row in claimed}
+            if claimed_refs and self._after_claim is not None:
+                self._after_claim()
+            taken = [ref for ref in by_reference if ref not in claimed_refs]
+            if taken:
+                rows = await connection.fetch(KNOWN_REFERENCES, taken)
+                result.existing = {
+                    row["reference_number"]: KnownReference(row["fingerprint"], row["payment_id"])
+                    for row in rows
+                }
+            if claimed_refs:
+                late = await self._recorded_before_retention(connection, claimed_refs)
+                claimed_refs -= late.keys()
+                result.existing.update(late)
+            result.created = [
+                record for record in records if record.reference_number in claimed_refs
+            ]
+            if not result.created:
+                return result
+            payments = []
+            for record in result.created:
+                payments.append(
+                    (
+                        record.payment_id,
+                        record.reference_number,
+                        record.loan_account_number,
+                        record.cif,
+                        record.amount,
+                        naive_utc(record.payment_date),
+                        record.payment_channel,
+                        record.source,
+                        to_json(record.metadata).decode(),
+                        record.currency,
+                    )
+                )
+                result.events.append(
+                    OutgoingEvent(
+                        record.event_id,
+                        record.loan_account_number.encode(),
+                        encode_event_for(record, recorded_text),
+                    )
+                )
+            batch_id = uuid.uuid4()
+            outbox = (
+                batch_id,
+                self.events_topic,
+                [event.event_id for event in result.events],
+                [event.key for event in result.events],
+                [event.payload for event in result.events],
+            )
+            await connection.copy_records_to_table(
+                "payments", schema_name="payment_service", columns=PAYMENT_COLUMNS, records=payments
+            )
+            await connection.copy_records_to_table(
+                "outbox", schema_name="payment_service", columns=OUTBOX_COLUMNS, records=[outbox]
+            )
+            result.outbox_batches.append(batch_id)
+        return result
+
+    async def _recorded_before_retention(
+        self, connection: asyncpg.Connection, claimed: set[str]
+    ) -> dict[str, KnownReference]:
+        """Claimed references that were recorded before retention removed them: late duplicates.
+
+        Read after the claim, in its transaction: a retention run that removed one of
+        these references committed its watermark first, so the watermark is visible
+        here whenever the claim could succeed because of it.
+        """
+        pruned_before = await connection.fetchval(RETENTION_WATERMARK)
+        if pruned_before is None:
+            return {}
+        # A payment is recorded at most max_future before its payment_date, so every
+        # payment whose reference was removed has a payment_date before this.
+        horizon = pruned_before + self.max_future + timedelta(days=1)
+        rows = await connection.fetch(RECORDED_BEFORE, sorted(claimed), horizon)
+        if not rows:
+            return {}
+        late = {
+            row["reference_number"]: KnownReference(
+                fingerprint_of(defining_fields_of(row)), row["id"]
+            )
+            for row in rows
+        }
+        await connection.execute(
+            RESTORE_REFERENCES,
+            list(late),
+            [known.payment_id for known in late.values()],
+            [row["payment_date"] for row in rows],
+            [known.fingerprint for known in late.values()],
+        )
+        log.info(
+            "%d references recorded before reference retention came again (late duplicates "
+            "or conflicts); their first payments stand",
+            len(late),
+        )
+        return late
+
+    @contextlib.asynccontextmanager
+    async def holding(self, batch_ids: Sequence[uuid.UUID]) -> AsyncIterator[None]:
+        """Hold these outbox rows against the relay while the body runs (the fast path's publish).
+
+        A row is its worker's until ``created_at`` plus the lease; this renews the
+        lease every third of it, so only a worker that died (or froze for a whole
+        lease) lets the relay publish what it may still be publishing.
+        """
+        if not batch_ids:
+            yield
+            return
+        keeper = asyncio.create_task(self._renew(list(batch_ids)))
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _renew(self, batch_ids: list[uuid.UUID]) -> None:
+        every = self.outbox_lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.pool.execute(RENEW_LEASES, batch_ids, self.outbox_lease_seconds)
+            except Exception as exc:
+                # Best effort, never the publish's failure; the relay cannot take the
+                # rows while Postgres is away either.
+                log.warning(
+                    "could not renew the outbox lease of %d batches (%r); the relay may "
+                    "publish their events too if this lasts OUTBOX_RELAY_MIN_AGE_SECONDS",
+                    len(batch_ids),
+                    exc,
+                )
+
+    async def mark_sent(self, batch_ids: Sequence[uuid.UUID]) -> None:
+        """These batches' events reached Kafka: delete their outbox rows."""
+        if batch_ids:
+            await self.pool.execute(MARK_SENT, list(batch_ids))

@@ -1,0 +1,5 @@
+"""Storage: the Postgres pool, the migrations runner, partitions, retention, and Redis.
+
+May import: the foundation only (``app.models``, ``app.settings``, ``app.exceptions``,
+``app.instruments``, ``app.tls``, ``app.months``). Never ``app.kafka`` or anything above it.
+"""
