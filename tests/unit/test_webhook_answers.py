@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, cast
 
+import pytest
 from aiohttp import web
 
 from app.intake.signatures import Verifier
@@ -349,3 +350,15 @@ async def test_a_decision_is_stored_before_its_reference_is_cached() -> None:
 
     # A request that sees the reference cached must see its own id's decision too.
     assert redis.ops == ["set", "hset", "expire"]
+
+
+@pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+async def test_a_signature_header_that_is_not_utf8_is_401(header: str) -> None:
+    via = ingress()
+    raw = json.dumps(generic("REF-NOT-UTF8")).encode()
+    headers = signed(SECRET, raw, msg_id="msg_not_utf8")
+    headers[header] += b"\xff\xfe".decode("utf-8", "surrogateescape")  # as aiohttp decodes it
+    reply = await answer_webhook(
+        cast(Any, via), cast(web.Request, Request(Body(raw), headers)), None
+    )
+    assert reply.status == 401
