@@ -9,6 +9,8 @@ directly) and hand it down.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -71,6 +73,11 @@ TLS_FILE_FIELDS = (
 
 #: Standard Webhooks secrets are base64 after this prefix.
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
+#: The shortest key the Standard Webhooks specification allows (24 to 64 bytes).
+SECRET_MIN_BYTES = 24
+#: The endpoints a ``WEBHOOK_SECRET_<CHANNEL>`` may name: app/models.py's, which sits above
+#: this module (tests/unit/test_settings.py keeps the two equal).
+SECRET_CHANNELS = frozenset({"generic", "bank_transfer", "card"})
 
 
 def _split_commas(value: Any) -> Any:
@@ -80,14 +87,34 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+def _key_bytes(secret: str) -> int | None:
+    """How many bytes the base64 after ``whsec_`` decodes to; None when it is not base64."""
+    encoded = secret.removeprefix(SECRET_PREFIX).rstrip("=")
+    try:
+        # validate=True: the signing library skips characters outside the alphabet,
+        # so "whsec_!!!!" or URL-safe base64 would give another key (or none).
+        return len(base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _check_webhook_secrets(secrets: list[SecretStr], name: str) -> list[SecretStr]:
-    for secret in secrets:
+    for number, secret in enumerate(secrets, start=1):
         raw = secret.get_secret_value()
+        # Never echo the secret itself: say what shape it must have, and which one.
+        which = f"{name} (secret {number} of {len(secrets)})" if len(secrets) > 1 else name
         if not raw.startswith(SECRET_PREFIX) or len(raw) <= len(SECRET_PREFIX):
-            # Never echo the secret itself: say what shape it must have.
             raise ValueError(
                 f"{name} must be one or more comma-separated secrets that start with "
                 f"'{SECRET_PREFIX}' followed by base64"
+            )
+        size = _key_bytes(raw)
+        if size is None:
+            raise ValueError(f"{which}: what follows '{SECRET_PREFIX}' is not base64")
+        if size < SECRET_MIN_BYTES:
+            raise ValueError(
+                f"{which}: the key is {size} bytes, at least {SECRET_MIN_BYTES} are needed "
+                f"(make one: '{SECRET_PREFIX}' + base64 of {SECRET_MIN_BYTES}+ random bytes)"
             )
     return secrets
 
@@ -579,6 +606,12 @@ class Settings(
                     f"{WEBHOOK_SECRET_PREFIX}{name.upper()}: a channel name uses "
                     "letters, digits, '_' and '-' only"
                 )
+            if name not in SECRET_CHANNELS:
+                # Accepted silently, the real channel would fall back to WEBHOOK_SECRET.
+                raise ValueError(
+                    f"{WEBHOOK_SECRET_PREFIX}{name.upper()}: no channel {name!r}; channels: "
+                    + ", ".join(sorted(SECRET_CHANNELS))
+                )
             parsed[name] = _split_commas(secrets)
         return parsed
 
@@ -691,6 +724,8 @@ def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
     secret = field in SECRET_FIELDS or (
         field_info is not None and "Secret" in str(field_info.annotation)
     )
+    if message.startswith(variable):
+        return message  # it names the variable itself (and which of its secrets)
     if secret or field == "webhook_channel_secrets" or "input" not in error:
         return f"{variable}: {message}"
     given = error["input"]

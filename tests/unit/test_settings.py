@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.exceptions import SettingsError
-from app.settings import Settings, load_settings
+from app.intake.channels import CHANNELS, GENERIC
+from app.models import CHANNEL_ENDPOINTS, GENERIC_ENDPOINT
+from app.settings import SECRET_CHANNELS, Settings, load_settings
 from tests.stack import ROOT
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -64,7 +66,7 @@ def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KAFKA_BROKERS", "k1:9092, k2:9093")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("WEBHOOK_SECRET", f"{SECRET_A},{SECRET_B}")
-    monkeypatch.setenv("WEBHOOK_SECRET_CARDS", SECRET_B)
+    monkeypatch.setenv("WEBHOOK_SECRET_CARD", SECRET_B)
     monkeypatch.setenv("WEBHOOK_IP_ALLOWLIST", "10.0.0.0/8, 192.168.1.7")
     monkeypatch.setenv("WEBHOOK_RATE_LIMIT_PER_SOURCE", "25")
     settings = load_settings()
@@ -73,7 +75,7 @@ def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch)
     assert settings.kafka_url == "kafka://k1:9092;k2:9093"
     assert settings.log_level == "debug"
     assert [s.get_secret_value() for s in settings.webhook_secret] == [SECRET_A, SECRET_B]
-    assert [s.get_secret_value() for s in settings.secrets_for_channel("cards")] == [SECRET_B]
+    assert [s.get_secret_value() for s in settings.secrets_for_channel("card")] == [SECRET_B]
     assert [s.get_secret_value() for s in settings.secrets_for_channel("bank")] == [
         SECRET_A,
         SECRET_B,
@@ -169,7 +171,7 @@ def test_webhook_processes_need_a_port_of_their_own(
         load_settings()
 
 
-@pytest.mark.parametrize("variable", ["WEBHOOK_SECRET", "WEBHOOK_SECRET_CARDS"])
+@pytest.mark.parametrize("variable", ["WEBHOOK_SECRET", "WEBHOOK_SECRET_CARD"])
 def test_a_malformed_secret_is_named_but_never_echoed(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
@@ -180,6 +182,49 @@ def test_a_malformed_secret_is_named_but_never_echoed(
     assert message.startswith(variable)
     assert "whsec_" in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "channel"),
+    [("WEBHOOK_SECRET_CARDS", "cards"), ("WEBHOOK_SECRET_BANKTRANSFER", "banktransfer")],
+)
+def test_a_secret_for_a_channel_that_does_not_exist_is_refused_naming_those_that_do(
+    monkeypatch: pytest.MonkeyPatch, variable: str, channel: str
+) -> None:
+    monkeypatch.setenv(variable, SECRET_A)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        f"{variable}: no channel {channel!r}; channels: bank_transfer, card, generic"
+    )
+
+
+def test_the_secret_channels_are_the_webhook_endpoints() -> None:
+    assert {GENERIC_ENDPOINT, *CHANNEL_ENDPOINTS} == SECRET_CHANNELS
+    assert {GENERIC.name, *CHANNELS} == SECRET_CHANNELS
+
+
+@pytest.mark.parametrize(
+    ("variable", "secrets", "problem"),
+    [
+        ("WEBHOOK_SECRET", "whsec_abc", "the key is 2 bytes, at least 24 are needed"),
+        ("WEBHOOK_SECRET", "whsec_!!!!", "what follows 'whsec_' is not base64"),
+        ("WEBHOOK_SECRET_CARD", "whsec_" + "A" * 31 + "-", "is not base64"),  # URL-safe
+        ("WEBHOOK_SECRET", f"{SECRET_A},whsec_abc", "(secret 2 of 2): the key is 2 bytes"),
+    ],
+)
+def test_a_secret_that_is_not_base64_or_too_short_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, secrets: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, secrets)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(variable)
+    assert problem in message
+    for echoed in ("abc", "!!!!", SECRET_A.removeprefix("whsec_")):
+        assert echoed not in message
 
 
 def test_two_bad_values_give_two_lines(monkeypatch: pytest.MonkeyPatch) -> None:
