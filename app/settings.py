@@ -71,6 +71,18 @@ TLS_FILE_FIELDS = (
     "redis_tls_ca_file",
 )
 
+#: The plan's sample Postgres password (docker-compose.yml): never a production one.
+SAMPLE_DB_PASSWORD = "admin_password"  # noqa: S105 (the sample, refused in production)
+
+#: What NODE_ENV=production refuses, per setting ALLOW_INSECURE may name.
+PRODUCTION_NEEDS = {
+    "DB_SSLMODE": "verify-ca or verify-full",
+    "KAFKA_SECURITY_PROTOCOL": "SSL or SASL_SSL",
+    "REDIS_TLS": "true",
+    "WEBHOOK_SECRET": "one (without it every generic webhook is refused)",
+    "DB_PASSWORD": "a password of your own",
+}
+
 #: Standard Webhooks secrets are base64 after this prefix.
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
 #: The shortest key the Standard Webhooks specification allows (24 to 64 bytes).
@@ -191,6 +203,14 @@ class ServerSection(BaseModel):
 
     port: int = Field(3004, ge=1, le=65535)
     node_env: Literal["development", "test", "staging", "production"] = "development"
+    allow_insecure: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Settings NODE_ENV=production may leave unsafe, for a trusted network: any of "
+            "DB_SSLMODE, KAFKA_SECURITY_PROTOCOL, REDIS_TLS, WEBHOOK_SECRET, DB_PASSWORD; "
+            "logged at start."
+        ),
+    )
     data_dir: str = Field(
         "/var/lib/payment-service",
         description="Faust's data folder (RocksDB tables); one per worker.",
@@ -219,7 +239,7 @@ class DatabaseSection(BaseModel):
     db_port: int = Field(5432, ge=1, le=65535)
     db_database: str = Field("collectioncrm", min_length=1)
     db_username: str = Field("postgres", min_length=1)
-    db_password: SecretStr = SecretStr("admin_password")
+    db_password: SecretStr = SecretStr(SAMPLE_DB_PASSWORD)
     db_pool_min: int = Field(10, ge=0)
     db_pool_max: int = Field(50, ge=1)
     db_idle_in_transaction_timeout_seconds: float = Field(
@@ -530,10 +550,22 @@ class Settings(
             raise ValueError("no such file (a PEM file is expected)")
         return value
 
-    @field_validator("kafka_brokers", mode="before")
+    @field_validator("kafka_brokers", "allow_insecure", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("allow_insecure")
+    @classmethod
+    def _known_insecure(cls, names: list[str]) -> list[str]:
+        names = [name.upper() for name in names]
+        unknown = [name for name in names if name not in PRODUCTION_NEEDS]
+        if unknown:
+            raise ValueError(
+                f"no such setting to allow: {', '.join(unknown)}; "
+                f"use any of {', '.join(PRODUCTION_NEEDS)}"
+            )
+        return names
 
     @field_validator("kafka_brokers")
     @classmethod
@@ -629,6 +661,31 @@ class Settings(
         return self
 
     @model_validator(mode="after")
+    def _safe_in_production(self) -> Settings:
+        if self.node_env != "production":
+            return self
+        unsafe = [name for name in self.unsafe_settings if name not in self.allow_insecure]
+        if unsafe:
+            # One line each (load_settings splits them); never a password's value.
+            found = {
+                "DB_SSLMODE": f"DB_SSLMODE={self.db_sslmode}",
+                "KAFKA_SECURITY_PROTOCOL": (
+                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+                ),
+                "REDIS_TLS": "REDIS_TLS=false",
+                "WEBHOOK_SECRET": "WEBHOOK_SECRET is not set",
+                "DB_PASSWORD": "DB_PASSWORD is the plan's sample password",
+            }
+            raise ValueError(
+                "\n".join(
+                    f"{found[name]}: NODE_ENV=production needs {PRODUCTION_NEEDS[name]} "
+                    f"(ALLOW_INSECURE={name} accepts it on a trusted network)"
+                    for name in unsafe
+                )
+            )
+        return self
+
+    @model_validator(mode="after")
     def _webhook_port(self) -> Settings:
         if self.webhook_processes and self.webhook_port is None:
             raise ValueError("WEBHOOK_PORT is required when WEBHOOK_PROCESSES is more than 0")
@@ -691,6 +748,18 @@ class Settings(
 
     # Derived values ---------------------------------------------------------
 
+    @property
+    def unsafe_settings(self) -> list[str]:
+        """The settings NODE_ENV=production would refuse as they are (PRODUCTION_NEEDS)."""
+        unsafe = {
+            "DB_SSLMODE": self.db_sslmode not in ("verify-ca", "verify-full"),
+            "KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol == "PLAINTEXT",
+            "REDIS_TLS": not self.redis_tls,
+            "WEBHOOK_SECRET": not self.webhook_secret,
+            "DB_PASSWORD": self.db_password.get_secret_value() == SAMPLE_DB_PASSWORD,
+        }
+        return [name for name, is_unsafe in unsafe.items() if is_unsafe]
+
     def secrets_for_channel(self, channel: str | None) -> list[SecretStr]:
         """The secrets a webhook on ``channel`` may be signed with (any one matches)."""
         if channel is not None and channel.lower() in self.webhook_channel_secrets:
@@ -726,6 +795,8 @@ def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
     )
     if message.startswith(variable):
         return message  # it names the variable itself (and which of its secrets)
+    if "\n" in message:  # several problems, one line each
+        return "\n".join(f"{variable}: {line}" for line in message.splitlines())
     if secret or field == "webhook_channel_secrets" or "input" not in error:
         return f"{variable}: {message}"
     given = error["input"]
@@ -743,5 +814,6 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = sorted({_describe(error, Settings) for error in exc.errors()})
+        described = (_describe(error, Settings) for error in exc.errors())
+        lines = sorted({line for text in described for line in text.splitlines()})
         raise SettingsError("\n".join(lines)) from None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.__main__ import _warn_of_allowed_insecurity
 from app.exceptions import SettingsError
 from app.intake.channels import CHANNELS, GENERIC
 from app.models import CHANNEL_ENDPOINTS, GENERIC_ENDPOINT
@@ -293,3 +295,101 @@ def test_a_future_bound_past_a_year_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PAYMENT_DATE_MAX_FUTURE_DAYS", "1e9")
     with pytest.raises(SettingsError, match=r"^PAYMENT_DATE_MAX_FUTURE_DAYS=.*less than or equal"):
         load_settings()
+
+
+#: NODE_ENV=production with every setting it checks safe.
+SAFE_PRODUCTION = {
+    "NODE_ENV": "production",
+    "DB_SSLMODE": "verify-full",
+    "KAFKA_SECURITY_PROTOCOL": "SSL",
+    "REDIS_TLS": "true",
+    "WEBHOOK_SECRET": SECRET_A,
+    "DB_PASSWORD": "a-password-of-our-own",
+}
+
+
+def test_production_starts_with_safe_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().unsafe_settings == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        ("DB_SSLMODE", "require", "DB_SSLMODE=require: NODE_ENV=production needs verify-ca"),
+        ("DB_SSLMODE", "prefer", "DB_SSLMODE=prefer: NODE_ENV=production needs verify-ca"),
+        ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "KAFKA_SECURITY_PROTOCOL=PLAINTEXT: "),
+        ("REDIS_TLS", "false", "REDIS_TLS=false: NODE_ENV=production needs true"),
+        ("WEBHOOK_SECRET", None, "WEBHOOK_SECRET is not set: "),
+        ("DB_PASSWORD", "admin_password", "DB_PASSWORD is the plan's sample password: "),
+    ],
+)
+def test_production_refuses_each_unsafe_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str | None, line: str
+) -> None:
+    for name, safe in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, safe)
+    if value is None:
+        monkeypatch.delenv(variable)
+    else:
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"configuration: {line}")
+    assert f"ALLOW_INSECURE={variable}" in message
+    assert "admin_password" not in message
+
+    monkeypatch.setenv("ALLOW_INSECURE", f"redis_tls, {variable.lower()}")
+    assert load_settings().unsafe_settings == [variable]
+    monkeypatch.setenv("NODE_ENV", "staging")
+    monkeypatch.delenv("ALLOW_INSECURE")
+    assert load_settings().unsafe_settings == [variable]  # only production refuses
+
+
+def test_production_with_every_default_says_each_in_its_own_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NODE_ENV", "production")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    named = [
+        line.split(": ")[1].split("=")[0].split(" ")[0] for line in str(caught.value).splitlines()
+    ]
+    assert named == [
+        "DB_PASSWORD",
+        "DB_SSLMODE",
+        "KAFKA_SECURITY_PROTOCOL",
+        "REDIS_TLS",
+        "WEBHOOK_SECRET",
+    ]
+
+
+def test_allow_insecure_names_only_what_production_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOW_INSECURE", "DB_SSLMODE,TLS_EVERYWHERE")
+    with pytest.raises(
+        SettingsError,
+        match=(
+            r"^ALLOW_INSECURE='DB_SSLMODE,TLS_EVERYWHERE': no such setting to allow: "
+            r"TLS_EVERYWHERE; use any of DB_SSLMODE"
+        ),
+    ):
+        load_settings()
+
+
+def test_what_allow_insecure_lets_production_run_with_is_logged_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_TLS", "false")
+    monkeypatch.setenv("DB_SSLMODE", "require")
+    monkeypatch.setenv("ALLOW_INSECURE", "REDIS_TLS,DB_SSLMODE,KAFKA_SECURITY_PROTOCOL")
+    with caplog.at_level(logging.WARNING, logger="app"):
+        _warn_of_allowed_insecurity(load_settings())
+    assert [record.getMessage() for record in caplog.records] == [
+        "ALLOW_INSECURE: running in production with DB_SSLMODE, REDIS_TLS as they are "
+        "(a trusted network only)"
+    ]
