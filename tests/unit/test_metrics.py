@@ -49,11 +49,13 @@ def _python(code: str, folder: Path) -> str:
 def test_counts_of_the_worker_and_its_fronts_are_summed(tmp_path: Path) -> None:
     for count in (2, 5):  # two processes, e.g. two fronts, one after the other
         _python(
-            f"from app.metrics import WEBHOOK_SECONDS as h; "
+            f"from app.instruments import WEBHOOK_SECONDS as h; "
             f"[h.labels('201').observe(0.01) for _ in range({count})]",
             tmp_path,
         )
-    text = _python("from app.metrics import exposition; print(exposition([]).decode())", tmp_path)
+    text = _python(
+        "from app.instruments import exposition; print(exposition([]).decode())", tmp_path
+    )
     key = ("payments_webhook_duration_seconds_count", frozenset({("status", "201")}))
     assert values(text)[key] == 7
 
