@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 
 from app.exceptions import SettingsError
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 
 #: LOG_LEVEL uses the usual names; Faust's --loglevel spells two of them short.
 FAUST_LOG_LEVELS = {"warning": "warn", "critical": "crit"}
@@ -29,6 +30,7 @@ def main() -> None:
     from app.service import create_app
 
     log_before_setup(settings.log_format, settings.log_level)
+    _warn_of_allowed_insecurity(settings)
 
     if "worker" in sys.argv[1:] and settings.log_format == "json":
         # Faust prints a banner, a text table, on stdout: not a log line.
@@ -41,6 +43,16 @@ def main() -> None:
         print(f"payment-service: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     app.main()
+
+
+def _warn_of_allowed_insecurity(settings: Settings) -> None:
+    """Say at start which unsafe settings ALLOW_INSECURE lets production run with."""
+    allowed = [name for name in settings.unsafe_settings if name in settings.allow_insecure]
+    if settings.node_env == "production" and allowed:
+        logging.getLogger("app").warning(
+            "ALLOW_INSECURE: running in production with %s as they are (a trusted network only)",
+            ", ".join(allowed),
+        )
 
 
 def _count_in_files(folder: Path) -> None:

@@ -9,6 +9,8 @@ directly) and hand it down.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -69,8 +71,25 @@ TLS_FILE_FIELDS = (
     "redis_tls_ca_file",
 )
 
+#: The plan's sample Postgres password (docker-compose.yml): never a production one.
+SAMPLE_DB_PASSWORD = "admin_password"  # noqa: S105 (the sample, refused in production)
+
+#: What NODE_ENV=production refuses, per setting ALLOW_INSECURE may name.
+PRODUCTION_NEEDS = {
+    "DB_SSLMODE": "verify-ca or verify-full",
+    "KAFKA_SECURITY_PROTOCOL": "SSL or SASL_SSL",
+    "REDIS_TLS": "true",
+    "WEBHOOK_SECRET": "one (without it every generic webhook is refused)",
+    "DB_PASSWORD": "a password of your own",
+}
+
 #: Standard Webhooks secrets are base64 after this prefix.
 SECRET_PREFIX = "whsec_"  # noqa: S105 (a format prefix, not a secret)
+#: The shortest key the Standard Webhooks specification allows (24 to 64 bytes).
+SECRET_MIN_BYTES = 24
+#: The endpoints a ``WEBHOOK_SECRET_<CHANNEL>`` may name: app/models.py's, which sits above
+#: this module (tests/unit/test_settings.py keeps the two equal).
+SECRET_CHANNELS = frozenset({"generic", "bank_transfer", "card"})
 
 
 def _split_commas(value: Any) -> Any:
@@ -80,14 +99,34 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+def _key_bytes(secret: str) -> int | None:
+    """How many bytes the base64 after ``whsec_`` decodes to; None when it is not base64."""
+    encoded = secret.removeprefix(SECRET_PREFIX).rstrip("=")
+    try:
+        # validate=True: the signing library skips characters outside the alphabet,
+        # so "whsec_!!!!" or URL-safe base64 would give another key (or none).
+        return len(base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _check_webhook_secrets(secrets: list[SecretStr], name: str) -> list[SecretStr]:
-    for secret in secrets:
+    for number, secret in enumerate(secrets, start=1):
         raw = secret.get_secret_value()
+        # Never echo the secret itself: say what shape it must have, and which one.
+        which = f"{name} (secret {number} of {len(secrets)})" if len(secrets) > 1 else name
         if not raw.startswith(SECRET_PREFIX) or len(raw) <= len(SECRET_PREFIX):
-            # Never echo the secret itself: say what shape it must have.
             raise ValueError(
                 f"{name} must be one or more comma-separated secrets that start with "
                 f"'{SECRET_PREFIX}' followed by base64"
+            )
+        size = _key_bytes(raw)
+        if size is None:
+            raise ValueError(f"{which}: what follows '{SECRET_PREFIX}' is not base64")
+        if size < SECRET_MIN_BYTES:
+            raise ValueError(
+                f"{which}: the key is {size} bytes, at least {SECRET_MIN_BYTES} are needed "
+                f"(make one: '{SECRET_PREFIX}' + base64 of {SECRET_MIN_BYTES}+ random bytes)"
             )
     return secrets
 
@@ -164,6 +203,14 @@ class ServerSection(BaseModel):
 
     port: int = Field(3004, ge=1, le=65535)
     node_env: Literal["development", "test", "staging", "production"] = "development"
+    allow_insecure: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Settings NODE_ENV=production may leave unsafe, for a trusted network: any of "
+            "DB_SSLMODE, KAFKA_SECURITY_PROTOCOL, REDIS_TLS, WEBHOOK_SECRET, DB_PASSWORD; "
+            "logged at start."
+        ),
+    )
     data_dir: str = Field(
         "/var/lib/payment-service",
         description="Faust's data folder (RocksDB tables); one per worker.",
@@ -192,7 +239,7 @@ class DatabaseSection(BaseModel):
     db_port: int = Field(5432, ge=1, le=65535)
     db_database: str = Field("collectioncrm", min_length=1)
     db_username: str = Field("postgres", min_length=1)
-    db_password: SecretStr = SecretStr("admin_password")
+    db_password: SecretStr = SecretStr(SAMPLE_DB_PASSWORD)
     db_pool_min: int = Field(10, ge=0)
     db_pool_max: int = Field(50, ge=1)
     db_idle_in_transaction_timeout_seconds: float = Field(
@@ -503,10 +550,22 @@ class Settings(
             raise ValueError("no such file (a PEM file is expected)")
         return value
 
-    @field_validator("kafka_brokers", mode="before")
+    @field_validator("kafka_brokers", "allow_insecure", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("allow_insecure")
+    @classmethod
+    def _known_insecure(cls, names: list[str]) -> list[str]:
+        names = [name.upper() for name in names]
+        unknown = [name for name in names if name not in PRODUCTION_NEEDS]
+        if unknown:
+            raise ValueError(
+                f"no such setting to allow: {', '.join(unknown)}; "
+                f"use any of {', '.join(PRODUCTION_NEEDS)}"
+            )
+        return names
 
     @field_validator("kafka_brokers")
     @classmethod
@@ -579,6 +638,12 @@ class Settings(
                     f"{WEBHOOK_SECRET_PREFIX}{name.upper()}: a channel name uses "
                     "letters, digits, '_' and '-' only"
                 )
+            if name not in SECRET_CHANNELS:
+                # Accepted silently, the real channel would fall back to WEBHOOK_SECRET.
+                raise ValueError(
+                    f"{WEBHOOK_SECRET_PREFIX}{name.upper()}: no channel {name!r}; channels: "
+                    + ", ".join(sorted(SECRET_CHANNELS))
+                )
             parsed[name] = _split_commas(secrets)
         return parsed
 
@@ -593,6 +658,31 @@ class Settings(
     def _no_faults_in_production(self) -> Settings:
         if self.fault_point and self.node_env == "production":
             raise ValueError("FAULT_POINT is for tests and must be empty when NODE_ENV=production")
+        return self
+
+    @model_validator(mode="after")
+    def _safe_in_production(self) -> Settings:
+        if self.node_env != "production":
+            return self
+        unsafe = [name for name in self.unsafe_settings if name not in self.allow_insecure]
+        if unsafe:
+            # One line each (load_settings splits them); never a password's value.
+            found = {
+                "DB_SSLMODE": f"DB_SSLMODE={self.db_sslmode}",
+                "KAFKA_SECURITY_PROTOCOL": (
+                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+                ),
+                "REDIS_TLS": "REDIS_TLS=false",
+                "WEBHOOK_SECRET": "WEBHOOK_SECRET is not set",
+                "DB_PASSWORD": "DB_PASSWORD is the plan's sample password",
+            }
+            raise ValueError(
+                "\n".join(
+                    f"{found[name]}: NODE_ENV=production needs {PRODUCTION_NEEDS[name]} "
+                    f"(ALLOW_INSECURE={name} accepts it on a trusted network)"
+                    for name in unsafe
+                )
+            )
         return self
 
     @model_validator(mode="after")
@@ -658,6 +748,18 @@ class Settings(
 
     # Derived values ---------------------------------------------------------
 
+    @property
+    def unsafe_settings(self) -> list[str]:
+        """The settings NODE_ENV=production would refuse as they are (PRODUCTION_NEEDS)."""
+        unsafe = {
+            "DB_SSLMODE": self.db_sslmode not in ("verify-ca", "verify-full"),
+            "KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol == "PLAINTEXT",
+            "REDIS_TLS": not self.redis_tls,
+            "WEBHOOK_SECRET": not self.webhook_secret,
+            "DB_PASSWORD": self.db_password.get_secret_value() == SAMPLE_DB_PASSWORD,
+        }
+        return [name for name, is_unsafe in unsafe.items() if is_unsafe]
+
     def secrets_for_channel(self, channel: str | None) -> list[SecretStr]:
         """The secrets a webhook on ``channel`` may be signed with (any one matches)."""
         if channel is not None and channel.lower() in self.webhook_channel_secrets:
@@ -691,6 +793,10 @@ def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
     secret = field in SECRET_FIELDS or (
         field_info is not None and "Secret" in str(field_info.annotation)
     )
+    if message.startswith(variable):
+        return message  # it names the variable itself (and which of its secrets)
+    if "\n" in message:  # several problems, one line each
+        return "\n".join(f"{variable}: {line}" for line in message.splitlines())
     if secret or field == "webhook_channel_secrets" or "input" not in error:
         return f"{variable}: {message}"
     given = error["input"]
@@ -708,5 +814,6 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = sorted({_describe(error, Settings) for error in exc.errors()})
+        described = (_describe(error, Settings) for error in exc.errors())
+        lines = sorted({line for text in described for line in text.splitlines()})
         raise SettingsError("\n".join(lines)) from None

@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from app.exceptions import PaymentsError
-from app.models import field_errors
+from app.models import DeadLetterReason, field_errors
 from app.ops import dlq as dead_letters
 from app.ops import staging_admin
 from app.ops.authorization import Caller
@@ -31,19 +31,22 @@ from web.binding import bound
 
 log = logging.getLogger(__name__)
 
+#: The largest staging id Postgres' bigint holds: past it asyncpg would raise, not refuse.
+BIGINT_MAX = 2**63 - 1
+
 
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = None
+    reason: DeadLetterReason | None = None
     dry_run: StrictBool = False
 
 
 class RequeueRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    from_id: int = Field(ge=1)
-    to_id: int = Field(ge=1)
+    from_id: int = Field(ge=1, le=BIGINT_MAX)
+    to_id: int = Field(ge=1, le=BIGINT_MAX)
     dry_run: StrictBool = False
 
 
@@ -52,11 +55,13 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel | dict[st
     try:
         raw = await request.read()
         return model.model_validate(json.loads(raw or b"{}"))
-    except json.JSONDecodeError as exc:
-        return {"error": "invalid_json", "message": f"the body is not valid JSON: {exc}"}
-    except ValidationError as exc:
+    except ValidationError as exc:  # a ValueError too: caught first
         errors = [error.model_dump() for error in field_errors(exc)]
         return {"error": "invalid_request", "message": "the body breaks a rule", "errors": errors}
+    except (ValueError, RecursionError) as exc:
+        # JSONDecodeError, a body that is not UTF-8, an integer past Python's digit
+        # limit (all ValueError), or arrays nested deeper than the parser recurses.
+        return {"error": "invalid_json", "message": f"the body is not valid JSON: {exc}"}
 
 
 class OperatorAction(View):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from faust.web import Request, Response, View
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
+from app.intake.guards import address
 from app.kafka.topics import INTAKE
 from app.ops.authorization import Caller
 from app.settings import IPNetwork, Settings
@@ -60,12 +60,9 @@ class MetricsView(View):
         return cast(Response, response)  # Faust's aiohttp driver hands it over as it is
 
 
-def _listed(address: str | None, networks: Sequence[IPNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
+def _listed(peer: str | None, networks: Sequence[IPNetwork]) -> bool:
+    ip = address(peer)  # an IPv4-mapped IPv6 peer is its IPv4 address
+    return ip is not None and any(ip in network for network in networks)
 
 
 async def _measure(settings: Settings, database: Database, consumer: Any) -> list[Metric]:

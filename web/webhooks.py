@@ -124,7 +124,7 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
         headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
         reply = Reply(rejected.status, rejected.body(), headers)
         if rejected.status < 500 and ingress.settings.audit_log:
-            client = ingress.guards.client(http.remote, http.headers.get("X-Forwarded-For"))
+            client = ingress.guards.client(http.remote, _forwarded_for(http))
             audit_trail.webhook_rejected(
                 rejected.status,
                 rejected.error,
@@ -150,7 +150,7 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     board = ingress.decisions
     channel = _channel(channel_name)
     headers = http.headers
-    client = ingress.guards.client(http.remote, headers.get("X-Forwarded-For"))
+    client = ingress.guards.client(http.remote, _forwarded_for(http))
     if not ingress.guards.allowed(client):
         log.info("webhook from %s refused: not in WEBHOOK_IP_ALLOWLIST", client)
         raise Rejected(403, "forbidden", "this address may not send webhooks")
@@ -220,6 +220,11 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
         return _reply(answer, replay=replay)
     finally:
         board.forget(endpoint, webhook_id, decided)
+
+
+def _forwarded_for(http: web.Request) -> list[str]:
+    """Every X-Forwarded-For line: a proxy may append its own after the client's."""
+    return http.headers.getall("X-Forwarded-For", [])
 
 
 def _reply(answer: Answer, *, replay: bool = False) -> Reply:

@@ -2,10 +2,15 @@
 
 - the client address: the TCP peer, or — only when the peer is a trusted proxy —
   the right-most address of ``X-Forwarded-For`` that is not itself a trusted
-  proxy (the left part of that header is whatever the client wrote);
+  proxy (the left part of that header is whatever the client wrote). Every
+  ``X-Forwarded-For`` line counts, joined in order: a proxy that appends a line
+  of its own (HAProxy's ``option forwardfor``) leaves the client's line first.
+  An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``, a dual-stack socket's peer)
+  is its IPv4 address, so IPv4 allowlists and proxy ranges match it;
 - the IP allowlist (403);
 - a rate limit per client address in Redis, shared by every worker (429 with
-  Retry-After); without Redis, requests pass and a warning says so.
+  Retry-After), per /64 for IPv6 (one host is given a /64 and picks any address
+  in it); without Redis, requests pass and a warning says so.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import ipaddress
 import logging
 import math
 import time
+from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
@@ -25,12 +31,26 @@ log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+#: An IPv6 client is counted by its /64: the prefix one host or site is given.
+IPV6_RATE_PREFIX = 64
 
-def _address(text: str | None) -> IPAddress | None:
+
+def address(text: str | None) -> IPAddress | None:
+    """``text`` as an address (an IPv4-mapped IPv6 one as IPv4); None when it is not one."""
     try:
-        return ipaddress.ip_address((text or "").strip())
+        parsed = ipaddress.ip_address((text or "").strip())
     except ValueError:
         return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
+
+
+def rate_source(client: IPAddress | None) -> str:
+    """What the rate limit counts ``client`` as: its address, or its /64 for IPv6."""
+    if isinstance(client, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((client, IPV6_RATE_PREFIX), strict=False))
+    return str(client)
 
 
 def _within(address: IPAddress, networks: list[IPNetwork]) -> bool:
@@ -49,19 +69,27 @@ class Guards:
         self.window = max(1.0, 1.0 / self.rate) if self.rate else 0.0
         self.limit = max(1, math.floor(self.rate * self.window)) if self.rate else 0
 
-    def client(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
-        """The client's address (None when the peer is not an IP address, e.g. a Unix socket)."""
-        address = _address(peer)
-        if address is None or not _within(address, self.proxies) or not forwarded_for:
-            return address
-        for hop in reversed(forwarded_for.split(",")):
-            forwarded = _address(hop)
+    def client(
+        self, peer: str | None, forwarded_for: str | Sequence[str] | None
+    ) -> IPAddress | None:
+        """The client's address (None when the peer is not an IP address, e.g. a Unix socket).
+
+        ``forwarded_for`` is every ``X-Forwarded-For`` line of the request, in order
+        (aiohttp's ``headers.getall``), or one line.
+        """
+        found = address(peer)
+        lines = [forwarded_for] if isinstance(forwarded_for, str) else forwarded_for or []
+        chain = ",".join(lines)
+        if found is None or not _within(found, self.proxies) or not chain:
+            return found
+        for hop in reversed(chain.split(",")):
+            forwarded = address(hop)
             if forwarded is None:
-                return address  # junk in the chain: trust no further than the last proxy
+                return found  # junk in the chain: trust no further than the last proxy
             if not _within(forwarded, self.proxies):
                 return forwarded
-            address = forwarded
-        return address
+            found = forwarded
+        return found
 
     def allowed(self, client: IPAddress | None) -> bool:
         """True when the allowlist is empty or holds ``client``."""
@@ -74,7 +102,7 @@ class Guards:
         if not self.rate:
             return None
         window = math.floor(time.time() / self.window)
-        key = f"payments:rate:{client}:{window}"
+        key = f"payments:rate:{rate_source(client)}:{window}"
         try:
             async with self.redis.client.pipeline(transaction=True) as pipe:
                 pipe.incr(key)

@@ -68,7 +68,10 @@ def authorize(settings: Settings, authorization: str | None, needed: Role) -> Ca
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return Refusal(401, "unauthorized", "send Authorization: Bearer <token> (see API_TOKENS)")
-    presented = digest(token.strip())
+    try:
+        presented = digest(token.strip())
+    except UnicodeEncodeError:  # bytes that are not UTF-8, as aiohttp decodes them
+        return Refusal(401, "unauthorized", "the token is not UTF-8")
     caller: Caller | None = None
     for entry in settings.api_tokens:
         name, role, expected = entry.get_secret_value().split(":")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -447,6 +448,8 @@ def test_a_publish_kafka_does_not_acknowledge_in_time_is_503_and_the_retry_gets_
 # --- guards: a worker of its own, behind a "proxy" on loopback ------------------------
 
 PROXY_CLIENTS = "198.51.100.0/24"
+#: IPv6 clients behind the proxy: their rate is counted per /64.
+PROXY_CLIENTS_V6 = "2001:db8::/32"
 
 
 @pytest.fixture(scope="module")
@@ -454,7 +457,7 @@ def guarded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     env = app_env(
         f"guards-{RUN}",
         WEBHOOK_SECRET=OLD,
-        WEBHOOK_IP_ALLOWLIST=f"127.0.0.1/32,{PROXY_CLIENTS}",
+        WEBHOOK_IP_ALLOWLIST=f"127.0.0.1/32,{PROXY_CLIENTS},{PROXY_CLIENTS_V6}",
         WEBHOOK_TRUSTED_PROXIES="127.0.0.1/32",
         WEBHOOK_RATE_LIMIT_PER_SOURCE="5",
         WEBHOOK_MAX_BODY_BYTES="2048",
@@ -476,6 +479,48 @@ def test_addresses_outside_the_allowlist_get_403_before_anything_else(guarded: W
     # A client cannot talk its way in: only the hop the trusted proxy saw counts.
     assert from_client(guarded, "198.51.100.9, 203.0.113.7")[0] == 403
     assert from_client(guarded, "198.51.100.10")[0] == 422  # allowed; the body is then checked
+
+
+def raw_post(worker: Worker, headers: list[tuple[str, str | bytes]], body: bytes = b"{}") -> int:
+    """POST with header lines as given: a name twice, or bytes that are not UTF-8."""
+    host, port = worker.base_url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", WEBHOOK)
+        for name, value in [("Content-Type", "application/json"), *headers]:
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_every_forwarded_for_line_counts(guarded: Worker) -> None:
+    # HAProxy's option forwardfor appends its own line: the client's forged one comes first.
+    body = b"{}"
+    signature = list(signed(OLD, body, msg_id=uuid.uuid4().hex).items())
+    forged = [("X-Forwarded-For", "198.51.100.40"), ("X-Forwarded-For", "203.0.113.7")]
+    assert raw_post(guarded, [*signature, *forged], body) == 403
+    honest = [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "198.51.100.41")]
+    assert raw_post(guarded, [*signature, *honest], body) == 422  # allowed; the body checked
+
+
+@pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_a_signature_header_that_is_not_utf8_is_401(guarded: Worker, header: str) -> None:
+    body = b"{}"
+    lines: list[tuple[str, str | bytes]] = [
+        (name, value.encode() + b"\xff\xfe" if name == header else value)
+        for name, value in signed(OLD, body, msg_id=uuid.uuid4().hex).items()
+    ]
+    assert raw_post(guarded, [*lines, ("X-Forwarded-For", "198.51.100.42")], body) == 401
+
+
+def test_an_ipv6_source_is_rate_limited_per_64(guarded: Worker) -> None:
+    noisy = [from_client(guarded, f"2001:db8:1:2::{host:x}")[0] for host in range(1, 21)]
+    quiet = [from_client(guarded, f"2001:db8:1:3::{host:x}")[0] for host in range(1, 4)]
+    assert noisy.count(429) >= 10  # 20 addresses of one /64: one source
+    assert quiet == [422] * 3
 
 
 def test_a_noisy_source_is_rate_limited_and_another_is_not(guarded: Worker) -> None:

@@ -79,7 +79,7 @@ def test_every_secret_can_come_from_a_file(tmp_path: Path, monkeypatch: pytest.M
         "REDIS_PASSWORD_FILE": "redis-secret-from-file",
         "KAFKA_SASL_PASSWORD_FILE": "sasl-secret-from-file\r\n",
         "WEBHOOK_SECRET_FILE": "whsec_ZGVmYXVsdCBzZWNyZXQgZnJvbSBhIGZpbGU=\n",
-        "WEBHOOK_SECRET_CARD_FILE": "whsec_Y2FyZCBzZWNyZXQgZnJvbSBhIGZpbGU=",
+        "WEBHOOK_SECRET_CARD_FILE": "whsec_Y2FyZCBzZWNyZXQgZnJvbSBhIGZpbGUsIGxvbmc=",
         "API_TOKENS_FILE": OPERATOR_ENTRY + "\n",
     }
     for name, content in files.items():
@@ -96,7 +96,7 @@ def test_every_secret_can_come_from_a_file(tmp_path: Path, monkeypatch: pytest.M
         "whsec_ZGVmYXVsdCBzZWNyZXQgZnJvbSBhIGZpbGU="
     ]
     assert [s.get_secret_value() for s in settings.secrets_for_channel("card")] == [
-        "whsec_Y2FyZCBzZWNyZXQgZnJvbSBhIGZpbGU="
+        "whsec_Y2FyZCBzZWNyZXQgZnJvbSBhIGZpbGUsIGxvbmc="
     ]
     assert isinstance(authorize(settings, f"Bearer {OPERATOR}", "operator"), Caller)
     assert "db-secret-from-file" not in repr(settings)
@@ -119,14 +119,21 @@ def test_a_missing_secret_file_names_the_variable(monkeypatch: pytest.MonkeyPatc
 
 
 def test_fingerprints_tell_secrets_apart_and_hide_them() -> None:
-    old = Settings(webhook_secret="whsec_b2xkIHNlY3JldA==", api_tokens=OPERATOR_ENTRY)
-    new = Settings(webhook_secret="whsec_bmV3IHNlY3JldA==", api_tokens=OPERATOR_ENTRY)
+    old = Settings(
+        webhook_secret="whsec_b2xkIHNlY3JldCBiZWZvcmUgdGhlIHJvdGF0aW9u", api_tokens=OPERATOR_ENTRY
+    )
+    new = Settings(
+        webhook_secret="whsec_bmV3IHNlY3JldCBhZnRlciB0aGUgcm90YXRpb24h", api_tokens=OPERATOR_ENTRY
+    )
     assert secret_fingerprints(old) != secret_fingerprints(new)
     assert secret_fingerprints(old) == secret_fingerprints(
-        Settings(webhook_secret="whsec_b2xkIHNlY3JldA==", api_tokens=OPERATOR_ENTRY)
+        Settings(
+            webhook_secret="whsec_b2xkIHNlY3JldCBiZWZvcmUgdGhlIHJvdGF0aW9u",
+            api_tokens=OPERATOR_ENTRY,
+        )
     )
     shown = str(secret_fingerprints(old))
-    assert "b2xkIHNlY3JldA" not in shown
+    assert "b2xkIHNlY3JldCBiZWZvcmUgdGhlIHJvdGF0aW9u" not in shown
     assert digest(OPERATOR) not in shown
     assert "alice:operator:" in shown
     assert len(fingerprint("x")) == 12

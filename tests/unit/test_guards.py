@@ -1,12 +1,13 @@
-"""Who the client is behind a proxy, and the allowlist (offline; the rate limit needs Redis)."""
+"""Who the client is behind a proxy, the allowlist, and what the rate limit counts (offline)."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Any, cast
 
 import pytest
 
-from app.intake.guards import Guards
+from app.intake.guards import Guards, rate_source
 from app.settings import Settings
 from app.storage.redis_connection import RedisConnection
 
@@ -33,6 +34,90 @@ def test_the_client_is_the_last_address_no_trusted_proxy_vouches_for(
 ) -> None:
     found = guards(webhook_trusted_proxies="10.0.0.0/24").client(peer, forwarded_for)
     assert found == ipaddress.ip_address(client)
+
+
+@pytest.mark.parametrize(
+    ("lines", "client"),
+    [
+        # HAProxy's option forwardfor appends a line: the client's forged line comes first.
+        (["198.51.100.7", "6.6.6.6"], "6.6.6.6"),
+        (["198.51.100.7, 203.0.113.9", "6.6.6.6, 10.0.0.3"], "6.6.6.6"),
+        (["6.6.6.6", "junk"], "10.0.0.2"),
+        ([], "10.0.0.2"),
+    ],
+)
+def test_every_forwarded_for_line_counts(lines: list[str], client: str) -> None:
+    found = guards(webhook_trusted_proxies="10.0.0.0/24").client("10.0.0.2", lines)
+    assert found == ipaddress.ip_address(client)
+
+
+def test_an_ipv4_mapped_peer_is_its_ipv4_address() -> None:
+    trusting = guards(webhook_trusted_proxies="10.0.0.0/24")
+    assert trusting.client("::ffff:10.0.0.2", ["198.51.100.1"]) == ipaddress.ip_address(
+        "198.51.100.1"
+    )
+    assert trusting.client("::ffff:203.0.113.5", None) == ipaddress.ip_address("203.0.113.5")
+    assert trusting.client("10.0.0.2", ["::ffff:10.0.0.3, ::ffff:198.51.100.1"]) == (
+        ipaddress.ip_address("198.51.100.1")
+    )
+    allowlisted = guards(webhook_ip_allowlist="198.51.100.0/24")
+    assert allowlisted.allowed(allowlisted.client("::ffff:198.51.100.77", None))
+    assert not allowlisted.allowed(allowlisted.client("::ffff:203.0.113.1", None))
+
+
+@pytest.mark.parametrize(
+    ("client", "counted_as"),
+    [
+        ("203.0.113.5", "203.0.113.5"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ],
+)
+def test_ipv6_clients_are_counted_per_64(client: str, counted_as: str) -> None:
+    assert rate_source(ipaddress.ip_address(client)) == counted_as
+
+
+class CountingRedis:
+    """INCR and EXPIRE in a pipeline, counted per key."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.client = self
+        self._incremented: list[str] = []
+
+    def pipeline(self, transaction: bool) -> CountingRedis:
+        self._incremented = []
+        return self
+
+    async def __aenter__(self) -> CountingRedis:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def incr(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self._incremented.append(key)
+
+    def expire(self, key: str, seconds: int) -> None:
+        pass
+
+    async def execute(self) -> list[Any]:
+        return [self.counts[self._incremented[0]], True]
+
+
+async def test_addresses_of_one_ipv6_64_share_one_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.intake.guards.time.time", lambda: 1_800_000_000.5)  # one window
+    configured = Settings(webhook_rate_limit_per_source=2)
+    limited = Guards(configured, cast(RedisConnection, CountingRedis()))
+    waits = [
+        await limited.retry_after(ipaddress.ip_address(f"2001:db8:1:2::{host:x}"))
+        for host in range(1, 4)
+    ]
+    assert waits[:2] == [None, None]
+    assert waits[2] is not None  # a third address of the same /64 is over the rate
+    assert await limited.retry_after(ipaddress.ip_address("2001:db8:1:3::1")) is None
 
 
 def test_the_allowlist_admits_only_its_networks() -> None:

@@ -98,3 +98,10 @@ def test_compose_kafka_version_is_the_pinned_one() -> None:
     services = _compose()["services"]
     for name in ("kafka", "kafka-topics"):
         assert services[name]["image"] == f"apache/kafka:{match[1]}"
+
+
+def test_compose_publishes_kafka_postgres_and_redis_on_loopback_only() -> None:
+    services = _compose()["services"]
+    for name in ("kafka", "postgres", "redis"):
+        for mapping in services[name].get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping}"

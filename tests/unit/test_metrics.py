@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.instruments import DECISIONS, exposition, gauge
+from web.metrics import _listed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +58,11 @@ def test_counts_of_the_worker_and_its_fronts_are_summed(tmp_path: Path) -> None:
     )
     key = ("payments_webhook_duration_seconds_count", frozenset({("status", "201")}))
     assert values(text)[key] == 7
+
+
+def test_an_ipv4_mapped_peer_matches_an_ipv4_metrics_allowlist() -> None:
+    networks = [ipaddress.ip_network("10.0.0.0/8")]
+    assert _listed("::ffff:10.1.2.3", networks)
+    assert _listed("10.1.2.3", networks)
+    assert not _listed("::ffff:192.0.2.1", networks)
+    assert not _listed(None, networks)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.__main__ import _warn_of_allowed_insecurity
 from app.exceptions import SettingsError
-from app.settings import Settings, load_settings
+from app.intake.channels import CHANNELS, GENERIC
+from app.models import CHANNEL_ENDPOINTS, GENERIC_ENDPOINT
+from app.settings import SECRET_CHANNELS, Settings, load_settings
 from tests.stack import ROOT
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -64,7 +68,7 @@ def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KAFKA_BROKERS", "k1:9092, k2:9093")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("WEBHOOK_SECRET", f"{SECRET_A},{SECRET_B}")
-    monkeypatch.setenv("WEBHOOK_SECRET_CARDS", SECRET_B)
+    monkeypatch.setenv("WEBHOOK_SECRET_CARD", SECRET_B)
     monkeypatch.setenv("WEBHOOK_IP_ALLOWLIST", "10.0.0.0/8, 192.168.1.7")
     monkeypatch.setenv("WEBHOOK_RATE_LIMIT_PER_SOURCE", "25")
     settings = load_settings()
@@ -73,7 +77,7 @@ def test_environment_overrides_and_parses_lists(monkeypatch: pytest.MonkeyPatch)
     assert settings.kafka_url == "kafka://k1:9092;k2:9093"
     assert settings.log_level == "debug"
     assert [s.get_secret_value() for s in settings.webhook_secret] == [SECRET_A, SECRET_B]
-    assert [s.get_secret_value() for s in settings.secrets_for_channel("cards")] == [SECRET_B]
+    assert [s.get_secret_value() for s in settings.secrets_for_channel("card")] == [SECRET_B]
     assert [s.get_secret_value() for s in settings.secrets_for_channel("bank")] == [
         SECRET_A,
         SECRET_B,
@@ -169,7 +173,7 @@ def test_webhook_processes_need_a_port_of_their_own(
         load_settings()
 
 
-@pytest.mark.parametrize("variable", ["WEBHOOK_SECRET", "WEBHOOK_SECRET_CARDS"])
+@pytest.mark.parametrize("variable", ["WEBHOOK_SECRET", "WEBHOOK_SECRET_CARD"])
 def test_a_malformed_secret_is_named_but_never_echoed(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
@@ -180,6 +184,49 @@ def test_a_malformed_secret_is_named_but_never_echoed(
     assert message.startswith(variable)
     assert "whsec_" in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "channel"),
+    [("WEBHOOK_SECRET_CARDS", "cards"), ("WEBHOOK_SECRET_BANKTRANSFER", "banktransfer")],
+)
+def test_a_secret_for_a_channel_that_does_not_exist_is_refused_naming_those_that_do(
+    monkeypatch: pytest.MonkeyPatch, variable: str, channel: str
+) -> None:
+    monkeypatch.setenv(variable, SECRET_A)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        f"{variable}: no channel {channel!r}; channels: bank_transfer, card, generic"
+    )
+
+
+def test_the_secret_channels_are_the_webhook_endpoints() -> None:
+    assert {GENERIC_ENDPOINT, *CHANNEL_ENDPOINTS} == SECRET_CHANNELS
+    assert {GENERIC.name, *CHANNELS} == SECRET_CHANNELS
+
+
+@pytest.mark.parametrize(
+    ("variable", "secrets", "problem"),
+    [
+        ("WEBHOOK_SECRET", "whsec_abc", "the key is 2 bytes, at least 24 are needed"),
+        ("WEBHOOK_SECRET", "whsec_!!!!", "what follows 'whsec_' is not base64"),
+        ("WEBHOOK_SECRET_CARD", "whsec_" + "A" * 31 + "-", "is not base64"),  # URL-safe
+        ("WEBHOOK_SECRET", f"{SECRET_A},whsec_abc", "(secret 2 of 2): the key is 2 bytes"),
+    ],
+)
+def test_a_secret_that_is_not_base64_or_too_short_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, secrets: str, problem: str
+) -> None:
+    monkeypatch.setenv(variable, secrets)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(variable)
+    assert problem in message
+    for echoed in ("abc", "!!!!", SECRET_A.removeprefix("whsec_")):
+        assert echoed not in message
 
 
 def test_two_bad_values_give_two_lines(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,3 +295,101 @@ def test_a_future_bound_past_a_year_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PAYMENT_DATE_MAX_FUTURE_DAYS", "1e9")
     with pytest.raises(SettingsError, match=r"^PAYMENT_DATE_MAX_FUTURE_DAYS=.*less than or equal"):
         load_settings()
+
+
+#: NODE_ENV=production with every setting it checks safe.
+SAFE_PRODUCTION = {
+    "NODE_ENV": "production",
+    "DB_SSLMODE": "verify-full",
+    "KAFKA_SECURITY_PROTOCOL": "SSL",
+    "REDIS_TLS": "true",
+    "WEBHOOK_SECRET": SECRET_A,
+    "DB_PASSWORD": "a-password-of-our-own",
+}
+
+
+def test_production_starts_with_safe_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().unsafe_settings == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        ("DB_SSLMODE", "require", "DB_SSLMODE=require: NODE_ENV=production needs verify-ca"),
+        ("DB_SSLMODE", "prefer", "DB_SSLMODE=prefer: NODE_ENV=production needs verify-ca"),
+        ("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "KAFKA_SECURITY_PROTOCOL=PLAINTEXT: "),
+        ("REDIS_TLS", "false", "REDIS_TLS=false: NODE_ENV=production needs true"),
+        ("WEBHOOK_SECRET", None, "WEBHOOK_SECRET is not set: "),
+        ("DB_PASSWORD", "admin_password", "DB_PASSWORD is the plan's sample password: "),
+    ],
+)
+def test_production_refuses_each_unsafe_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str | None, line: str
+) -> None:
+    for name, safe in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, safe)
+    if value is None:
+        monkeypatch.delenv(variable)
+    else:
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"configuration: {line}")
+    assert f"ALLOW_INSECURE={variable}" in message
+    assert "admin_password" not in message
+
+    monkeypatch.setenv("ALLOW_INSECURE", f"redis_tls, {variable.lower()}")
+    assert load_settings().unsafe_settings == [variable]
+    monkeypatch.setenv("NODE_ENV", "staging")
+    monkeypatch.delenv("ALLOW_INSECURE")
+    assert load_settings().unsafe_settings == [variable]  # only production refuses
+
+
+def test_production_with_every_default_says_each_in_its_own_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NODE_ENV", "production")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    named = [
+        line.split(": ")[1].split("=")[0].split(" ")[0] for line in str(caught.value).splitlines()
+    ]
+    assert named == [
+        "DB_PASSWORD",
+        "DB_SSLMODE",
+        "KAFKA_SECURITY_PROTOCOL",
+        "REDIS_TLS",
+        "WEBHOOK_SECRET",
+    ]
+
+
+def test_allow_insecure_names_only_what_production_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALLOW_INSECURE", "DB_SSLMODE,TLS_EVERYWHERE")
+    with pytest.raises(
+        SettingsError,
+        match=(
+            r"^ALLOW_INSECURE='DB_SSLMODE,TLS_EVERYWHERE': no such setting to allow: "
+            r"TLS_EVERYWHERE; use any of DB_SSLMODE"
+        ),
+    ):
+        load_settings()
+
+
+def test_what_allow_insecure_lets_production_run_with_is_logged_at_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, value in SAFE_PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_TLS", "false")
+    monkeypatch.setenv("DB_SSLMODE", "require")
+    monkeypatch.setenv("ALLOW_INSECURE", "REDIS_TLS,DB_SSLMODE,KAFKA_SECURITY_PROTOCOL")
+    with caplog.at_level(logging.WARNING, logger="app"):
+        _warn_of_allowed_insecurity(load_settings())
+    assert [record.getMessage() for record in caplog.records] == [
+        "ALLOW_INSECURE: running in production with DB_SSLMODE, REDIS_TLS as they are "
+        "(a trusted network only)"
+    ]

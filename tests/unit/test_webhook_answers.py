@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, cast
 
+import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
+from app.intake.guards import Guards
 from app.intake.signatures import Verifier
 from app.kafka.codecs import decode_record
 from app.models import DateWindow, Decision, KnownReference, endpoint_of, payment_id_for
@@ -163,9 +166,12 @@ class Body:
 @dataclass
 class Request:
     content: Body
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     remote: str = "127.0.0.1"
     content_length: int | None = None
+
+    def __post_init__(self) -> None:
+        self.headers = CIMultiDict(self.headers)  # aiohttp's: one name may come on several lines
 
 
 async def post(
@@ -173,7 +179,7 @@ async def post(
 ) -> Reply:
     raw = json.dumps(body).encode()
     secret = CARD_SECRET if channel == "card" else SECRET
-    request = Request(Body(raw), signed(secret, raw, msg_id=webhook_id))
+    request = Request(Body(raw), CIMultiDict(signed(secret, raw, msg_id=webhook_id)))
     return await answer_webhook(cast(Any, via), cast(web.Request, request), channel)
 
 
@@ -349,3 +355,33 @@ async def test_a_decision_is_stored_before_its_reference_is_cached() -> None:
 
     # A request that sees the reference cached must see its own id's decision too.
     assert redis.ops == ["set", "hset", "expire"]
+
+
+@pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+async def test_a_signature_header_that_is_not_utf8_is_401(header: str) -> None:
+    via = ingress()
+    raw = json.dumps(generic("REF-NOT-UTF8")).encode()
+    headers = signed(SECRET, raw, msg_id="msg_not_utf8")
+    headers[header] += b"\xff\xfe".decode("utf-8", "surrogateescape")  # as aiohttp decodes it
+    reply = await answer_webhook(
+        cast(Any, via), cast(web.Request, Request(Body(raw), headers)), None
+    )
+    assert reply.status == 401
+
+
+async def test_a_forged_forwarded_for_line_before_the_proxys_own_is_not_believed() -> None:
+    via = ingress()
+    via.guards = Guards(  # type: ignore[assignment]
+        Settings(
+            webhook_ip_allowlist="198.51.100.0/24",  # type: ignore[arg-type]
+            webhook_trusted_proxies="10.0.0.0/24",  # type: ignore[arg-type]
+        ),
+        cast(RedisConnection, None),
+    )
+    raw = json.dumps(generic("REF-FORGED-XFF")).encode()
+    headers = CIMultiDict(signed(SECRET, raw, msg_id="msg_forged_xff"))
+    headers.add("X-Forwarded-For", "198.51.100.7")  # the client's own line: allowlisted
+    headers.add("X-Forwarded-For", "6.6.6.6")  # the proxy's line: who connected to it
+    request = Request(Body(raw), headers, remote="10.0.0.2")
+    reply = await answer_webhook(cast(Any, via), cast(web.Request, request), None)
+    assert reply.status == 403
