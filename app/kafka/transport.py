@@ -92,6 +92,9 @@ log = logging.getLogger(__name__)
 HEAD_GAP_GRACE_SECONDS = 15.0
 HEAD_GAP_GRACE_MAX_SECONDS = 120.0
 
+#: How long a repair waits for the partition's log start before seeking anyway.
+LOG_START_TIMEOUT_SECONDS = 10.0
+
 #: The fetch loop gives the event loop a turn after this many records (as Faust's does).
 YIELD_EVERY = 100
 
@@ -305,6 +308,7 @@ class Consumer(driver.Consumer):
 
     def _seek_back(self, tp: Any, offset: int, now: float) -> None:
         """Fetch ``tp`` again from ``offset``; getmany lets it through from there only."""
+        self._resume_at[tp] = (offset, now)
         repair = asyncio.ensure_future(self._refetch(tp, offset))
         self._repairs.add(repair)
         repair.add_done_callback(self._repair_done)
@@ -313,11 +317,17 @@ class Consumer(driver.Consumer):
         # Seeking below the log start would answer "out of range", aiokafka would
         # reset to the log start, the head would look missing again and the repair
         # would seek back for ever: the partition never committed again (fix 7).
-        start = (await self.earliest_offsets(tp)).get(tp)
+        # The look-up is bounded: a repair must not wait on it.
+        try:
+            starts = await asyncio.wait_for(self.earliest_offsets(tp), LOG_START_TIMEOUT_SECONDS)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("%s: log start unknown (%r); seeking to %d", tp, exc, offset)
+            starts = {}
+        start = starts.get(tp)
         if start is not None and offset < start:
             self._resume_at_log_start(tp, offset, start)
             offset = start
-        self._resume_at[tp] = (offset, time.monotonic())
+            self._resume_at[tp] = (offset, time.monotonic())
         # In the consumer's own thread, as Faust seeks after a rebalance.
         await self.seek_wait({tp: offset})
 

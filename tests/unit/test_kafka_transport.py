@@ -129,7 +129,7 @@ def test_a_head_gap_below_the_log_start_is_not_sought_for_ever(
     assert consumer._new_offset(tp) is None  # the head gap starts
     clock.now += kafka_transport.HEAD_GAP_GRACE_SECONDS
     assert consumer._new_offset(tp) is None  # the repair starts
-    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(asyncio.gather(*consumer._repairs))
 
     assert seeks == [{tp: 20}]
     assert "records 5..19 were deleted" in caplog.text
