@@ -2,7 +2,7 @@
 
 Creates the partitions ahead, drops the expired ones (PARTITION_AUTO_PRUNE), and
 removes references past REFERENCE_CACHE_TTL_DAYS (app/storage/partitions.py,
-app/storage/retention.py). Each step logs what it did; a failed step is retried at the
+app/recording/retention.py). Each step logs what it did; a failed step is retried at the
 next tick and does not stop the others. An expired month that holds rows recorded
 after the accepted window had closed on it is kept, with an error each run and
 ``payments_partitions_kept_total`` counting it.
@@ -17,10 +17,10 @@ import faust
 
 from app.instruments import PARTITIONS_KEPT
 from app.ops.operator_audit import audited
+from app.recording.retention import prune_references, reference_cutoff
 from app.settings import Settings
 from app.storage import partitions
 from app.storage.database import Database
-from app.storage.retention import prune_references, reference_cutoff
 
 log = logging.getLogger(__name__)
 

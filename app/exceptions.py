@@ -31,6 +31,10 @@ class MigrationError(PaymentsError):
     """A migration failed or an applied migration was edited after it ran."""
 
 
+class RecordsRefused(PaymentsError):
+    """Postgres refused what a batch holds (a constraint, a value): retrying cannot help."""
+
+
 class UndecodableRecord(PaymentsError):
     """Bytes on the intake topic that are not a JSON record at all; they go to the DLQ."""
 

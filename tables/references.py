@@ -53,7 +53,7 @@ class References:
         self, app: faust.App, settings: Settings, publisher: Publisher, **table_kwargs: Any
     ) -> None:
         self.publisher = publisher
-        # Entries live as long as Postgres keeps their reference (app/storage/retention.py):
+        # Entries live as long as Postgres keeps their reference (app/recording/retention.py):
         # RocksDB drops them at compaction after the TTL, and the changelog deletes
         # segments past it, so a rebuilt table does not bring them back. An entry
         # past its TTL that is still read is still right: the payment was recorded.

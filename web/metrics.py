@@ -18,21 +18,14 @@ from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
 from app.intake.guards import address
 from app.kafka.topics import INTAKE
 from app.ops.authorization import Caller
+from app.recording import payment_store
 from app.settings import IPNetwork, Settings
-from app.storage import partitions
+from app.storage import partitions, staging_table
 from app.storage.database import Database
 from web.access import caller_or_refusal
 from web.binding import bound
 
 log = logging.getLogger(__name__)
-
-#: What Postgres says at scrape time: the staging backlog and the unsent events.
-MEASURE = """
-SELECT (SELECT count(*) FROM public.payment_staging WHERE NOT processed) AS staging_backlog,
-       coalesce(sum(cardinality(event_ids)), 0) AS outbox_events,
-       coalesce(extract(epoch FROM now() - min(created_at)), 0) AS outbox_oldest_seconds
-FROM payment_service.outbox
-"""
 
 
 class MetricsView(View):
@@ -77,25 +70,26 @@ async def _measure(settings: Settings, database: Database, consumer: Any) -> lis
         gauge("payments_db_pool_max", "DB_POOL_MAX", pool.get_max_size()),
     ]
     try:
-        row = await pool.fetchrow(MEASURE, timeout=5)
+        async with pool.acquire(timeout=5) as connection:
+            backlog = await asyncio.wait_for(staging_table.backlog(connection), 5)
+            outbox = await asyncio.wait_for(payment_store.outbox_figures(connection), 5)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
         log.warning("metrics: Postgres gauges left out: %r", exc)
         return measured
-    assert row is not None  # an aggregate always returns a row
     measured += await _partitions(settings, database)
     measured += await _lag(consumer)
     return [
         *measured,
-        gauge("payments_staging_backlog", "Staging rows not processed yet", row["staging_backlog"]),
+        gauge("payments_staging_backlog", "Staging rows not processed yet", backlog),
         gauge(
             "payments_outbox_events",
             "Events committed but not yet acknowledged by Kafka",
-            row["outbox_events"],
+            outbox["events"],
         ),
         gauge(
             "payments_outbox_oldest_age_seconds",
             "Age of the oldest unsent event (0: none)",
-            float(row["outbox_oldest_seconds"]),
+            float(outbox["oldest_seconds"]),
         ),
     ]
 

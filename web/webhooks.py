@@ -39,8 +39,8 @@ from app.intake.channels import CHANNELS, GENERIC, Channel
 from app.intake.webhook_body import Rejected, parse_body, record_for
 from app.kafka.codecs import encode_record
 from app.kafka.topics import INTAKE
-from app.models import DeadLetterReason, Decision, PaymentRecord
-from app.recording import audit_trail
+from app.models import DeadLetterReason, PaymentRecord
+from app.recording import audit_trail, dedup
 from app.recording.decisions import Answer
 from web.binding import bound
 
@@ -177,13 +177,13 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     replay = claim.state == "seen"
     if claim.answer is not None:
         return _reply(claim.answer, replay=True)
-    if claim.fingerprint == record.fingerprint:
+    if dedup.is_exact_repeat(record.fingerprint, claim.fingerprint):
         # Committed within the replay window with the same fields: a duplicate.
         REFERENCE_ANSWERS.labels("redis").inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
         await board.remember(endpoint, webhook_id, answer)
         if ingress.settings.audit_log and not replay:
-            audit_trail.decisions([_duplicate(record)], ())
+            audit_trail.decisions([dedup.duplicate_of(record)], ())
         return _reply(answer, replay=replay)
 
     # A replay still undecided is published again: its first delivery may have
@@ -255,18 +255,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise too_large
     return b"".join(chunks)
-
-
-def _duplicate(record: PaymentRecord) -> Decision:
-    """The decision the hot cache lets the view take without the record agent."""
-    return Decision(
-        reference_number=record.reference_number,
-        outcome="duplicate",
-        payment_id=record.payment_id,
-        source=record.source,
-        source_id=record.source_id,
-        channel=record.payment_channel,
-    )
 
 
 def _accepted(record: PaymentRecord) -> Answer:

@@ -45,39 +45,12 @@ from app.models import (
     PaymentRecord,
     beyond_retention,
     field_errors,
-    payment_id_for,
 )
-from app.recording import audit_trail, failures
-from app.recording.payment_store import KNOWN_REFERENCES, naive_utc
+from app.recording import audit_trail, dedup, failures
+from app.recording.payment_store import naive_utc, recorded_fingerprints
+from app.storage import staging_table
 
 log = logging.getLogger(__name__)
-
-#: One poller at a time, whichever worker's timer fires (a leader handoff can overlap).
-POLLER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller'))"
-
-CLAIM_ROWS = """
-SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
-       payment_channel, metadata::text AS metadata
-FROM public.payment_staging
-WHERE NOT processed
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-
-MARK_PROCESSED = """
-UPDATE public.payment_staging SET processed = TRUE, processed_at = timezone('utc', now())
-WHERE id = ANY($1::bigint[])
-"""
-
-LOG_BATCH = """
-INSERT INTO payment_service.staging_process_log
-  (batch_start_id, batch_end_id, total_records, processed_records, duplicate_records,
-   error_records, status, started_at, completed_at, error_details)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
-"""
-
-BACKLOG = "SELECT count(*) FROM public.payment_staging WHERE NOT processed"
 
 #: Pause before retry n is RETRY_BASE_SECONDS * 2**(n-1).
 RETRY_BASE_SECONDS = 1.0
@@ -152,7 +125,7 @@ def _row_as_json(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-#: The columns of CLAIM_ROWS, in order: rows travel to helper processes as tuples.
+#: The columns of staging_table.CLAIM_ROWS, in order: rows travel to helper processes as tuples.
 ROW_COLUMNS = (
     "id",
     "reference_number",
@@ -361,9 +334,9 @@ class StagingPoller:
         started = datetime.now(UTC)
         try:
             async with self.pool.acquire() as connection, connection.transaction():
-                if not await connection.fetchval(POLLER_LOCK):
+                if not await staging_table.take_poller_lock(connection):
                     return None
-                rows = await connection.fetch(CLAIM_ROWS, 1)
+                rows = await staging_table.claim(connection, 1)
                 if not rows:
                     return None
                 row = rows[0]
@@ -378,7 +351,7 @@ class StagingPoller:
                     exc_info=error,
                 )
                 await self.publisher.publish(DLQ, [dead_letter_message(letter)])
-                await connection.execute(MARK_PROCESSED, [row["id"]])
+                await staging_table.mark_processed(connection, [row["id"]])
                 summary = BatchSummary(
                     first_id=row["id"], last_id=row["id"], total=1, errors=[row_error(letter)]
                 )
@@ -408,10 +381,10 @@ class StagingPoller:
         auditing = self.audit_log and audit_trail.enabled()
         repeats: list[Decision] = []
         async with self.pool.acquire() as connection, connection.transaction():
-            if not await connection.fetchval(POLLER_LOCK):
+            if not await staging_table.take_poller_lock(connection):
                 log.debug("staging: another poller holds the lock; skipping this run")
                 return None
-            rows = await connection.fetch(CLAIM_ROWS, summary.limit)
+            rows = await staging_table.claim(connection, summary.limit)
             if not rows:
                 return summary
             summary.first_id, summary.last_id, summary.total = (
@@ -427,16 +400,13 @@ class StagingPoller:
             # The plan's bulk duplicate check: exact repeats of what Postgres already
             # holds, or of an earlier row in this batch, need not travel. Anything
             # else (new, or a possible conflict) goes to the record agent, which decides.
-            known = {
-                row["reference_number"]: row["fingerprint"]
-                for row in await connection.fetch(
-                    KNOWN_REFERENCES, list({staged.reference_number for staged in prepared.records})
-                )
-            }
+            known = await recorded_fingerprints(
+                connection, (staged.reference_number for staged in prepared.records)
+            )
             outgoing: list[Message] = []
             for staged in prepared.records:
                 reference = staged.reference_number
-                if known.get(reference) == staged.fingerprint:
+                if dedup.is_exact_repeat(staged.fingerprint, known.get(reference)):
                     summary.duplicates += 1
                     if auditing:
                         repeats.append(_repeat(staged))
@@ -449,7 +419,7 @@ class StagingPoller:
                 self.publisher.publish(INTAKE, outgoing),
                 self.publisher.publish(DLQ, prepared.letters),
             )
-            await connection.execute(MARK_PROCESSED, [row["id"] for row in rows])
+            await staging_table.mark_processed(connection, [row["id"] for row in rows])
             details = summary.errors or None
             await _log_batch(connection, summary, "completed", started, details)
         if auditing:
@@ -472,9 +442,7 @@ class StagingPoller:
     async def _log_failure(self, started: datetime, exc: BaseException, attempts: int) -> None:
         try:
             async with self.pool.acquire() as connection:
-                first = await connection.fetchval(
-                    "SELECT min(id) FROM public.payment_staging WHERE NOT processed"
-                )
+                first = await staging_table.oldest_unprocessed_id(connection)
                 empty = BatchSummary(first_id=first or 0, last_id=first or 0)
                 details = {"error": repr(exc), "attempts": attempts}
                 await _log_batch(connection, empty, "failed", started, details)
@@ -490,27 +458,28 @@ async def _log_batch(
     details: Any,
 ) -> None:
     """One ``staging_process_log`` row for ``summary``."""
-    await connection.execute(
-        LOG_BATCH,
-        summary.first_id,
-        summary.last_id,
-        summary.total,
-        summary.published,
-        summary.duplicates,
-        len(summary.errors),
-        status,
-        naive_utc(started),
-        naive_utc(datetime.now(UTC)),
-        None if details is None else json.dumps(details),
+    await staging_table.log_run(
+        connection,
+        staging_table.Run(
+            first_id=summary.first_id,
+            last_id=summary.last_id,
+            total=summary.total,
+            published=summary.published,
+            duplicates=summary.duplicates,
+            errors=len(summary.errors),
+            status=status,
+            started_at=naive_utc(started),
+            completed_at=naive_utc(datetime.now(UTC)),
+            details=details,
+        ),
     )
 
 
 def _repeat(staged: StagedRecord) -> Decision:
     """The duplicate decision for a row the poller kept from travelling."""
-    return Decision(
-        reference_number=staged.reference_number,
-        outcome="duplicate",
-        payment_id=payment_id_for(staged.reference_number),
+    return dedup.decision(
+        staged.reference_number,
+        "duplicate",
         source="staging",
         source_id=str(staged.row_id),
         channel=staged.channel,

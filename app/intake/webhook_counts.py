@@ -45,6 +45,20 @@ COLUMNS = (
 
 Key = tuple[int, str, int, str]
 
+#: What the stats endpoint reads: requests, duplicates and time since a minute.
+COUNTED_SINCE = """
+SELECT coalesce(sum(requests), 0) AS received,
+       coalesce(sum(requests) FILTER (WHERE outcome = 'duplicate'), 0) AS duplicates,
+       coalesce(sum(response_ms_total), 0) AS total_ms
+FROM payment_service.webhook_request_counts
+WHERE minute >= $1
+"""
+
+
+async def counted_since(connection: asyncpg.Connection, since: datetime) -> asyncpg.Record:
+    """``received``, ``duplicates`` and ``total_ms`` of the requests counted since ``since``."""
+    return await connection.fetchrow(COUNTED_SINCE, since)
+
 
 class WebhookCounts(Service):
     """Counts answers in memory and writes them to Postgres once a second."""

@@ -11,6 +11,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel
 
 from app.kafka.probe import KafkaProbe
+from app.storage import staging_table
 from app.storage.database import Database
 from app.storage.redis_connection import RedisConnection
 
@@ -21,11 +22,6 @@ T = TypeVar("T")
 
 #: A dependency slower than this is as good as down for a health check.
 CHECK_TIMEOUT_SECONDS = 3.0
-
-STAGING_FIGURES = """
-SELECT (SELECT count(*) FROM payment_staging WHERE NOT processed) AS backlog,
-       (SELECT max(started_at) FROM payment_service.staging_process_log) AS last_run
-"""
 
 
 class Checks(BaseModel):
@@ -95,10 +91,7 @@ class HealthChecker:
             return None, f"{type(exc).__name__}: {exc}"[:300]
 
     async def _staging_figures(self) -> tuple[int, datetime | None]:
-        row = await self.database.pool.fetchrow(STAGING_FIGURES)
-        if row is None:  # a scalar SELECT always returns one row
-            raise LookupError("staging figures query returned nothing")
-        return int(row["backlog"]), row["last_run"]
+        return await staging_table.figures(self.database.pool)
 
     async def _ping_redis(self) -> None:
         if not await self.redis.client.ping():

@@ -20,6 +20,7 @@ from app.exceptions import DependencyUnavailable
 from app.kafka.codecs import decode_event
 from app.kafka.topic_reader import TopicReader, partition_for_key
 from app.models import payment_id_for
+from app.recording import payment_store
 from app.recording.decisions import decision_key, references_key
 from app.settings import Settings
 from app.storage.database import connect
@@ -30,17 +31,6 @@ Say = Callable[[str], None]
 
 #: Decision keys looked at, at most, when searching Redis for the reference's webhooks.
 DECISION_SCAN_LIMIT = 200_000
-
-REFERENCE_ROW = """
-SELECT reference_number, payment_id, payment_date, fingerprint, created_at
-FROM payment_service.payment_references WHERE reference_number = $1
-"""
-
-PAYMENT_ROWS = """
-SELECT id, loan_account_number, cif, amount, payment_date, payment_channel, source, created_at
-FROM payment_service.payments WHERE reference_number = $1
-ORDER BY created_at
-"""
 
 
 @dataclass(frozen=True)
@@ -88,8 +78,8 @@ async def _postgres(settings: Settings, lookup: Lookup) -> list[str]:
     """The reference row and payments rows; returns the loan accounts of the rows."""
     connection = await connect(settings)
     try:
-        reference = await connection.fetchrow(REFERENCE_ROW, lookup.reference)
-        payments = await connection.fetch(PAYMENT_ROWS, lookup.reference)
+        reference = await payment_store.reference_row(connection, lookup.reference)
+        payments = await payment_store.payment_rows(connection, lookup.reference)
     finally:
         await connection.close()
     if reference is None:

@@ -20,22 +20,9 @@ from aiokafka.errors import KafkaError
 from app import tls
 from app.kafka.topic_reader import kafka_unreachable, partitions_of
 from app.models import utc_text
+from app.recording import payment_store
 from app.settings import Settings
 from app.storage import database
-
-COUNTS = """
-SELECT
-  (SELECT count(*) FROM payment_service.payment_references) AS "references",
-  (SELECT count(*) FROM payment_service.payments) AS rows,
-  (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS distinct_row_refs,
-  (SELECT coalesce(sum(cardinality(event_ids)), 0) FROM payment_service.outbox) AS unsent_outbox
-"""
-
-ALL_PAYMENTS = """
-SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
-       payment_channel, source, metadata::text AS metadata, currency
-FROM payment_service.payments
-"""
 
 
 @dataclass
@@ -196,14 +183,14 @@ async def reconcile(
     del events
     connection = await database.connect(settings)
     try:
-        counts = await connection.fetchrow(COUNTS)
+        counts = await payment_store.counts(connection)
         report.references = counts["references"]
         report.payment_rows = counts["rows"]
         report.distinct_row_references = counts["distinct_row_refs"]
         report.unsent_outbox = counts["unsent_outbox"]
         seen = 0
         async with connection.transaction(readonly=True):
-            async for row in connection.cursor(ALL_PAYMENTS, prefetch=10_000):
+            async for row in payment_store.every_payment(connection):
                 seen += 1
                 payment_id = str(row["id"])
                 digest = by_payment.pop(payment_id, None)

@@ -16,45 +16,13 @@ from typing import Any
 
 from app.exceptions import CommandError
 from app.settings import Settings
+from app.storage import staging_table
 from app.storage.database import connect
 
 Say = Callable[[str], None]
 
 #: Ids per UPDATE: each chunk is its own short transaction, so the poller keeps going.
 REQUEUE_CHUNK = 10_000
-
-BACKLOG = """
-SELECT count(*) AS rows, min(id) AS oldest_id,
-       (SELECT created_at FROM public.payment_staging
-        WHERE NOT processed ORDER BY id LIMIT 1) AS oldest_created_at
-FROM public.payment_staging WHERE NOT processed
-"""
-
-LAST_RUNS = """
-SELECT batch_start_id, batch_end_id, total_records, processed_records, duplicate_records,
-       error_records, status, started_at, completed_at, error_details::text AS error_details
-FROM payment_service.staging_process_log
-ORDER BY started_at DESC
-LIMIT $1
-"""
-
-FAILED_RUNS = """
-SELECT count(*) OVER () AS failed_total, batch_start_id, started_at,
-       error_details::text AS error_details
-FROM payment_service.staging_process_log
-WHERE status = 'failed'
-ORDER BY started_at DESC
-LIMIT $1
-"""
-
-REQUEUE = """
-UPDATE public.payment_staging SET processed = FALSE, processed_at = NULL
-WHERE id BETWEEN $1 AND $2 AND processed
-"""
-
-COUNT_PROCESSED = """
-SELECT count(*) FROM public.payment_staging WHERE id BETWEEN $1 AND $2 AND processed
-"""
 
 
 def id_chunks(first: int, last: int, size: int = REQUEUE_CHUNK) -> Iterator[tuple[int, int]]:
@@ -104,9 +72,9 @@ async def status(settings: Settings, *, runs: int, say: Say) -> int:
     """Print the backlog, the last ``runs`` runs and the failed ones; return the backlog."""
     connection = await connect(settings)
     try:
-        backlog = await connection.fetchrow(BACKLOG)
-        last = await connection.fetch(LAST_RUNS, runs)
-        failed = await connection.fetch(FAILED_RUNS, runs)
+        backlog = await staging_table.backlog_detail(connection)
+        last = await staging_table.last_runs(connection, runs)
+        failed = await staging_table.failed_runs(connection, runs)
     finally:
         await connection.close()
     if backlog["rows"]:
@@ -153,11 +121,11 @@ async def requeue(
     try:
         for low, high in id_chunks(first, last):
             if dry_run:
-                rows = int(await connection.fetchval(COUNT_PROCESSED, low, high))
+                rows = await staging_table.count_processed(connection, low, high)
             else:
                 # One statement per chunk, autocommitted: rows go back to the poller
                 # as each chunk commits, and no transaction holds the whole range.
-                rows = int((await connection.execute(REQUEUE, low, high)).split()[-1])
+                rows = await staging_table.requeue(connection, low, high)
             report.rows += rows
             report.chunks += 1
             if chunks > 1:

@@ -13,22 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from app.intake.staging import BACKLOG
-
-STAGING_TODAY = """
-SELECT coalesce(sum(total_records), 0) AS processed,
-       avg(extract(epoch FROM completed_at - started_at) * 1000) AS average_ms
-FROM payment_service.staging_process_log
-WHERE status = 'completed' AND completed_at >= $1
-"""
-
-WEBHOOKS_TODAY = """
-SELECT coalesce(sum(requests), 0) AS received,
-       coalesce(sum(requests) FILTER (WHERE outcome = 'duplicate'), 0) AS duplicates,
-       coalesce(sum(response_ms_total), 0) AS total_ms
-FROM payment_service.webhook_request_counts
-WHERE minute >= $1
-"""
+from app.intake import webhook_counts
+from app.storage import staging_table
 
 
 def start_of_day(now: datetime) -> datetime:
@@ -40,9 +26,9 @@ async def todays_stats(pool: asyncpg.Pool, now: datetime | None = None) -> dict[
     """The plan's stats body for the UTC day of ``now`` (default: now)."""
     midnight = start_of_day(now or datetime.now(UTC))
     async with pool.acquire() as connection:
-        staging = await connection.fetchrow(STAGING_TODAY, midnight.replace(tzinfo=None))
-        pending = await connection.fetchval(BACKLOG)
-        webhooks = await connection.fetchrow(WEBHOOKS_TODAY, midnight)
+        staging = await staging_table.completed_since(connection, midnight.replace(tzinfo=None))
+        pending = await staging_table.backlog(connection)
+        webhooks = await webhook_counts.counted_since(connection, midnight)
     received = int(webhooks["received"])
     return {
         "staging": {

@@ -25,40 +25,9 @@ from typing import Any
 import asyncpg
 
 from app.kafka.publisher import Message
-from app.recording.payment_store import MARK_SENT
+from app.recording import payment_store
 
 log = logging.getLogger(__name__)
-
-#: The lock that lets one relay run at a time, across workers.
-RELAY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.outbox_relay'))"
-
-# A row's lease runs out at its last renewal (leased_until), else one lease ($1 s)
-# after its commit.
-
-#: The oldest rows whose lease ran out, and whether an earlier row still held shares a key.
-CANDIDATES = """
-SELECT o.batch_id, o.topic, o.message_keys,
-       EXISTS (
-         SELECT 1 FROM payment_service.outbox AS e
-         WHERE e.topic = o.topic AND e.created_at < o.created_at
-           AND coalesce(e.leased_until, e.created_at + make_interval(secs => $1)) >= now()
-           AND e.message_keys && o.message_keys
-       ) AS behind_held
-FROM payment_service.outbox AS o
-WHERE coalesce(o.leased_until, o.created_at + make_interval(secs => $1)) < now()
-ORDER BY o.created_at, o.batch_id
-LIMIT $2
-"""
-
-#: The chosen rows, locked, if their lease is still out (a frozen worker may have woken).
-TAKE = """
-SELECT batch_id, topic, message_keys, payloads
-FROM payment_service.outbox
-WHERE batch_id = ANY($2::uuid[])
-  AND coalesce(leased_until, created_at + make_interval(secs => $1)) < now()
-ORDER BY created_at, batch_id
-FOR UPDATE
-"""
 
 #: Outbox rows (agent batches, up to RECORD_BATCH_SIZE events each) per transaction.
 RELAY_BATCH = 10
@@ -110,13 +79,15 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Send the events of up to RELAY_BATCH outbox rows; return how many events."""
         async with self.pool.acquire() as connection, connection.transaction():
-            if not await connection.fetchval(RELAY_LOCK):
+            if not await payment_store.take_relay_lock(connection):
                 return 0  # another worker's relay is at it
-            candidates = await connection.fetch(CANDIDATES, self.lease_seconds, CANDIDATE_PAGE)
+            candidates = await payment_store.unleased_outbox(
+                connection, self.lease_seconds, CANDIDATE_PAGE
+            )
             chosen = free_in_order(candidates, RELAY_BATCH)
             if not chosen:
                 return 0
-            rows = await connection.fetch(TAKE, self.lease_seconds, chosen)
+            rows = await payment_store.take_outbox(connection, self.lease_seconds, chosen)
             if not rows:
                 return 0
             by_topic: dict[str, list[Message]] = defaultdict(list)
@@ -124,5 +95,5 @@ class OutboxRelay:
                 by_topic[row["topic"]] += zip(row["message_keys"], row["payloads"], strict=True)
             for topic, messages in by_topic.items():
                 await self.publisher.publish(topic, messages)
-            await connection.execute(MARK_SENT, [row["batch_id"] for row in rows])
+            await payment_store.delete_outbox(connection, [row["batch_id"] for row in rows])
         return sum(len(messages) for messages in by_topic.values())

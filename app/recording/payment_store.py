@@ -26,6 +26,7 @@ from pydantic_core import to_json
 
 from app.kafka.codecs import encode_event_for
 from app.models import KnownReference, PaymentRecord, fingerprint_of, utc_text
+from app.storage.database import POSTGRES_ERRORS, translated
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ WHERE reference_number = ANY($1::varchar[])
 ORDER BY reference_number, created_at
 """
 
-#: Set once reference retention has removed references created before it (app/storage/retention.py).
+#: Set once reference retention (app/recording/retention.py) has removed references
+#: created before it.
 RETENTION_WATERMARK = "SELECT pruned_before FROM payment_service.reference_retention"
 
 #: Payments recorded under references retention removed since: their partitions are the
@@ -93,6 +95,95 @@ RENEW_LEASES = """
 UPDATE payment_service.outbox
 SET leased_until = now() + make_interval(secs => $2)
 WHERE batch_id = ANY($1::uuid[])
+"""
+
+#: The lock that lets one outbox relay run at a time, across workers.
+RELAY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.outbox_relay'))"
+
+# A row's lease runs out at its last renewal (leased_until), else one lease ($1 s)
+# after its commit.
+
+#: The oldest rows whose lease ran out, and whether an earlier row still held shares a key.
+UNLEASED_OUTBOX = """
+SELECT o.batch_id, o.topic, o.message_keys,
+       EXISTS (
+         SELECT 1 FROM payment_service.outbox AS e
+         WHERE e.topic = o.topic AND e.created_at < o.created_at
+           AND coalesce(e.leased_until, e.created_at + make_interval(secs => $1)) >= now()
+           AND e.message_keys && o.message_keys
+       ) AS behind_held
+FROM payment_service.outbox AS o
+WHERE coalesce(o.leased_until, o.created_at + make_interval(secs => $1)) < now()
+ORDER BY o.created_at, o.batch_id
+LIMIT $2
+"""
+
+#: The chosen rows, locked, if their lease is still out (a frozen worker may have woken).
+TAKE_OUTBOX = """
+SELECT batch_id, topic, message_keys, payloads
+FROM payment_service.outbox
+WHERE batch_id = ANY($2::uuid[])
+  AND coalesce(leased_until, created_at + make_interval(secs => $1)) < now()
+ORDER BY created_at, batch_id
+FOR UPDATE
+"""
+
+#: Retention raises the watermark before it removes a reference. Never moves back:
+#: a run with a longer TTL must not switch the late check off.
+SET_WATERMARK = """
+INSERT INTO payment_service.reference_retention (id, pruned_before) VALUES (TRUE, $1)
+ON CONFLICT (id) DO UPDATE
+SET pruned_before = greatest(reference_retention.pruned_before, EXCLUDED.pruned_before),
+    updated_at = now()
+"""
+
+COUNT_EXPIRED = "SELECT count(*) FROM payment_service.payment_references WHERE created_at < $1"
+
+DELETE_CHUNK = """
+DELETE FROM payment_service.payment_references
+WHERE reference_number IN (
+  SELECT reference_number FROM payment_service.payment_references
+  WHERE created_at < $1
+  ORDER BY created_at
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED)
+"""
+
+
+#: Reconcile's figures.
+COUNTS = """
+SELECT
+  (SELECT count(*) FROM payment_service.payment_references) AS "references",
+  (SELECT count(*) FROM payment_service.payments) AS rows,
+  (SELECT count(DISTINCT reference_number) FROM payment_service.payments) AS distinct_row_refs,
+  (SELECT coalesce(sum(cardinality(event_ids)), 0) FROM payment_service.outbox) AS unsent_outbox
+"""
+
+#: Every payments row, for reconcile to compare with its event.
+ALL_PAYMENTS = """
+SELECT id, reference_number, loan_account_number, cif, amount, payment_date,
+       payment_channel, source, metadata::text AS metadata, currency
+FROM payment_service.payments
+"""
+
+
+#: What lookup shows of one reference.
+REFERENCE_ROW = """
+SELECT reference_number, payment_id, payment_date, fingerprint, created_at
+FROM payment_service.payment_references WHERE reference_number = $1
+"""
+
+PAYMENT_ROWS = """
+SELECT id, loan_account_number, cif, amount, payment_date, payment_channel, source, created_at
+FROM payment_service.payments WHERE reference_number = $1
+ORDER BY created_at
+"""
+
+#: ``/metrics``: the events committed but not yet acknowledged, and the oldest one's age.
+OUTBOX_FIGURES = """
+SELECT coalesce(sum(cardinality(event_ids)), 0) AS events,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_seconds
+FROM payment_service.outbox
 """
 
 PAYMENT_COLUMNS = (
@@ -152,6 +243,88 @@ def defining_fields_of(row: Mapping[str, Any]) -> dict[str, str]:
         "payment_channel": row["payment_channel"] or "",
         "currency": row["currency"] or "",
     }
+
+
+async def recorded_fingerprints(
+    connection: asyncpg.Connection, references: Iterable[str]
+) -> dict[str, str]:
+    """The fingerprint each of ``references`` is recorded with, for those Postgres holds.
+
+    On the caller's connection: the staging poller asks inside its claim's transaction.
+    """
+    wanted = list(set(references))
+    if not wanted:
+        return {}
+    rows = await connection.fetch(KNOWN_REFERENCES, wanted)
+    return {row["reference_number"]: row["fingerprint"] for row in rows}
+
+
+async def take_relay_lock(connection: asyncpg.Connection) -> bool:
+    """True when this transaction is the one outbox relay; released when it ends."""
+    return bool(await connection.fetchval(RELAY_LOCK))
+
+
+async def unleased_outbox(
+    connection: asyncpg.Connection, lease_seconds: float, limit: int
+) -> list[asyncpg.Record]:
+    """The oldest ``limit`` outbox rows no worker holds, each saying if it is ``behind_held``."""
+    return list(await connection.fetch(UNLEASED_OUTBOX, lease_seconds, limit))
+
+
+async def take_outbox(
+    connection: asyncpg.Connection, lease_seconds: float, batch_ids: Sequence[uuid.UUID]
+) -> list[asyncpg.Record]:
+    """``batch_ids``' rows, locked, those still unleased: their topic, keys and payloads."""
+    return list(await connection.fetch(TAKE_OUTBOX, lease_seconds, list(batch_ids)))
+
+
+async def delete_outbox(connection: asyncpg.Connection, batch_ids: Sequence[uuid.UUID]) -> None:
+    """Kafka has these batches' events."""
+    await connection.execute(MARK_SENT, list(batch_ids))
+
+
+async def count_references_before(connection: asyncpg.Connection, cutoff: datetime) -> int:
+    """References created before ``cutoff`` (naive UTC)."""
+    return int(await connection.fetchval(COUNT_EXPIRED, cutoff))
+
+
+async def raise_retention_watermark(connection: asyncpg.Connection, cutoff: datetime) -> None:
+    """Say references created before ``cutoff`` may be gone (the late-duplicate check reads it)."""
+    await connection.execute(SET_WATERMARK, cutoff)
+
+
+async def delete_references_before(
+    connection: asyncpg.Connection, cutoff: datetime, limit: int
+) -> int:
+    """Remove up to ``limit`` of the oldest references created before ``cutoff``; how many."""
+    status = await connection.execute(DELETE_CHUNK, cutoff, limit)
+    return int(status.split()[-1])
+
+
+async def reference_row(connection: asyncpg.Connection, reference: str) -> asyncpg.Record | None:
+    """``reference``'s row of ``payment_references``, if Postgres holds it."""
+    return await connection.fetchrow(REFERENCE_ROW, reference)
+
+
+async def payment_rows(connection: asyncpg.Connection, reference: str) -> list[asyncpg.Record]:
+    """Every ``payments`` row recorded under ``reference``, oldest first."""
+    return list(await connection.fetch(PAYMENT_ROWS, reference))
+
+
+async def counts(connection: asyncpg.Connection) -> asyncpg.Record:
+    """``references``, ``rows``, ``distinct_row_refs`` and ``unsent_outbox``."""
+    return await connection.fetchrow(COUNTS)
+
+
+async def every_payment(connection: asyncpg.Connection) -> AsyncIterator[asyncpg.Record]:
+    """Every ``payments`` row, streamed by a cursor: call it inside a transaction."""
+    async for row in connection.cursor(ALL_PAYMENTS, prefetch=10_000):
+        yield row
+
+
+async def outbox_figures(connection: asyncpg.Connection) -> asyncpg.Record:
+    """``events`` unsent in the outbox and ``oldest_seconds``, the oldest row's age (0: none)."""
+    return await connection.fetchrow(OUTBOX_FIGURES)
 
 
 class PaymentStore:
@@ -214,27 +387,34 @@ class PaymentStore:
         self._months |= missing
 
     async def record(self, records: Sequence[PaymentRecord]) -> RecordResult:
-        """Record ``records`` (distinct references) in one transaction; see the module doc."""
+        """Record ``records`` (distinct references) in one transaction; see the module doc.
+
+        Raises DependencyUnavailable while Postgres is away, RecordsRefused when it
+        refuses what the batch holds (never an asyncpg error).
+        """
         if not records:
             return RecordResult()
-        await self.ensure_partitions(records)
         try:
-            return await self._record(records)
-        except asyncpg.CheckViolationError as exc:
-            # A month this process created (and remembers) was dropped since, by
-            # maintenance or by hand: forget it and create it again, or its records
-            # would be refused here while other workers record them.
-            gone = {month_of(record.payment_date) for record in records} & self._months
-            if NO_PARTITION not in str(exc) or not gone:
-                raise
-            log.warning(
-                "the partitions of %s were dropped after this worker created them; "
-                "creating them again",
-                ", ".join(f"{month:%Y-%m}" for month in sorted(gone)),
-            )
-            self._months -= gone
             await self.ensure_partitions(records)
-            return await self._record(records)
+            try:
+                return await self._record(records)
+            except asyncpg.CheckViolationError as exc:
+                # A month this process created (and remembers) was dropped since, by
+                # maintenance or by hand: forget it and create it again, or its records
+                # would be refused here while other workers record them.
+                gone = {month_of(record.payment_date) for record in records} & self._months
+                if NO_PARTITION not in str(exc) or not gone:
+                    raise
+                log.warning(
+                    "the partitions of %s were dropped after this worker created them; "
+                    "creating them again",
+                    ", ".join(f"{month:%Y-%m}" for month in sorted(gone)),
+                )
+                self._months -= gone
+                await self.ensure_partitions(records)
+                return await self._record(records)
+        except POSTGRES_ERRORS as exc:
+            raise translated(exc) from exc
 
     async def _record(self, records: Sequence[PaymentRecord]) -> RecordResult:
         result = RecordResult()

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-import asyncpg
 from pydantic import ValidationError
 
-from app.exceptions import UndecodableRecord
+from app.exceptions import RecordsRefused, UndecodableRecord
 from app.kafka.codecs import dead_letter_message, decode_record
 from app.kafka.publisher import Message
 from app.kafka.topics import DLQ
@@ -44,12 +43,11 @@ from app.models import (
     Decision,
     FieldError,
     KnownReference,
-    Outcome,
     PaymentRecord,
     differing_fields,
     field_errors,
 )
-from app.recording import failures
+from app.recording import dedup, failures
 from app.recording.payment_store import RecordResult
 
 log = logging.getLogger(__name__)
@@ -191,18 +189,17 @@ class Recorder:
                 continue
             if reference not in known:
                 continue  # cannot be: each candidate is created, existing or refused
-            if reference in created and reference not in creators_seen:
+            first = reference in created and reference not in creators_seen
+            if first:
                 creators_seen.add(reference)
-                outcome: Outcome = "created"
-            elif record.is_recorded_as(known[reference].fingerprint):
-                outcome = "duplicate"
-            else:
+            outcome = dedup.outcome_for(record, known[reference].fingerprint, first=first)
+            if outcome == "conflict":
                 conflicts.append(record)
                 continue
             report.decisions.append(
-                Decision(
-                    reference_number=reference,
-                    outcome=outcome,
+                dedup.decision(
+                    reference,
+                    outcome,
                     payment_id=known[reference].payment_id,
                     source=record.source,
                     source_id=record.source_id,
@@ -292,7 +289,7 @@ class Recorder:
         """Record ``candidates``; the references Postgres refuses go to ``refused``, with why."""
         try:
             return await self._retrying("record batch", lambda: self.store.record(candidates))
-        except asyncpg.PostgresError as exc:
+        except RecordsRefused as exc:
             if len(candidates) == 1:
                 refused[candidates[0].reference_number] = str(exc)
                 log.error("Postgres refused reference %s: %s", candidates[0].reference_number, exc)
@@ -333,13 +330,13 @@ class Recorder:
             letter.differing_fields = fields
             report.dead_letters.append(letter)
             report.decisions.append(
-                Decision(
-                    reference_number=reference,
-                    outcome="conflict",
+                dedup.decision(
+                    reference,
+                    "conflict",
                     payment_id=known[reference].payment_id,
                     source=record.source,
                     source_id=record.source_id,
-                    differing_fields=tuple(fields),
+                    differing_fields=fields,
                     channel=record.payment_channel,
                 )
             )

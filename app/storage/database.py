@@ -10,7 +10,12 @@ import asyncpg
 from mode import Service
 
 from app import tls
-from app.exceptions import CertificateRejected, DependencyUnavailable, PaymentsError
+from app.exceptions import (
+    CertificateRejected,
+    DependencyUnavailable,
+    PaymentsError,
+    RecordsRefused,
+)
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,6 +130,21 @@ def is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, PaymentsError):
         return exc.retriable
     return isinstance(exc, (OSError, TimeoutError, *_RETRIABLE_POSTGRES))
+
+
+#: What a store catches from asyncpg and hands on as :func:`translated`.
+POSTGRES_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def translated(exc: BaseException) -> PaymentsError:
+    """An asyncpg error in the service's words: an outage, or the data refused.
+
+    Raise it ``from exc``: the cause stays on the chain, where the failure policy
+    (app/recording/failures.py) still finds a value the driver could not encode.
+    """
+    if is_retriable(exc):
+        return DependencyUnavailable(f"Postgres did not answer: {exc}")
+    return RecordsRefused(str(exc))
 
 
 async def connect(settings: Settings) -> asyncpg.Connection:

@@ -17,9 +17,9 @@ import pytest
 from app import months
 from app.models import PaymentRecord
 from app.recording.payment_store import PaymentStore
+from app.recording.retention import prune_references, reference_cutoff
 from app.storage import partitions
 from app.storage.migrations import migrate
-from app.storage.retention import prune_references, reference_cutoff
 from tests.pipeline import app_env, command, fetch, fresh_pipeline, ok
 from tests.stack import Stack, run_worker, wait_for
 

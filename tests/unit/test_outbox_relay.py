@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from app.exceptions import PublishFailed
-from app.recording import outbox_relay
+from app.recording import payment_store
 from app.recording.outbox_relay import OutboxRelay, free_in_order
 from app.recording.payment_store import RENEW_LEASES, PaymentStore
 
@@ -103,22 +103,22 @@ class FakeOutbox:
         return None
 
     async def fetchval(self, query: str, *args: Any) -> bool:
-        assert query == outbox_relay.RELAY_LOCK
+        assert query == payment_store.RELAY_LOCK
         return self.lock_free
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        if query == outbox_relay.CANDIDATES:
+        if query == payment_store.UNLEASED_OUTBOX:
             return [
                 {**r, "behind_held": r.get("behind_held", False)}
                 for r in self.rows
                 if not r.get("held")
             ]
-        assert query == outbox_relay.TAKE
+        assert query == payment_store.TAKE_OUTBOX
         chosen = set(args[1])
         return [r for r in self.rows if r["batch_id"] in chosen]
 
     async def execute(self, query: str, batch_ids: list[Any]) -> None:
-        assert query == outbox_relay.MARK_SENT
+        assert query == payment_store.MARK_SENT
         self.deleted += batch_ids
         self.rows = [r for r in self.rows if r["batch_id"] not in set(batch_ids)]
 

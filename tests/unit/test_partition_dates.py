@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime
 import pytest
 
 from app.months import add_months, retention_cutoff
+from app.recording.retention import reference_cutoff
 from app.storage.partitions import partition_name
-from app.storage.retention import reference_cutoff
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.exceptions import PublishFailed
+from app.exceptions import PublishFailed, RecordsRefused
 from app.kafka.codecs import decode_dead_letter, encode_event, encode_record
 from app.kafka.topics import DLQ
 from app.models import DateWindow, KnownReference, PaymentRecord, PaymentRecordedEvent
@@ -63,7 +63,7 @@ class FakeStore:
         if self.fail_next:
             raise self.fail_next.pop(0)
         if any(record.reference_number in self.refuse for record in records):
-            raise asyncpg.DataError("value refused")
+            raise RecordsRefused("value refused")
         result = RecordResult()
         for record in records:
             reference = record.reference_number

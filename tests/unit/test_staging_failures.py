@@ -12,11 +12,12 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError
 
 from app.exceptions import PublishFailed
-from app.intake import staging
 from app.intake.staging import StagingPoller, prepare_rows
 from app.kafka.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, decode_record
 from app.kafka.topics import DLQ, INTAKE
 from app.models import DateWindow
+from app.recording import payment_store
+from app.storage import staging_table
 
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
 YESTERDAY = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(days=1)
@@ -59,24 +60,24 @@ class FakeConnection:
         self.in_transaction = False
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        if query == staging.POLLER_LOCK:
+        if query == staging_table.POLLER_LOCK:
             return True
         assert "min(id)" in query
         pending = [r["id"] for r in self.db.rows if r["id"] not in self.db.processed]
         return min(pending, default=None)
 
     async def fetch(self, query: str, *args: Any) -> list[Record]:
-        if query == staging.CLAIM_ROWS:
+        if query == staging_table.CLAIM_ROWS:
             rows = [r for r in self.db.rows if r["id"] not in self.db.processed][: args[0]]
             return [Record(r) for r in rows]
-        assert query == staging.KNOWN_REFERENCES
+        assert query == payment_store.KNOWN_REFERENCES
         return []
 
     async def execute(self, query: str, *args: Any) -> None:
-        if query == staging.MARK_PROCESSED:
+        if query == staging_table.MARK_PROCESSED:
             self.marked += args[0]
         else:
-            assert query == staging.LOG_BATCH
+            assert query == staging_table.LOG_RUN
             (self.logged if self.in_transaction else self.db.log).append(args)
 
     @asynccontextmanager
@@ -231,7 +232,7 @@ async def test_a_clean_backlog_goes_to_the_intake_in_order_and_is_marked() -> No
 async def test_an_exact_repeat_postgres_holds_is_marked_but_not_published() -> None:
     class KnowsTheFirst(FakeConnection):
         async def fetch(self, query: str, *args: Any) -> list[Record]:
-            if query != staging.KNOWN_REFERENCES:
+            if query != payment_store.KNOWN_REFERENCES:
                 return await super().fetch(query, *args)
             first = prepare_rows([Record(row(1))], WINDOW, datetime.now(UTC)).records[0]
             known = {"reference_number": "REF-1", "fingerprint": first.fingerprint}

@@ -18,29 +18,11 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from app.recording import payment_store
+
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 10_000
-
-#: Never moves back: a run with a longer TTL must not switch the late check off.
-SET_WATERMARK = """
-INSERT INTO payment_service.reference_retention (id, pruned_before) VALUES (TRUE, $1)
-ON CONFLICT (id) DO UPDATE
-SET pruned_before = greatest(reference_retention.pruned_before, EXCLUDED.pruned_before),
-    updated_at = now()
-"""
-
-COUNT_EXPIRED = "SELECT count(*) FROM payment_service.payment_references WHERE created_at < $1"
-
-DELETE_CHUNK = """
-DELETE FROM payment_service.payment_references
-WHERE reference_number IN (
-  SELECT reference_number FROM payment_service.payment_references
-  WHERE created_at < $1
-  ORDER BY created_at
-  LIMIT $2
-  FOR UPDATE SKIP LOCKED)
-"""
 
 
 @dataclass(frozen=True)
@@ -65,14 +47,13 @@ async def prune_references(
     progress: Callable[[str], None] = log.info,
 ) -> RetentionRun:
     """Remove references created before ``cutoff`` (count them only with ``dry_run``)."""
-    expired = int(await connection.fetchval(COUNT_EXPIRED, cutoff))
+    expired = await payment_store.count_references_before(connection, cutoff)
     if dry_run or expired == 0:
         return RetentionRun(cutoff, expired, 0)
-    await connection.execute(SET_WATERMARK, cutoff)  # committed before any row goes
+    await payment_store.raise_retention_watermark(connection, cutoff)  # before any row goes
     removed = 0
     while True:
-        status = await connection.execute(DELETE_CHUNK, cutoff, CHUNK_ROWS)
-        chunk = int(status.split()[-1])
+        chunk = await payment_store.delete_references_before(connection, cutoff, CHUNK_ROWS)
         removed += chunk
         if chunk:
             progress(f"references: removed {removed} of {expired} created before {cutoff:%Y-%m-%d}")
