@@ -21,6 +21,7 @@ from typing import Any
 import faust
 
 from app.instruments import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.kafka.faust_patches import take_batches
 from app.kafka.publisher import Publisher
 from app.kafka.topics import INTAKE, INTAKE_PARTITIONS
 from app.models import DateWindow
@@ -154,7 +155,7 @@ def register(
         within = settings.record_batch_window_ms / 1000
         audit_log = settings.audit_log
         progress = Progress()
-        async for events in stream.take_events(settings.record_batch_size, within=within):
+        async for events in take_batches(stream, settings.record_batch_size, within):
             batch = [Incoming(event.key, event.value, event) for event in events]
             started = time.perf_counter()
             while True:
@@ -165,7 +166,7 @@ def register(
                     raise
                 except Exception:
                     # Only a failure to dead-letter a record gets here. Escaping would
-                    # end the agent and let take_events ack the batch on its way out:
+                    # end the agent and let take_batches ack the batch on its way out:
                     # records would be skipped. Hold the batch.
                     log.exception(
                         "record agent: could not dead-letter a record of a batch of %d; "

@@ -350,7 +350,12 @@ class ProcessingSection(BaseModel):
         1000, ge=1, le=100_000, description="Records the record agent takes per batch."
     )
     record_batch_window_ms: int = Field(
-        50, ge=1, description="How long the record agent waits to fill a batch."
+        50,
+        ge=1,
+        description=(
+            "The longest a record waits for company in the record agent: a batch goes when "
+            "full, when nothing more is queued, or after this."
+        ),
     )
     outbox_relay_interval_seconds: float = Field(
         5, gt=0, description="How often the relay looks for events a crash left unsent."

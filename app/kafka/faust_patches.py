@@ -1,7 +1,8 @@
 """Every place this service reaches into Faust's or aiokafka's private parts, in one module.
 
 The patches themselves are here: the stream iterator switch, the current-event
-setter for table writes in a batch, and the producer buffer's size. The consumer's
+setter for table writes in a batch, the producer buffer's size, and the record
+agent's batching (:func:`take_batches`, ``take_events`` without its idle wait). The consumer's
 offset fixes are subclasses of Faust's aiokafka driver (app/kafka/transport.py, its
 docstring numbers them 1 to 7); the private names they override or read are listed
 here too, so that :func:`check_faust_internals` covers them.
@@ -16,10 +17,11 @@ tests/integration/test_recording_crashes.py and bench/staging, then move the pin
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
@@ -57,6 +59,10 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "_paused_partitions"),
     ("faust.transport.conductor", "Conductor", "_tp_index"),
     ("mode.services", "Service", "_stopped"),
+    # take_batches: the stream drained in the background into our processor, as
+    # Stream.take_events does it; and the stream's own queue, to see it empty.
+    ("faust.streams", "Stream", "_enable_passive"),
+    ("faust.channels", "Channel", "queue"),
     # ConsumerThread (app/kafka/transport.py): a failed group join is retried, not fatal.
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_fetch_records"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_coordinator"),
@@ -165,3 +171,56 @@ def widen_producer_buffer(app: Any, max_messages: int) -> None:
     writes a key per record at once.
     """
     app.producer.buffer.max_messages = max_messages
+
+
+async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT[Any]]]:
+    """Batches of at most ``max_`` events: Faust's ``take_events``, minus its idle wait.
+
+    ``take_events`` hands over a batch when it is full or ``within`` seconds after it
+    began, so a lone record (a webhook on a quiet service) waits the whole window
+    for company that is not coming. Here a batch also goes as soon as the stream's
+    queue is empty once the fetch loop has had a turn: whatever arrives while a
+    batch is being recorded waits in the queue and forms the next one (group
+    commit), so batches grow with the load and a lone record goes at once.
+
+    Acks are as in ``take_events``: the stream's own acks are off, and a batch's
+    events are acked after the body of the ``async for`` has handled it.
+    faust-streaming has no hook to change that wait (0.15.3). Nothing is added to a
+    batch from the moment it is handed over until it has been handled.
+    """
+    events: list[EventT[Any]] = []
+    ready = asyncio.Event()
+    free = asyncio.Event()  # set while the collector may add to the batch
+    free.set()
+    queue = stream.channel.queue
+
+    async def collect(value: Any) -> Any:
+        await free.wait()
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("take_batches: a value without its event")
+        events.append(event)
+        if len(events) < max_ and queue.empty():
+            await asyncio.sleep(0)  # the fetch loop may be handing over more right now
+        if len(events) >= max_ or queue.empty():
+            free.clear()
+            ready.set()
+        return value
+
+    stream.enable_acks = False  # a batch is acked after it is handled, below
+    stream.add_processor(collect)
+    stream._enable_passive(stream.channel)  # drain the stream into collect (see above)
+    while not stream.should_stop:
+        await stream.wait_for_stopped(ready, timeout=within)
+        if not events:
+            continue
+        free.clear()  # a batch that waited out ``within`` is closed here
+        batch = list(events)
+        try:
+            yield batch
+        finally:
+            events.clear()
+            for event in batch:
+                await stream.ack(event)
+            ready.clear()
+            free.set()
