@@ -291,9 +291,10 @@ class KafkaSection(BaseModel):
     kafka_batch_size: int = Field(
         100,
         ge=1,
+        le=100_000,
         description=(
-            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
-            "the record agent's batches are RECORD_BATCH_SIZE."
+            "Records per record batch our producers send to one partition (the batch API's "
+            "count); a batch also ends at 512 KiB (aiokafka's max_batch_size, in bytes)."
         ),
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
