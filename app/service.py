@@ -105,7 +105,15 @@ class PaymentService(faust.App):
             self.add_dependency(dependency)
         if settings.webhook_processes:
             self.add_dependency(Fronts(settings))
-        self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
+        if settings.enable_metrics and settings.metrics_port:
+            self.add_dependency(metrics.MetricsListener(self, settings, self.database))
+        self.health = HealthChecker(
+            self.database,
+            self.redis,
+            self.kafka_probe,
+            staging_enabled=settings.staging_enabled,
+            webhooks_enabled=settings.webhooks_enabled,
+        )
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
         faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)

@@ -346,6 +346,8 @@ class Worker:
     log_path: Path
     #: Where this process's lines start in ``log_path`` (a restarted worker appends to it).
     log_start: int = 0
+    #: Its METRICS_PORT (0: none).
+    metrics_port: int = 0
 
     def get(
         self, path: str, timeout: float = 10, headers: dict[str, str] | None = None
@@ -426,7 +428,10 @@ class Worker:
 @contextlib.contextmanager
 def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
     """Start ``python -m app worker`` on a free port; stop it (SIGTERM) on exit."""
-    port = free_port()
+    port, metrics_port = free_ports(2)
+    env.setdefault(
+        "METRICS_PORT", str(metrics_port)
+    )  # never the plan's 9090: workers run side by side
     log_path = folder / "worker.log"
     worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
     with log_path.open("ab") as log_file:  # a restarted worker appends to the same log
@@ -444,7 +449,13 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    worker = Worker(process, f"http://127.0.0.1:{port}", log_path, log_start)
+    worker = Worker(
+        process,
+        f"http://127.0.0.1:{port}",
+        log_path,
+        log_start,
+        metrics_port=int(env["METRICS_PORT"]),
+    )
     try:
         yield worker
     finally:
