@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -478,3 +479,39 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+# --- Prometheus -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def prometheus(stack: Stack, targets: list[str]) -> Iterator[str]:
+    """The stack's Prometheus (``scripts/stack up prometheus``) scraping only ``targets``.
+
+    It starts with empty storage, so no series of an earlier run answers a query; its
+    scrape interval is PROMETHEUS_SCRAPE_INTERVAL (1 s in scripts/test-stack.env). Yields
+    its base URL and stops it on exit.
+    """
+    state = Path(stack.script_env.get("PAYMENTS_STATE_DIR", ".state"))
+    home = state if state.is_absolute() else ROOT / state
+    folder = home / "prometheus"
+    stack.script("down", "prometheus")
+    shutil.rmtree(folder / "data", ignore_errors=True)
+    shutil.rmtree(folder / "targets", ignore_errors=True)
+    (folder / "targets").mkdir(parents=True)
+    (folder / "targets" / "tests.json").write_text(json.dumps([{"targets": targets}]))
+    stack.script("up", "prometheus")
+    url = f"http://127.0.0.1:{stack.script_env['PROMETHEUS_PORT']}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:  # noqa: S310
+                return bool(answer.status == 200)
+        except OSError:  # 503 while its storage opens, or not listening yet
+            return False
+
+    try:
+        wait_for(ready, timeout=60, what="Prometheus ready (/-/ready)")
+        yield url
+    finally:
+        stack.script("down", "prometheus")
