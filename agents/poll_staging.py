@@ -25,7 +25,12 @@ def register(
     window: DateWindow,
     helpers: ProcessPool,
 ) -> None:
-    """Add the poller's timer to ``app``; the poller is built on the first tick (the pool is up)."""
+    """Add the poller's timer to ``app``; the poller is built on the first tick (the pool is up).
+
+    With STAGING_ENABLED=false there is no timer at all: staged rows wait, unclaimed.
+    """
+    if not settings.staging_enabled:
+        return  # said at start (app/__main__.py) and in /health
     pollers: list[StagingPoller] = []
 
     async def poll_staging() -> None:

@@ -31,6 +31,8 @@ def main() -> None:
 
     log_before_setup(settings.log_format, settings.log_level)
     _warn_of_allowed_insecurity(settings)
+    if "worker" in sys.argv[1:]:
+        _log_feature_flags(settings)
 
     if "worker" in sys.argv[1:] and settings.log_format == "json":
         # Faust prints a banner, a text table, on stdout: not a log line.
@@ -52,6 +54,26 @@ def _warn_of_allowed_insecurity(settings: Settings) -> None:
         logging.getLogger("app").warning(
             "ALLOW_INSECURE: running in production with %s as they are (a trusted network only)",
             ", ".join(allowed),
+        )
+
+
+def _log_feature_flags(settings: Settings) -> None:
+    """Say at a worker's start which of the rollout's switches are on (a warning for each off)."""
+    log = logging.getLogger("app")
+    log.info(
+        "feature flags: STAGING_ENABLED=%s WEBHOOKS_ENABLED=%s",
+        str(settings.staging_enabled).lower(),
+        str(settings.webhooks_enabled).lower(),
+    )
+    if not settings.staging_enabled:
+        log.warning(
+            "STAGING_ENABLED=false: the staging poller does not run; staged rows wait "
+            "unprocessed until a worker runs with STAGING_ENABLED=true"
+        )
+    if not settings.webhooks_enabled:
+        log.warning(
+            "WEBHOOKS_ENABLED=false: every webhook is answered 503 with Retry-After and "
+            "nothing is recorded; set WEBHOOKS_ENABLED=true to take them"
         )
 
 

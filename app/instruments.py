@@ -70,6 +70,8 @@ INTAKE_RECORDS_LOST = Counter(
     " (its committed offset was below the log start; the error log names the range)",
     ["topic"],
 )
+#: The Redis calls REDIS_UNAVAILABLE counts by (its ``operation`` label).
+REDIS_OPERATIONS = ("claim", "remember", "stored", "listen", "post_decisions", "rate_limit")
 REDIS_UNAVAILABLE = Counter(
     "payments_redis_unavailable_total",
     "Redis calls that failed; the service went on without them (answers 202, no replay check)",

@@ -8,12 +8,19 @@ timers that Faust adds on first start.
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import faust
 
 from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
-from app.instruments import faust_monitor
+from app.instruments import (
+    DEAD_LETTERS,
+    INTAKE_RECORDS_LOST,
+    KAFKA_MESSAGES,
+    REDIS_OPERATIONS,
+    REDIS_UNAVAILABLE,
+    faust_monitor,
+)
 from app.intake.guards import Guards
 from app.intake.process_pool import ProcessPool
 from app.intake.signatures import Verifier
@@ -21,9 +28,9 @@ from app.intake.webhook_counts import WebhookCounts, process_name
 from app.kafka import faust_patches
 from app.kafka.probe import KafkaProbe
 from app.kafka.publisher import Publisher
-from app.kafka.topics import INTAKE_PARTITIONS
+from app.kafka.topics import DLQ, INTAKE, INTAKE_PARTITIONS
 from app.kafka.transport import Transport
-from app.models import DateWindow
+from app.models import DateWindow, DeadLetterReason
 from app.ops import commands
 from app.ops.health_report import HealthChecker
 from app.ops.log_format import use_log_format
@@ -84,6 +91,7 @@ class PaymentService(faust.App):
         self.settings = settings
         if settings.enable_metrics:
             self.monitor = faust_monitor()
+            _counters_from_zero(settings)
         self.database = Database(settings)
         self.redis = RedisConnection(settings)
         self.kafka_probe = KafkaProbe(settings)
@@ -105,7 +113,15 @@ class PaymentService(faust.App):
             self.add_dependency(dependency)
         if settings.webhook_processes:
             self.add_dependency(Fronts(settings))
-        self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
+        if settings.enable_metrics and settings.metrics_port:
+            self.add_dependency(metrics.MetricsListener(self, settings, self.database))
+        self.health = HealthChecker(
+            self.database,
+            self.redis,
+            self.kafka_probe,
+            staging_enabled=settings.staging_enabled,
+            webhooks_enabled=settings.webhooks_enabled,
+        )
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
         faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)
@@ -174,6 +190,23 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         use_log_format(logger, cast(PaymentService, self.app).settings.log_format)
+
+
+def _counters_from_zero(settings: Settings) -> None:
+    """Export the alerts' counters at 0 from the start, for every label value they can take.
+
+    A labelled counter has no series until its first increment, and ``increase()``
+    over a series that starts at 1 is 0: the first dead letter, lost intake record or
+    Redis failure would never fire its alert, and a dashboard would show no series.
+    """
+    for reason in get_args(DeadLetterReason):
+        DEAD_LETTERS.labels(reason)
+    for topic in (INTAKE, settings.kafka_topic, DLQ):
+        for result in ("ok", "failed"):
+            KAFKA_MESSAGES.labels(topic, result)
+    INTAKE_RECORDS_LOST.labels(INTAKE)
+    for operation in REDIS_OPERATIONS:
+        REDIS_UNAVAILABLE.labels(operation)
 
 
 def _fault_hooks(settings: Settings) -> record_payments.FaultHooks | None:

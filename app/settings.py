@@ -291,9 +291,10 @@ class KafkaSection(BaseModel):
     kafka_batch_size: int = Field(
         100,
         ge=1,
+        le=100_000,
         description=(
-            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
-            "the record agent's batches are RECORD_BATCH_SIZE."
+            "Records per record batch our producers send to one partition (the batch API's "
+            "count); a batch also ends at 512 KiB (aiokafka's max_batch_size, in bytes)."
         ),
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
@@ -327,6 +328,13 @@ class KafkaSection(BaseModel):
 class ProcessingSection(BaseModel):
     """The pipeline's pace: staging, the webhook wait, the date window, batches, the relay."""
 
+    staging_enabled: bool = Field(
+        True,
+        description=(
+            "Whether the staging poller runs (false: its timer is not started, staged rows "
+            "wait; /health says staging: disabled). The plan's rollout starts with it off."
+        ),
+    )
     staging_batch_size: int = Field(1000, ge=1, le=100_000)
     staging_interval_seconds: float = Field(30, gt=0)
     staging_max_retries: int = Field(3, ge=0)
@@ -453,11 +461,11 @@ class MonitoringSection(BaseModel):
     enable_metrics: bool = True
     metrics_port: int = Field(
         9090,
-        ge=1,
+        ge=0,
         le=65535,
         description=(
-            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
-            "/metrics is served on PORT."
+            "A listener of the worker's own for GET /metrics (PORT serves it too); "
+            "0: none, /metrics on PORT only."
         ),
     )
 
@@ -465,6 +473,13 @@ class MonitoringSection(BaseModel):
 class WebhooksSection(BaseModel):
     """The webhook endpoints: secrets, guards and front processes."""
 
+    webhooks_enabled: bool = Field(
+        True,
+        description=(
+            "Whether the webhook endpoints take notices (false: 503 with Retry-After, nothing "
+            "recorded; the worker's and the fronts'); /health says webhooks: disabled."
+        ),
+    )
     webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Default secrets (whsec_...), comma-separated: any may match (rotation).",
@@ -696,6 +711,11 @@ class Settings(
             raise ValueError("WEBHOOK_PORT is required when WEBHOOK_PROCESSES is more than 0")
         if self.webhook_port == self.port:
             raise ValueError(f"WEBHOOK_PORT must differ from PORT ({self.port})")
+        if self.metrics_port and self.metrics_port in (self.port, self.webhook_port):
+            raise ValueError(
+                f"METRICS_PORT ({self.metrics_port}) must differ from PORT and WEBHOOK_PORT "
+                "(0: /metrics on PORT only)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -346,6 +347,8 @@ class Worker:
     log_path: Path
     #: Where this process's lines start in ``log_path`` (a restarted worker appends to it).
     log_start: int = 0
+    #: Its METRICS_PORT (0: none).
+    metrics_port: int = 0
 
     def get(
         self, path: str, timeout: float = 10, headers: dict[str, str] | None = None
@@ -426,7 +429,10 @@ class Worker:
 @contextlib.contextmanager
 def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
     """Start ``python -m app worker`` on a free port; stop it (SIGTERM) on exit."""
-    port = free_port()
+    port, metrics_port = free_ports(2)
+    env.setdefault(
+        "METRICS_PORT", str(metrics_port)
+    )  # never the plan's 9090: workers run side by side
     log_path = folder / "worker.log"
     worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
     with log_path.open("ab") as log_file:  # a restarted worker appends to the same log
@@ -444,7 +450,13 @@ def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-    worker = Worker(process, f"http://127.0.0.1:{port}", log_path, log_start)
+    worker = Worker(
+        process,
+        f"http://127.0.0.1:{port}",
+        log_path,
+        log_start,
+        metrics_port=int(env["METRICS_PORT"]),
+    )
     try:
         yield worker
     finally:
@@ -467,3 +479,39 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+# --- Prometheus -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def prometheus(stack: Stack, targets: list[str]) -> Iterator[str]:
+    """The stack's Prometheus (``scripts/stack up prometheus``) scraping only ``targets``.
+
+    It starts with empty storage, so no series of an earlier run answers a query; its
+    scrape interval is PROMETHEUS_SCRAPE_INTERVAL (1 s in scripts/test-stack.env). Yields
+    its base URL and stops it on exit.
+    """
+    state = Path(stack.script_env.get("PAYMENTS_STATE_DIR", ".state"))
+    home = state if state.is_absolute() else ROOT / state
+    folder = home / "prometheus"
+    stack.script("down", "prometheus")
+    shutil.rmtree(folder / "data", ignore_errors=True)
+    shutil.rmtree(folder / "targets", ignore_errors=True)
+    (folder / "targets").mkdir(parents=True)
+    (folder / "targets" / "tests.json").write_text(json.dumps([{"targets": targets}]))
+    stack.script("up", "prometheus")
+    url = f"http://127.0.0.1:{stack.script_env['PROMETHEUS_PORT']}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:  # noqa: S310
+                return bool(answer.status == 200)
+        except OSError:  # 503 while its storage opens, or not listening yet
+            return False
+
+    try:
+        wait_for(ready, timeout=60, what="Prometheus ready (/-/ready)")
+        yield url
+    finally:
+        stack.script("down", "prometheus")

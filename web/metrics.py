@@ -1,4 +1,10 @@
-"""GET /metrics: Prometheus text for the worker and its fronts, plus gauges measured on request."""
+"""GET /metrics: Prometheus text for the worker and its fronts, plus gauges measured on request.
+
+Served on PORT with the other views, and on METRICS_PORT by a listener of its own
+(:class:`MetricsListener`, the plan's 9090), so a scraper can be let in to that port
+alone. Both answer alike: ENABLE_METRICS, METRICS_ALLOWLIST and METRICS_TOKEN_REQUIRED
+hold on each.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +18,18 @@ import asyncpg
 from aiohttp import web
 from faust.types import TP
 from faust.web import Request, Response, View
+from mode import Service
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from app.exceptions import PaymentsError
 from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
 from app.intake.guards import address
 from app.kafka.topics import INTAKE
-from app.ops.authorization import Caller
+from app.ops.authorization import Refusal, authorize
 from app.recording import payment_store
 from app.settings import IPNetwork, Settings
 from app.storage import partitions, staging_table
 from app.storage.database import Database
-from web.access import caller_or_refusal
 from web.binding import bound
 
 log = logging.getLogger(__name__)
@@ -35,22 +42,69 @@ class MetricsView(View):
     database: Database
 
     async def get(self, request: Request) -> Response:
-        settings = self.settings
-        if not settings.enable_metrics:
-            body = {"error": "not_found", "message": "ENABLE_METRICS is off"}
-            return self.json(body, status=404)
-        allowlist = settings.metrics_allowlist
-        if allowlist and not _listed(cast(web.Request, request).remote, allowlist):
-            body = {"error": "forbidden", "message": "this address is not in METRICS_ALLOWLIST"}
-            return self.json(body, status=403)
-        if settings.metrics_token_required:
-            caller = caller_or_refusal(self, settings, request, "viewer")
-            if not isinstance(caller, Caller):
-                return caller
-        # aiohttp's content_type argument refuses the charset Prometheus' type carries.
-        text = exposition(await _measure(settings, self.database, self.app.consumer))
-        response = web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
-        return cast(Response, response)  # Faust's aiohttp driver hands it over as it is
+        http = cast(web.Request, request)  # Faust's aiohttp driver hands over aiohttp's request
+        answer = await metrics_answer(self.settings, self.database, self.app, http)
+        return cast(Response, answer)  # and takes aiohttp's response as it is
+
+
+async def metrics_answer(
+    settings: Settings, database: Database, app: Any, request: web.Request
+) -> web.Response:
+    """The answer to GET /metrics, on PORT or METRICS_PORT: refusals first, then the text."""
+    if not settings.enable_metrics:
+        body = {"error": "not_found", "message": "ENABLE_METRICS is off"}
+        return web.json_response(body, status=404)
+    allowlist = settings.metrics_allowlist
+    if allowlist and not _listed(request.remote, allowlist):
+        body = {"error": "forbidden", "message": "this address is not in METRICS_ALLOWLIST"}
+        return web.json_response(body, status=403)
+    if settings.metrics_token_required:
+        found = authorize(settings, request.headers.get("Authorization"), "viewer")
+        if isinstance(found, Refusal):
+            return web.json_response(found.body(), status=found.status, headers=found.headers())
+    # aiohttp's content_type argument refuses the charset Prometheus' type carries.
+    text = exposition(await _measure(settings, database, app.consumer))
+    return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class MetricsListener(Service):
+    """GET /metrics on METRICS_PORT, a listener of its own beside the worker's PORT."""
+
+    def __init__(self, app: Any, settings: Settings, database: Database, **kwargs: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.database = database
+        self._runner: web.AppRunner | None = None
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        application = web.Application()
+        application.router.add_get("/metrics", self._get)
+        runner = web.AppRunner(application, access_log=None, handle_signals=False)
+        await runner.setup()
+        bind, port = self.settings.web_bind, self.settings.metrics_port
+        try:
+            await web.TCPSite(runner, bind, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise MetricsPortTaken(
+                f"cannot serve /metrics on {bind}:{port} ({exc.strerror}): set METRICS_PORT "
+                "to a free port, or 0 to serve /metrics on PORT only"
+            ) from exc
+        self._runner = runner
+        log.info("/metrics also on port %s (METRICS_PORT)", port)
+
+    async def on_stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _get(self, request: web.Request) -> web.Response:
+        return await metrics_answer(self.settings, self.database, self.app, request)
+
+
+class MetricsPortTaken(PaymentsError):
+    """METRICS_PORT cannot be listened on; choose another (or 0: /metrics on PORT only)."""
 
 
 def _listed(peer: str | None, networks: Sequence[IPNetwork]) -> bool:

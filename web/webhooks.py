@@ -72,6 +72,7 @@ KNOWN_OUTCOMES = frozenset(
         "invalid_payment",
         "webhook_id_reused",
         "unavailable",
+        "disabled",
         # a record the agent dead-lettered is answered 422 with its reason
         *get_args(DeadLetterReason),
     }
@@ -147,6 +148,13 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
 
 
 async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None) -> Reply:
+    if not ingress.settings.webhooks_enabled:
+        raise Rejected(
+            503,
+            "disabled",
+            "webhooks are switched off here (WEBHOOKS_ENABLED=false); retry later",
+            retry=RETRY_AFTER_SECONDS,
+        )
     board = ingress.decisions
     channel = _channel(channel_name)
     headers = http.headers

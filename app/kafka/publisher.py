@@ -47,6 +47,11 @@ BROKEN_SEQUENCE = (
 )
 
 
+#: aiokafka's max_batch_size: the bytes a record batch may hold. KAFKA_BATCH_SIZE counts
+#: records (the plan's meaning); a batch ends at whichever limit it reaches first.
+MAX_BATCH_BYTES = 512 * 1024
+
+
 class Publisher(Service):
     """Sends batches of keyed messages and returns once the broker has them all."""
 
@@ -71,7 +76,7 @@ class Publisher(Service):
             enable_idempotence=True,
             # A few ms of linger turns a batch of sends into a few produce requests.
             linger_ms=5,
-            max_batch_size=512 * 1024,
+            max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=30_000,
             **tls.kafka_options(self.settings),
         )
@@ -163,7 +168,7 @@ class Publisher(Service):
                     delivery = await producer.send(topic, value, key=key, partition=partition)
                     deliveries.append((delivery, 1))
                     continue
-                for batch, count in _batches(producer, group):
+                for batch, count in _batches(producer, group, self.settings.kafka_batch_size):
                     delivery = await producer.send_batch(batch, topic, partition=partition)
                     deliveries.append((delivery, count))
         except KafkaError as exc:
@@ -207,10 +212,18 @@ class Publisher(Service):
         return [choose(key, everyone, everyone) for key, _ in messages]
 
 
-def _batches(producer: AIOKafkaProducer, messages: list[Message]) -> Iterator[tuple[Any, int]]:
-    """Record batches holding ``messages`` in order, each with its message count."""
+def _batches(
+    producer: AIOKafkaProducer, messages: list[Message], limit: int
+) -> Iterator[tuple[Any, int]]:
+    """Record batches holding ``messages`` in order, each with its message count.
+
+    A batch holds at most ``limit`` messages (KAFKA_BATCH_SIZE) and MAX_BATCH_BYTES.
+    """
     batch, count = producer.create_batch(), 0
     for key, value in messages:
+        if count == limit:
+            yield batch, count
+            batch, count = producer.create_batch(), 0
         if batch.append(key=key, value=value, timestamp=None) is None:
             if count == 0:
                 raise ValueError(f"a message of {len(value)} bytes does not fit in a batch")

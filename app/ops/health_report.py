@@ -18,6 +18,7 @@ from app.storage.redis_connection import RedisConnection
 log = logging.getLogger(__name__)
 
 CheckState = Literal["ok", "error"]
+Switch = Literal["enabled", "disabled"]
 T = TypeVar("T")
 
 #: A dependency slower than this is as good as down for a health check.
@@ -30,6 +31,9 @@ class Checks(BaseModel):
     redis: CheckState
     staging_backlog: int | None
     last_staging_run: str | None
+    #: The rollout's switches, STAGING_ENABLED and WEBHOOKS_ENABLED (they never fail a check).
+    staging: Switch = "enabled"
+    webhooks: Switch = "enabled"
 
 
 class HealthReport(BaseModel):
@@ -48,11 +52,18 @@ class HealthChecker:
         redis: RedisConnection,
         kafka: KafkaProbe,
         timeout: float = CHECK_TIMEOUT_SECONDS,
+        *,
+        staging_enabled: bool = True,
+        webhooks_enabled: bool = True,
     ) -> None:
         self.database = database
         self.redis = redis
         self.kafka = kafka
         self.timeout = timeout
+        self.switches: dict[str, Switch] = {
+            "staging": "enabled" if staging_enabled else "disabled",
+            "webhooks": "enabled" if webhooks_enabled else "disabled",
+        }
 
     async def report(self) -> HealthReport:
         (staging, database_error), (_, kafka_error), (_, redis_error) = await asyncio.gather(
@@ -78,6 +89,7 @@ class HealthChecker:
             redis="error" if redis_error else "ok",
             staging_backlog=backlog,
             last_staging_run=last_run.isoformat() if last_run else None,
+            **self.switches,
         )
         status: Literal["healthy", "unhealthy"] = "unhealthy" if errors else "healthy"
         return HealthReport(status=status, checks=checks, errors=errors)

@@ -222,3 +222,22 @@ def test_no_secret_shows_in_logs_or_answers(stack: Stack, worker: Worker) -> Non
     leaked = {name: secret for name, secret in secrets.items() if secret in text}
     assert leaked == {}
     assert "LEAK-1" not in worker.log()  # nor the bodies of refused requests
+
+
+def test_the_metrics_port_asks_for_the_same_token_as_the_main_port(worker: Worker) -> None:
+    on_metrics_port = Worker(
+        worker.process, f"http://127.0.0.1:{worker.metrics_port}", worker.log_path
+    )
+    tokens = {"no token": None, "unknown token": "pst_" + "x" * 43, "viewer": VIEWER}
+    answers = {
+        (port, who): call(served, "GET", "/metrics", token)
+        for port, served in (("PORT", worker), ("METRICS_PORT", on_metrics_port))
+        for who, token in tokens.items()
+    }
+    assert answers == {
+        (port, who): 200 if who == "viewer" else 401
+        for port in ("PORT", "METRICS_PORT")
+        for who in tokens
+    }
+    _, text = on_metrics_port.get("/metrics", headers=bearer(VIEWER))
+    assert b"payments_db_pool_size " in text  # measured by the worker, as on PORT

@@ -69,6 +69,8 @@ async def test_all_ok_is_healthy_in_the_plans_shape() -> None:
             "redis": "ok",
             "staging_backlog": 42,
             "last_staging_run": "2026-11-01T12:30:00",
+            "staging": "enabled",
+            "webhooks": "enabled",
         },
         "errors": {},
     }
@@ -109,3 +111,20 @@ async def test_every_dependency_down_names_all_three() -> None:
     assert report.status == "unhealthy"
     assert set(report.errors) == {"database", "kafka", "redis"}
     assert "payment.intake" in report.errors["kafka"]
+
+
+async def test_the_rollout_switches_are_in_the_checks_and_fail_nothing() -> None:
+    on = await checker().report()
+    database = type("D", (), {"pool": FakePool()})()
+    connection = type("R", (), {"client": FakeRedis()})()
+    off = await HealthChecker(
+        cast(Database, database),
+        cast(RedisConnection, connection),
+        cast(KafkaProbe, FakeKafka()),
+        staging_enabled=False,
+        webhooks_enabled=False,
+    ).report()
+
+    assert (on.checks.staging, on.checks.webhooks) == ("enabled", "enabled")
+    assert (off.checks.staging, off.checks.webhooks) == ("disabled", "disabled")
+    assert off.status == "healthy"

@@ -66,3 +66,18 @@ def test_an_ipv4_mapped_peer_matches_an_ipv4_metrics_allowlist() -> None:
     assert _listed("10.1.2.3", networks)
     assert not _listed("::ffff:192.0.2.1", networks)
     assert not _listed(None, networks)
+
+
+def test_the_alerts_counters_are_exported_at_zero_from_the_start() -> None:
+    from app.service import create_app
+    from app.settings import Settings
+
+    create_app(Settings(), store="memory://")
+    found = values(exposition([]).decode())
+    for name, labels in (
+        ("payments_intake_records_lost_total", {"topic": "payment.intake"}),
+        ("payments_dead_letters_total", {"reason": "unprocessable"}),
+        ("payments_redis_unavailable_total", {"operation": "claim"}),
+        ("payments_kafka_messages_total", {"topic": "payment.events", "result": "failed"}),
+    ):
+        assert (name, frozenset(labels.items())) in found, name

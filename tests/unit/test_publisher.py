@@ -99,3 +99,49 @@ async def test_other_failures_keep_the_producer(monkeypatch: pytest.MonkeyPatch)
         assert await publisher.publish("payment.events", [(b"k", b"v")], [3]) == {3: 0}
     finally:
         await publisher.stop()
+
+
+class BatchingProducer(FakeProducer):
+    """Also takes record batches (aiokafka's batch API), remembering each one's messages."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.batches: list[list[bytes]] = []
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> asyncio.Future[Any]:
+        assert topic in self.client.topics, "sent to a topic the metadata may drop"
+        self.batches.append(batch.values)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(type("Meta", (), {"offset": 0, "partition": partition}))
+        return done
+
+
+class FakeBatch:
+    """A record batch with room for any number of messages (the byte limit is aiokafka's)."""
+
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def append(self, key: bytes | None, value: bytes, timestamp: None) -> object:
+        self.values.append(value)
+        return object()
+
+
+async def test_kafka_batch_size_is_the_records_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer = BatchingProducer()
+
+    async def new_producer(self: Publisher) -> BatchingProducer:
+        return producer
+
+    monkeypatch.setattr(Publisher, "_new_producer", new_producer)
+    publisher = Publisher(Settings(kafka_batch_size=3))
+    await publisher.start()
+    try:
+        messages = [(b"REF", str(n).encode()) for n in range(7)]
+        await publisher.publish("payment.intake", messages, [0] * 7)
+    finally:
+        await publisher.stop()
+    assert producer.batches == [[b"0", b"1", b"2"], [b"3", b"4", b"5"], [b"6"]]

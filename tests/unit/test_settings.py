@@ -162,6 +162,8 @@ def test_pool_bounds_are_checked_together(monkeypatch: pytest.MonkeyPatch) -> No
     [
         ({"WEBHOOK_PROCESSES": "2"}, "WEBHOOK_PORT is required when WEBHOOK_PROCESSES"),
         ({"WEBHOOK_PROCESSES": "2", "PORT": "3004", "WEBHOOK_PORT": "3004"}, "must differ"),
+        ({"PORT": "9090"}, r"METRICS_PORT \(9090\) must differ from PORT"),
+        ({"WEBHOOK_PORT": "3005", "METRICS_PORT": "3005"}, "METRICS_PORT .* must differ"),
     ],
 )
 def test_webhook_processes_need_a_port_of_their_own(

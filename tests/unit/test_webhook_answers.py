@@ -385,3 +385,16 @@ async def test_a_forged_forwarded_for_line_before_the_proxys_own_is_not_believed
     request = Request(Body(raw), headers, remote="10.0.0.2")
     reply = await answer_webhook(cast(Any, via), cast(web.Request, request), None)
     assert reply.status == 403
+
+
+async def test_webhooks_switched_off_answer_503_with_retry_after_and_record_nothing() -> None:
+    via = ingress()
+    via.settings = via.settings.model_copy(update={"webhooks_enabled": False})
+
+    reply = await post(via, generic("OFF-1"), "msg-off")
+
+    assert (reply.status, reply.body["error"]) == (503, "disabled")
+    assert reply.headers == {"Retry-After": "5"}
+    assert "WEBHOOKS_ENABLED" in reply.body["message"]
+    assert via.publisher.agent.pending == []
+    assert via.publisher.agent.recorded == set()
