@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from app.instruments import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.instruments import CACHE_REQUESTS, DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
 from app.kafka.publisher import Publisher
 from app.kafka.topics import INTAKE, INTAKE_PARTITIONS
 from app.models import DateWindow
@@ -28,6 +28,7 @@ from app.recording import audit_trail, failures
 from app.recording.decisions import DecisionBoard
 from app.recording.payment_store import PaymentStore
 from app.recording.recorder import BatchReport, Incoming, Recorder
+from app.recording.reference_cache import MemoryCache
 from app.settings import Settings
 from app.storage.database import Database
 from tables.references import References
@@ -85,10 +86,21 @@ def count(report: BatchReport) -> None:
         DECISIONS.labels(source, outcome).inc(n)
     for reason, n in Counter(letter.reason for letter in report.dead_letters).items():
         DEAD_LETTERS.labels(reason).inc(n)
+    # The memory cache counts its own look-ups (app/recording/reference_cache.py).
+    if report.memory_hits:
+        REFERENCE_ANSWERS.labels("memory").inc(report.memory_hits)
     if report.table_hits:
         REFERENCE_ANSWERS.labels("table").inc(report.table_hits)
     if report.postgres_answers:
         REFERENCE_ANSWERS.labels("postgres").inc(report.postgres_answers)
+    for layer, result, n in (
+        ("table", "hit", report.table_hits),
+        ("table", "miss", report.table_misses),
+        ("database", "hit", report.postgres_answers),
+        ("database", "miss", report.postgres_misses),
+    ):
+        if n:
+            CACHE_REQUESTS.labels(layer, result).inc(n)
 
 
 async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchReport:
@@ -120,6 +132,7 @@ def register(
     publisher: Publisher,
     decisions: DecisionBoard,
     window: DateWindow,
+    memory: MemoryCache | None = None,
     faults: FaultHooks | None = None,
 ) -> Any:
     """Add the intake topic and the agent to ``app``; returns the agent."""
@@ -150,6 +163,7 @@ def register(
             announce=lambda report: decisions.post(
                 report.decisions, report.committed, report.dead_letters
             ),
+            memory=memory,
         )
         within = settings.record_batch_window_ms / 1000
         audit_log = settings.audit_log

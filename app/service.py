@@ -28,7 +28,8 @@ from app.ops import commands
 from app.ops.health_report import HealthChecker
 from app.ops.log_format import use_log_format
 from app.ops.operator_audit import SecretAudit
-from app.recording.decisions import DecisionBoard
+from app.recording.decisions import DecisionBoard, redis_cache_seconds
+from app.recording.reference_cache import memory_cache
 from app.settings import Settings
 from app.storage.database import Database
 from app.storage.redis_connection import RedisConnection
@@ -89,7 +90,9 @@ class PaymentService(faust.App):
         self.kafka_probe = KafkaProbe(settings)
         self.publisher = Publisher(settings)
         self.helpers = ProcessPool(settings.staging_helper_processes)
-        self.decisions = DecisionBoard(self.redis)
+        self.decisions = DecisionBoard(self.redis, cache_seconds=redis_cache_seconds(settings))
+        # One memory cache for the process: the record agent's and the views' (fronts have theirs).
+        self.memory = memory_cache(settings)
         self.webhook_counts = WebhookCounts(settings, process_name("worker"))
         dependencies = (
             self.database,
@@ -117,6 +120,7 @@ class PaymentService(faust.App):
             publisher=self.publisher,
             decisions=self.decisions,
             window=self.date_window,
+            memory=self.memory,
             faults=_fault_hooks(settings),
         )
         poll_staging.register(
@@ -146,6 +150,7 @@ class PaymentService(faust.App):
                 publisher=self.publisher,
                 date_window=self.date_window,
                 webhook_counts=self.webhook_counts,
+                memory=self.memory,
             ),
         )
         admin.register(self, settings=settings)
