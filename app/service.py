@@ -28,6 +28,7 @@ from app.ops import commands
 from app.ops.health_report import HealthChecker
 from app.ops.log_format import use_log_format
 from app.ops.operator_audit import SecretAudit
+from app.recording.cache_warming import CacheWarming
 from app.recording.decisions import DecisionBoard, redis_cache_seconds
 from app.recording.reference_cache import memory_cache
 from app.settings import Settings
@@ -94,8 +95,10 @@ class PaymentService(faust.App):
         # One memory cache for the process: the record agent's and the views' (fronts have theirs).
         self.memory = memory_cache(settings)
         self.webhook_counts = WebhookCounts(settings, process_name("worker"))
+        self.cache_warming = CacheWarming(self.database, self.memory, settings.cache_warm_hours)
         dependencies = (
             self.database,
+            self.cache_warming,  # after the database; it warms in the background
             self.redis,
             self.kafka_probe,
             self.publisher,
@@ -137,7 +140,7 @@ class PaymentService(faust.App):
         maintain_partitions.register(self, settings=settings, database=self.database)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
-        health.register(self, health=self.health)
+        health.register(self, health=self.health, warming=self.cache_warming)
         metrics.register(self, settings=settings, database=self.database)
         stats.register(self, settings=settings, database=self.database)
         webhooks.register(
