@@ -48,7 +48,8 @@ WEBHOOK_SECONDS = Histogram(
 DECISIONS = Counter(
     "payments_decisions_total",
     "Records decided, by source (staging, webhook) and outcome; each once, whichever layer"
-    " answered it (the record agent, or a webhook view from its memory or Redis cache)",
+    " answered it (the record agent, a webhook view from its memory or Redis cache, the"
+    " staging poller's check for exact repeats)",
     ["source", "outcome"],
 )
 DEAD_LETTERS = Counter(
