@@ -86,7 +86,6 @@ def count(report: BatchReport) -> None:
         DECISIONS.labels(source, outcome).inc(n)
     for reason, n in Counter(letter.reason for letter in report.dead_letters).items():
         DEAD_LETTERS.labels(reason).inc(n)
-    # The memory cache counts its own look-ups (app/recording/reference_cache.py).
     if report.memory_hits:
         REFERENCE_ANSWERS.labels("memory").inc(report.memory_hits)
     if report.table_hits:
@@ -94,6 +93,8 @@ def count(report: BatchReport) -> None:
     if report.postgres_answers:
         REFERENCE_ANSWERS.labels("postgres").inc(report.postgres_answers)
     for layer, result, n in (
+        ("memory", "hit", report.memory_hits),
+        ("memory", "miss", report.memory_misses),
         ("table", "hit", report.table_hits),
         ("table", "miss", report.table_misses),
         ("database", "hit", report.postgres_answers),

@@ -246,6 +246,7 @@ def _cached_layer(ingress: Ingress, claim: Claim, record: PaymentRecord) -> str 
     memory = ingress.memory
     if memory is not None and claim.state == "new":
         known = memory.get(record.reference_number)
+        CACHE_REQUESTS.labels("memory", "miss" if known is None else "hit").inc()
         if known is not None and record.is_recorded_as(known.fingerprint):
             return "memory"
     if claim.state == "unchecked" or ingress.decisions.cache_seconds is None:

@@ -95,6 +95,7 @@ class BatchReport:
     decisions: list[Decision] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     memory_hits: int = 0
+    memory_misses: int = 0
     table_hits: int = 0
     table_misses: int = 0
     postgres_answers: int = 0
@@ -114,6 +115,7 @@ class BatchReport:
             whole.decisions += report.decisions
             whole.dead_letters += report.dead_letters
             whole.memory_hits += report.memory_hits
+            whole.memory_misses += report.memory_misses
             whole.table_hits += report.table_hits
             whole.table_misses += report.table_misses
             whole.postgres_answers += report.postgres_answers
@@ -166,11 +168,13 @@ class Recorder:
             reference = record.reference_number
             if reference in known or reference in candidates:
                 continue
-            hit = None if memory is None else memory.get(reference)
-            if hit is not None:
-                known[reference] = hit
-                report.memory_hits += 1
-                continue
+            if memory is not None:
+                hit = memory.get(reference)
+                if hit is not None:
+                    known[reference] = hit
+                    report.memory_hits += 1
+                    continue
+                report.memory_misses += 1
             hit = self.references.get(item.event, reference)
             if hit is not None:
                 known[reference] = hit

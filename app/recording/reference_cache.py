@@ -17,21 +17,21 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from app.instruments import CACHE_REQUESTS
 from app.models import KnownReference
 from app.settings import Settings
 
-LAYER = "memory"
-
 
 class MemoryCache:
-    """A bounded LRU of :class:`KnownReference` by reference; counts its hits and misses."""
+    """A bounded LRU of :class:`KnownReference` by reference.
+
+    Its callers count hits and misses (``payments_cache_requests_total``): the
+    record agent once per batch, since a counter increment in prometheus-client's
+    multiprocess mode costs as much as the look-up.
+    """
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._entries: OrderedDict[str, KnownReference] = OrderedDict()
-        self._hits = CACHE_REQUESTS.labels(LAYER, "hit")
-        self._misses = CACHE_REQUESTS.labels(LAYER, "miss")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -39,11 +39,8 @@ class MemoryCache:
     def get(self, reference: str) -> KnownReference | None:
         """The committed fingerprint and payment_id of ``reference``; None: ask the next layer."""
         known = self._entries.get(reference)
-        if known is None:
-            self._misses.inc()
-            return None
-        self._entries.move_to_end(reference)
-        self._hits.inc()
+        if known is not None:
+            self._entries.move_to_end(reference)
         return known
 
     def put(self, reference: str, known: KnownReference) -> None:
