@@ -138,22 +138,25 @@ def test_the_start_log_says_what_the_redis_switch_leaves_on(
         assert worker.logged("the webhook-id replay window")
 
 
-#: References recorded "today" before the worker starts: enough that warming them takes
-#: a while (batches of 5000) while /health/startup is asked.
+#: References recorded before the worker starts: enough that warming them takes a few
+#: seconds (60 batches of 5000) while /health/startup is asked.
 WARM_ROWS = 300_000
 
-INSERT_RECENT = """
+#: ``$2`` references created ``$3`` hours ago and before, 1000 a second (a batch of the
+#: record agent shares its transaction's created_at).
+INSERT_RECORDED = """
 INSERT INTO payment_service.payment_references
-       (reference_number, payment_id, payment_date, fingerprint)
-SELECT $1 || n, gen_random_uuid(), now(), md5(n::text) || md5(n::text)
+       (reference_number, payment_id, payment_date, fingerprint, created_at)
+SELECT $1 || n, gen_random_uuid(), now(), md5(n::text) || md5(n::text),
+       LOCALTIMESTAMP - make_interval(hours => $3, secs => n / 1000)
   FROM generate_series(1, $2) AS n
 """
 
 
-async def record_recent(stack: Stack, prefix: str, count: int) -> None:
+async def record(stack: Stack, prefix: str, count: int, hours_ago: int) -> None:
     connection = await asyncpg.connect(**stack.db_connect_kwargs())
     try:
-        await connection.execute(INSERT_RECENT, prefix, count)
+        await connection.execute(INSERT_RECORDED, prefix, count, hours_ago)
     finally:
         await connection.close()
 
@@ -170,7 +173,8 @@ def test_the_startup_probe_answers_503_until_the_cache_is_warmed_then_200(
     stack: Stack, tmp_path: Path
 ) -> None:
     asyncio.run(fresh_pipeline(stack))
-    asyncio.run(record_recent(stack, f"SU-{RUN}-", WARM_ROWS))
+    asyncio.run(record(stack, f"SU-{RUN}-", WARM_ROWS, hours_ago=0))
+    asyncio.run(record(stack, f"OLD-{RUN}-", 1000, hours_ago=25))  # past CACHE_WARM_HOURS
     env = app_env(f"startup-{RUN}", WEBHOOK_SECRET=OLD, MEMORY_CACHE_MAX_SIZE=str(WARM_ROWS + 1000))
     with run_worker(stack, tmp_path, **env) as worker:
         answers: list[tuple[int, dict[str, Any]]] = []
@@ -193,6 +197,6 @@ def test_the_startup_probe_answers_503_until_the_cache_is_warmed_then_200(
         {"status": "started", "checks": {"cache": "warmed", "tables": "recovered"}},
     )
     assert len(done) == 1
-    assert done[0].startswith(f"cache warming done: {WARM_ROWS} references"), done
+    assert done[0].startswith(f"cache warming done: {WARM_ROWS} references"), done  # no OLD-
     progress = [m for m in worker.log_messages() if m.startswith("cache warming: ")]
     assert any("references loaded" in m for m in progress), progress
