@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from app.instruments import DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
+from app.instruments import CACHE_REQUESTS, DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
 from app.kafka.faust_patches import take_batches
 from app.kafka.publisher import Publisher
 from app.kafka.topics import INTAKE, INTAKE_PARTITIONS
@@ -29,6 +29,7 @@ from app.recording import audit_trail, failures
 from app.recording.decisions import DecisionBoard
 from app.recording.payment_store import PaymentStore
 from app.recording.recorder import BatchReport, Incoming, Recorder
+from app.recording.reference_cache import MemoryCache
 from app.settings import Settings
 from app.storage.database import Database
 from tables.references import References
@@ -86,10 +87,22 @@ def count(report: BatchReport) -> None:
         DECISIONS.labels(source, outcome).inc(n)
     for reason, n in Counter(letter.reason for letter in report.dead_letters).items():
         DEAD_LETTERS.labels(reason).inc(n)
+    if report.memory_hits:
+        REFERENCE_ANSWERS.labels("memory").inc(report.memory_hits)
     if report.table_hits:
         REFERENCE_ANSWERS.labels("table").inc(report.table_hits)
     if report.postgres_answers:
         REFERENCE_ANSWERS.labels("postgres").inc(report.postgres_answers)
+    for layer, result, n in (
+        ("memory", "hit", report.memory_hits),
+        ("memory", "miss", report.memory_misses),
+        ("table", "hit", report.table_hits),
+        ("table", "miss", report.table_misses),
+        ("database", "hit", report.postgres_answers),
+        ("database", "miss", report.postgres_misses),
+    ):
+        if n:
+            CACHE_REQUESTS.labels(layer, result).inc(n)
 
 
 async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchReport:
@@ -121,6 +134,7 @@ def register(
     publisher: Publisher,
     decisions: DecisionBoard,
     window: DateWindow,
+    memory: MemoryCache | None = None,
     faults: FaultHooks | None = None,
 ) -> Any:
     """Add the intake topic and the agent to ``app``; returns the agent."""
@@ -151,6 +165,7 @@ def register(
             announce=lambda report: decisions.post(
                 report.decisions, report.committed, report.dead_letters
             ),
+            memory=memory,
         )
         within = settings.record_batch_window_ms / 1000
         audit_log = settings.audit_log

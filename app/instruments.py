@@ -47,7 +47,9 @@ WEBHOOK_SECONDS = Histogram(
 )
 DECISIONS = Counter(
     "payments_decisions_total",
-    "Records the record agent decided, by source (staging, webhook) and outcome",
+    "Records decided, by source (staging, webhook) and outcome; each once, whichever layer"
+    " answered it (the record agent, a webhook view from its memory or Redis cache, the"
+    " staging poller's check for exact repeats)",
     ["source", "outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -58,6 +60,12 @@ REFERENCE_ANSWERS = Counter(
     "Where a known reference's answer came from: the RocksDB table, the Redis hot cache"
     " (webhook views) or Postgres",
     ["layer"],
+)
+CACHE_REQUESTS = Counter(
+    "payments_cache_requests_total",
+    "Look-ups of a known reference, by layer (memory: the process's LRU; redis: the hot cache;"
+    " table: RocksDB; database: payment_references) and result (hit, miss)",
+    ["layer", "result"],
 )
 KAFKA_MESSAGES = Counter(
     "payments_kafka_messages_total",

@@ -35,7 +35,9 @@ from app.ops import commands
 from app.ops.health_report import HealthChecker
 from app.ops.log_format import use_log_format
 from app.ops.operator_audit import SecretAudit
-from app.recording.decisions import DecisionBoard
+from app.recording.cache_warming import CacheWarming
+from app.recording.decisions import DecisionBoard, redis_cache_seconds
+from app.recording.reference_cache import memory_cache
 from app.settings import Settings
 from app.storage.database import Database
 from app.storage.redis_connection import RedisConnection
@@ -97,10 +99,14 @@ class PaymentService(faust.App):
         self.kafka_probe = KafkaProbe(settings)
         self.publisher = Publisher(settings)
         self.helpers = ProcessPool(settings.staging_helper_processes)
-        self.decisions = DecisionBoard(self.redis)
+        self.decisions = DecisionBoard(self.redis, cache_seconds=redis_cache_seconds(settings))
+        # One memory cache for the process: the record agent's and the views' (fronts have theirs).
+        self.memory = memory_cache(settings)
         self.webhook_counts = WebhookCounts(settings, process_name("worker"))
+        self.cache_warming = CacheWarming(self.database, self.memory, settings.cache_warm_hours)
         dependencies = (
             self.database,
+            self.cache_warming,  # after the database; it warms in the background
             self.redis,
             self.kafka_probe,
             self.publisher,
@@ -133,6 +139,7 @@ class PaymentService(faust.App):
             publisher=self.publisher,
             decisions=self.decisions,
             window=self.date_window,
+            memory=self.memory,
             faults=_fault_hooks(settings),
         )
         poll_staging.register(
@@ -149,7 +156,7 @@ class PaymentService(faust.App):
         maintain_partitions.register(self, settings=settings, database=self.database)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
-        health.register(self, health=self.health)
+        health.register(self, health=self.health, warming=self.cache_warming)
         metrics.register(self, settings=settings, database=self.database)
         stats.register(self, settings=settings, database=self.database)
         webhooks.register(
@@ -162,6 +169,7 @@ class PaymentService(faust.App):
                 publisher=self.publisher,
                 date_window=self.date_window,
                 webhook_counts=self.webhook_counts,
+                memory=self.memory,
             ),
         )
         admin.register(self, settings=settings)

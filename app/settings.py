@@ -271,8 +271,8 @@ class RedisSection(BaseModel):
         86400,
         ge=1,
         description=(
-            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
-            "the hot reference cache's lifetime is fixed today."
+            "How long a reference stays in the Redis hot cache (ENABLE_REDIS_CACHE); the "
+            "webhook-id replay window is 24 h whatever this says."
         ),
     )
     redis_password: SecretStr | None = Field(None, description="Redis AUTH (requirepass).")
@@ -382,20 +382,28 @@ class PerformanceSection(BaseModel):
     enable_memory_cache: bool = Field(
         True,
         description=(
-            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
-            "the RocksDB references table is the local cache and is always on."
+            "An in-process LRU of committed references in each web process and the record "
+            "path, in front of Redis, the RocksDB table and Postgres."
         ),
     )
     memory_cache_max_size: int = Field(
         10000,
         ge=0,
-        description="Not yet read by anything (accepted from the plan; issue 20 implements it).",
+        description="References the memory cache holds per process (0: no memory cache).",
     )
     enable_redis_cache: bool = Field(
         True,
         description=(
-            "Not yet read by anything (accepted from the plan; issue 20 implements it): "
-            "the Redis hot reference cache is always on."
+            "The Redis hot reference cache of the webhook views; false takes it out (the "
+            "replay window, stored answers, announcements and rate limits stay: not caches)."
+        ),
+    )
+    cache_warm_hours: float = Field(
+        24,
+        ge=0,
+        description=(
+            "At start a worker loads the references recorded in the last this many hours into "
+            "its memory cache (0: none); GET /health/startup answers 200 once it is done."
         ),
     )
     reference_cache_ttl_days: int = Field(90, ge=1)

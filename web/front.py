@@ -37,7 +37,8 @@ from app.intake.webhook_counts import WebhookCounts, process_name
 from app.kafka.publisher import Publisher
 from app.models import DateWindow
 from app.ops.log_format import FormattedWorker, log_before_setup
-from app.recording.decisions import DecisionBoard
+from app.recording.decisions import DecisionBoard, redis_cache_seconds
+from app.recording.reference_cache import describe, memory_cache
 from app.settings import Settings, load_settings
 from app.storage.redis_connection import RedisConnection
 from web.webhooks import OPENAPI, answer_webhook
@@ -58,7 +59,8 @@ class Front(Service):
         self.index = index
         self.redis = RedisConnection(settings)
         self.publisher = Publisher(settings, name=f"front-{index}")
-        self.decisions = DecisionBoard(self.redis)
+        self.decisions = DecisionBoard(self.redis, cache_seconds=redis_cache_seconds(settings))
+        self.memory = memory_cache(settings)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         self.date_window = DateWindow.of(settings)
@@ -79,7 +81,13 @@ class Front(Service):
         site = web.TCPSite(runner, self.settings.web_bind, port, reuse_port=True)
         await site.start()
         self._runner = runner
-        log.info("webhook front %d (pid %d) listening on port %s", self.index, os.getpid(), port)
+        log.info(
+            "webhook front %d (pid %d) listening on port %s; memory cache: %s",
+            self.index,
+            os.getpid(),
+            port,
+            describe(self.memory),
+        )
 
     async def on_stop(self) -> None:
         runner, self._runner = self._runner, None

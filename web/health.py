@@ -7,6 +7,9 @@
 - ``/health/ready``: 200 once the worker has joined the consumer group (a partition
   assignment done, no rebalance under way), its tables are recovered, and the
   three dependencies answer; for a readiness probe (send traffic when it passes).
+- ``/health/startup``: 503 until the memory cache is warmed (app/recording/cache_warming.py)
+  and the tables are recovered, then 200 for good; for a startup probe (liveness and
+  readiness are not asked before it passes). Never looks at dependencies.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from faust.web import Request, Response, View
 
 from app.ops.health_report import HealthChecker
+from app.recording.cache_warming import CacheWarming
 from web.binding import bound
 
 if TYPE_CHECKING:
@@ -64,8 +68,29 @@ class ReadinessView(View):
         return self.json(body, status=200 if ready else 503)
 
 
-def register(app: Any, *, health: HealthChecker) -> None:
-    """Route /health, /health/live and /health/ready."""
+class StartupView(View):
+    """GET /health/startup: the cache warmed and the tables recovered once."""
+
+    warming: CacheWarming
+
+    async def get(self, request: Request) -> Response:
+        recovery = cast("TableManager", self.app.tables).recovery
+        recovered = recovery.completed.is_set()
+        warmed = self.warming.done.is_set()
+        started = warmed and recovered
+        body = {
+            "status": "started" if started else "starting",
+            "checks": {
+                "cache": "warmed" if warmed else "warming",
+                "tables": "recovered" if recovered else "recovering",
+            },
+        }
+        return self.json(body, status=200 if started else 503)
+
+
+def register(app: Any, *, health: HealthChecker, warming: CacheWarming) -> None:
+    """Route /health, /health/live, /health/ready and /health/startup."""
     app.page("/health")(bound(HealthView, health=health))
     app.page("/health/live")(LivenessView)
     app.page("/health/ready")(bound(ReadinessView, health=health))
+    app.page("/health/startup")(bound(StartupView, warming=warming))

@@ -34,14 +34,14 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from app.exceptions import PublishFailed
-from app.instruments import REFERENCE_ANSWERS, WEBHOOK_SECONDS
+from app.instruments import CACHE_REQUESTS, DECISIONS, REFERENCE_ANSWERS, WEBHOOK_SECONDS
 from app.intake.channels import CHANNELS, GENERIC, Channel
 from app.intake.webhook_body import Rejected, parse_body, record_for
 from app.kafka.codecs import encode_record
 from app.kafka.topics import INTAKE
-from app.models import DeadLetterReason, PaymentRecord
+from app.models import DeadLetterReason, KnownReference, PaymentRecord
 from app.recording import audit_trail, dedup
-from app.recording.decisions import Answer
+from app.recording.decisions import Answer, Claim
 from web.binding import bound
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from app.kafka.publisher import Publisher
     from app.models import DateWindow
     from app.recording.decisions import DecisionBoard
+    from app.recording.reference_cache import MemoryCache
     from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Ingress(Protocol):
     publisher: Publisher
     date_window: DateWindow
     webhook_counts: WebhookCounts
+    memory: MemoryCache | None
 
 
 @dataclass
@@ -105,6 +107,7 @@ class WorkerIngress:
     publisher: Publisher
     date_window: DateWindow
     webhook_counts: WebhookCounts
+    memory: MemoryCache | None = None
 
 
 @dataclass(frozen=True)
@@ -185,13 +188,16 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     replay = claim.state == "seen"
     if claim.answer is not None:
         return _reply(claim.answer, replay=True)
-    if dedup.is_exact_repeat(record.fingerprint, claim.fingerprint):
-        # Committed within the replay window with the same fields: a duplicate.
-        REFERENCE_ANSWERS.labels("redis").inc()
+    layer = _cached_layer(ingress, claim, record)
+    if layer is not None:
+        # Committed with the same fields: a duplicate, decided here and counted once.
+        REFERENCE_ANSWERS.labels(layer).inc()
         answer = Answer(200, {"status": "duplicate", "payment_id": str(record.payment_id)})
         await board.remember(endpoint, webhook_id, answer)
-        if ingress.settings.audit_log and not replay:
-            audit_trail.decisions([dedup.duplicate_of(record)], ())
+        if not replay:
+            DECISIONS.labels(record.source, "duplicate").inc()
+            if ingress.settings.audit_log:
+                audit_trail.decisions([dedup.duplicate_of(record)], ())
         return _reply(answer, replay=replay)
 
     # A replay still undecided is published again: its first delivery may have
@@ -225,9 +231,43 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
             # The announcement may have come while the listener was away: the stored
             # decision says what it said.
             answer = await board.stored(endpoint, webhook_id) or _accepted(record)
+        if answer.body.get("status") == "created" and ingress.memory is not None:
+            # This record created it: its fingerprint is the recorded one. (A duplicate's
+            # may not be: a payment recorded before currency was a field matches without it.)
+            ingress.memory.put(
+                record.reference_number, KnownReference(record.fingerprint, record.payment_id)
+            )
         return _reply(answer, replay=replay)
     finally:
         board.forget(endpoint, webhook_id, decided)
+
+
+def _cached_layer(ingress: Ingress, claim: Claim, record: PaymentRecord) -> str | None:
+    """The cache layer that knows ``record`` as recorded with its fields, if one does.
+
+    Memory first, only for a request that took its webhook-id just now: in the
+    worker the record agent caches a reference before it stores the decision, and
+    a retry of the delivery that created it must hear ``created``, not
+    ``duplicate`` of itself. Then the Redis hot cache (its entries are written
+    after the decisions), as :meth:`DecisionBoard.claim` read it.
+    """
+    memory = ingress.memory
+    if memory is not None and claim.state == "new":
+        known = memory.get(record.reference_number)
+        CACHE_REQUESTS.labels("memory", "miss" if known is None else "hit").inc()
+        if known is not None and dedup.is_duplicate(record, known.fingerprint):
+            return "memory"
+    if claim.state == "unchecked" or ingress.decisions.cache_seconds is None:
+        return None  # Redis away, or its hot cache off: not asked
+    if claim.fingerprint is None:
+        CACHE_REQUESTS.labels("redis", "miss").inc()
+        return None
+    CACHE_REQUESTS.labels("redis", "hit").inc()
+    if not dedup.is_duplicate(record, claim.fingerprint):
+        return None  # another payment under this reference: the agent says conflict
+    if memory is not None:
+        memory.put(record.reference_number, KnownReference(claim.fingerprint, record.payment_id))
+    return "redis"
 
 
 def _forwarded_for(http: web.Request) -> list[str]:

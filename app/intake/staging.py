@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import asyncpg
 from pydantic import ValidationError
 
-from app.instruments import STAGING_BATCH_SECONDS, STAGING_ROWS
+from app.instruments import DECISIONS, STAGING_BATCH_SECONDS, STAGING_ROWS
 from app.intake.process_pool import ProcessPool
 from app.kafka.codecs import dead_letter_message, encode_record
 from app.kafka.publisher import Message
@@ -427,6 +427,8 @@ class StagingPoller:
         STAGING_BATCH_SECONDS.observe(time.perf_counter() - clock)
         STAGING_ROWS.labels("published").inc(summary.published)
         STAGING_ROWS.labels("duplicate").inc(summary.duplicates)
+        # Decided here, never by the record agent: counted once, as every decision is.
+        DECISIONS.labels("staging", "duplicate").inc(summary.duplicates)
         STAGING_ROWS.labels("invalid").inc(len(summary.errors))
         log.debug(
             "staging: ids %d-%d: %d rows, %d published, %d duplicates, %d invalid",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,7 +21,7 @@ from app.kafka.codecs import decode_event
 from app.kafka.topic_reader import TopicReader, partition_for_key
 from app.models import payment_id_for
 from app.recording import payment_store
-from app.recording.decisions import decision_key, references_key
+from app.recording.decisions import decision_key, hot_cache_keys
 from app.settings import Settings
 from app.storage.database import connect
 from app.storage.redis_connection import RedisConnection
@@ -106,22 +106,24 @@ async def _postgres(settings: Settings, lookup: Lookup) -> list[str]:
 
 
 async def _redis(settings: Settings, lookup: Lookup, note: Say) -> None:
-    """The hot cache (today's and yesterday's hash) and webhook decisions naming the payment."""
+    """The hot cache (this period's and the last one's hash) and webhook decisions naming it."""
     payment_id = str(payment_id_for(lookup.reference))
-    today = datetime.now(UTC).date()
     redis = RedisConnection(settings)
     await redis.start()
     try:
         client = redis.client
         cached = False
-        for day in (today, today - timedelta(days=1)):
-            key = references_key(day)
-            fingerprint = await client.hget(key, lookup.reference)
-            if fingerprint is not None:
+        for key in hot_cache_keys(datetime.now(UTC), settings.redis_ttl_seconds):
+            entry = await client.hget(key, lookup.reference)
+            if entry is not None:
                 cached = True
-                lookup.found(f"redis {key}", f"fingerprint {_text(fingerprint)[:12]}…")
+                fingerprint, _, cached_at = _text(entry).partition(" ")
+                lookup.found(
+                    f"redis {key}",
+                    f"fingerprint {fingerprint[:12]}…, cached at {cached_at or '?'} (Unix time)",
+                )
         if not cached:
-            lookup.absent("redis hot cache (payments:references:{today,yesterday})")
+            lookup.absent("redis hot cache (payments:references:{this period,the last})")
         # Decisions are keyed by webhook id, which no row keeps: look for the payment_id
         # in their answers, over a bounded scan.
         scanned = 0

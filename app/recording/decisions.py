@@ -21,10 +21,17 @@ channel's id never answers for another's. Keys (all expire after ANSWER_TTL_SECO
   body first sent under the id;
 - ``payments:{endpoint}:decision:{id}`` — the answer for that id: what the agent
   decided for its record (or the hot cache's duplicate); the first one stands;
-- ``payments:references:{YYYY-MM-DD}`` — a hash of the references webhooks
-  carried that were committed that day (UTC) → their fingerprints; kept two
-  days, so the last 24 h are always in today's or yesterday's. One HSET per
-  batch: a SET with a TTL per reference costs ~40 µs through redis-py.
+- ``payments:references:{start}`` — the **hot cache** (ENABLE_REDIS_CACHE): a hash
+  of the references webhooks carried that were committed in one period of
+  REDIS_TTL_SECONDS starting at ``start`` (UTC, ``2026-12-02T00:00:00Z``) → their
+  fingerprint and the second they were cached; a hit older than REDIS_TTL_SECONDS
+  is a miss, and each hash expires two periods after its last write, so the
+  current and the previous period hold every live entry. One HSET per batch: a SET
+  with a TTL per reference costs ~40 µs through redis-py.
+
+Only the hot cache is a cache. The replay window, the stored answers and the
+announcements coordinate the processes (one answer per webhook-id, whoever holds
+the request): ENABLE_REDIS_CACHE=false leaves them on.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from mode import Service
@@ -42,6 +49,7 @@ from redis.exceptions import RedisError
 
 from app.instruments import REDIS_UNAVAILABLE
 from app.models import DeadLetter, Decision, KnownReference, endpoint_of
+from app.settings import Settings
 from app.storage.redis_connection import RedisConnection
 
 log = logging.getLogger(__name__)
@@ -52,15 +60,19 @@ ANSWER_TTL_SECONDS = 24 * 3600
 DECISIONS_CHANNEL = "payments:decisions"
 
 #: A webhook request's one round trip: claim the id for this body (SET NX), and read
-#: what an earlier request stored under it, the decision, and the hot cache (today's
-#: hash, else yesterday's). redis-py spent more building and parsing the five
-#: pipelined commands than the round trip took. Missing values come back as "".
+#: what an earlier request stored under it, the decision, and the hot cache when it is
+#: on (KEYS[3] the current period's hash, else KEYS[4] the previous one's). redis-py
+#: spent more building and parsing the five pipelined commands than the round trip
+#: took. Missing values come back as "".
 CLAIM_SCRIPT = """
 local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
 local stored = redis.call('GET', KEYS[1])
 local decided = redis.call('GET', KEYS[2])
-local cached = redis.call('HGET', KEYS[3], ARGV[3])
-if not cached then cached = redis.call('HGET', KEYS[4], ARGV[3]) end
+local cached = false
+if #KEYS > 2 then
+  cached = redis.call('HGET', KEYS[3], ARGV[3])
+  if not cached then cached = redis.call('HGET', KEYS[4], ARGV[3]) end
+end
 return {taken and 1 or 0, stored or '', decided or '', cached or ''}
 """
 
@@ -91,8 +103,32 @@ def waiting_key(endpoint: str, webhook_id: str) -> str:
     return f"{endpoint}:{webhook_id}"
 
 
-def references_key(day: date) -> str:
-    return f"payments:references:{day.isoformat()}"
+def redis_cache_seconds(settings: Settings) -> int | None:
+    """The hot cache's lifetime (REDIS_TTL_SECONDS), or None when ENABLE_REDIS_CACHE is off."""
+    return settings.redis_ttl_seconds if settings.enable_redis_cache else None
+
+
+def hot_cache_keys(now: datetime, ttl_seconds: int) -> tuple[str, str]:
+    """The hot cache's hashes for the period of ``now`` and the one before (module doc)."""
+    period = int(now.timestamp()) // ttl_seconds
+    return _hot_cache_key(period * ttl_seconds), _hot_cache_key((period - 1) * ttl_seconds)
+
+
+def _hot_cache_key(start: int) -> str:
+    return f"payments:references:{datetime.fromtimestamp(start, UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def hot_cache_entry(fingerprint: str, now: datetime) -> str:
+    """A hot-cache value: the recorded fingerprint and the second it was cached."""
+    return f"{fingerprint} {int(now.timestamp())}"
+
+
+def hot_cache_fingerprint(entry: str, now: datetime, ttl_seconds: int) -> str | None:
+    """The fingerprint of a hot-cache value, unless older than ``ttl_seconds``."""
+    fingerprint, _, cached_at = entry.partition(" ")
+    if not cached_at.isdigit() or now.timestamp() - int(cached_at) > ttl_seconds:
+        return None
+    return fingerprint
 
 
 @dataclass(frozen=True)
@@ -132,7 +168,8 @@ class Claim:
     ``state``: ``new`` (this request has the id), ``seen`` (an earlier request
     with the same body had it: ``answer`` is its decision if one was made),
     ``reused`` (the id came with another body) or ``unchecked`` (Redis away).
-    ``fingerprint`` is what the hot cache holds for the reference, if anything.
+    ``fingerprint`` is what the hot cache holds for the reference, if anything
+    (always None when the hot cache is off or Redis away).
     """
 
     state: str
@@ -148,13 +185,38 @@ def _letter_endpoint(letter: DeadLetter) -> str:
 
 
 class DecisionBoard(Service):
-    """One per worker: the agent posts decisions here; web views wait for them."""
+    """One per web process: the agent posts decisions here; web views wait for them.
 
-    def __init__(self, redis: RedisConnection, **kwargs: Any) -> None:
+    ``cache_seconds``: REDIS_TTL_SECONDS for the hot cache, or None when
+    ENABLE_REDIS_CACHE is off (then nothing reads or writes it).
+    """
+
+    def __init__(
+        self,
+        redis: RedisConnection,
+        *,
+        cache_seconds: int | None = ANSWER_TTL_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         self.redis = redis
+        self.cache_seconds = cache_seconds
         self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
         self._claim_script: Any = None
         super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        if self.cache_seconds is None:
+            log.info(
+                "ENABLE_REDIS_CACHE=false: no hot reference cache in Redis (duplicates go to "
+                "the record agent); Redis still keeps the webhook-id replay window, the stored "
+                "answers, the decision announcements and the rate limits: they coordinate the "
+                "processes, they are not a cache"
+            )
+        else:
+            log.info(
+                "Redis hot reference cache on: entries answer for REDIS_TTL_SECONDS=%d",
+                self.cache_seconds,
+            )
 
     # --- the record agent's side ---------------------------------------------------
 
@@ -204,15 +266,18 @@ class DecisionBoard(Service):
                 # The cache after the decisions: a request that finds the reference
                 # cached finds its own id's decision too, and is not told "duplicate"
                 # of the payment its first delivery created.
-                fingerprints = {
-                    decision.reference_number: committed[decision.reference_number].fingerprint
+                now = datetime.now(UTC)
+                entries = {
+                    decision.reference_number: hot_cache_entry(
+                        committed[decision.reference_number].fingerprint, now
+                    )
                     for decision in webhook
                     if decision.reference_number in committed
                 }
-                if fingerprints:
-                    today = references_key(datetime.now(UTC).date())
-                    pipe.hset(today, mapping=fingerprints)  # type: ignore[arg-type]  # str→str
-                    pipe.expire(today, 2 * ANSWER_TTL_SECONDS)
+                if entries and self.cache_seconds is not None:
+                    current, _ = hot_cache_keys(now, self.cache_seconds)
+                    pipe.hset(current, mapping=entries)  # type: ignore[arg-type]  # str→str
+                    pipe.expire(current, 2 * self.cache_seconds)
                 stored = (await pipe.execute())[: len(decided)]
             # The first decision for an id stands, and is what every wait hears: a
             # redelivered or retried record is decided again, as a duplicate of itself.
@@ -252,24 +317,23 @@ class DecisionBoard(Service):
 
     async def claim(self, endpoint: str, webhook_id: str, body_hash: str, reference: str) -> Claim:
         """Take ``webhook_id`` for this body, or say what came before; read the hot cache too."""
-        today = datetime.now(UTC).date()
+        now = datetime.now(UTC)
         if self._claim_script is None:
             self._claim_script = self.redis.client.register_script(CLAIM_SCRIPT)
+        keys = [webhook_key(endpoint, webhook_id), decision_key(endpoint, webhook_id)]
+        if self.cache_seconds is not None:
+            keys += hot_cache_keys(now, self.cache_seconds)
         try:
             taken, stored, decided, cached = await self._claim_script(
-                keys=[
-                    webhook_key(endpoint, webhook_id),
-                    decision_key(endpoint, webhook_id),
-                    references_key(today),
-                    references_key(today - timedelta(days=1)),
-                ],
-                args=[body_hash, ANSWER_TTL_SECONDS, reference],
+                keys=keys, args=[body_hash, ANSWER_TTL_SECONDS, reference]
             )
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("claim").inc()
             log.warning("webhook %s: Redis unavailable (%r); no replay check", webhook_id, exc)
             return Claim("unchecked")
-        fingerprint = _text(cached) or None
+        fingerprint = None
+        if self.cache_seconds is not None and _text(cached):
+            fingerprint = hot_cache_fingerprint(_text(cached), now, self.cache_seconds)
         if taken:
             return Claim("new", fingerprint=fingerprint)
         if _text(stored) not in ("", body_hash):

@@ -15,10 +15,12 @@ recorded before                        duplicate if the same payment, else confl
 "The same payment" is an equal fingerprint, or the fingerprint a payment recorded
 before currency was a field has (``PaymentRecord.is_recorded_as``).
 
-The doors (the webhook view's hot cache, the staging poller's pre-filter) may skip
-the trip to the record agent for an **exact repeat** of a committed reference only
-(:func:`is_exact_repeat`); anything else, a possible conflict included, goes to the
-agent, which decides. Every decision, whoever takes it, is built by :func:`decision`.
+The doors (the webhook views' memory and Redis caches, the staging poller's
+pre-filter) may skip the trip to the record agent for a **duplicate** of a committed
+reference only (:func:`is_duplicate`; a staging row, which names no currency, by
+its fingerprint alone: :func:`is_exact_repeat`); anything else, a possible conflict
+included, goes to the agent, which decides. Every decision, whoever takes it, is
+built by :func:`decision`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def outcome_for(record: PaymentRecord, recorded_fingerprint: str, *, first: bool
     if record.is_recorded_as(recorded_fingerprint):
         return "duplicate"
     return "conflict"
+
+
+def is_duplicate(record: PaymentRecord, recorded_fingerprint: str | None) -> bool:
+    """A door's shortcut: the reference is recorded, as this very payment (a cache says so)."""
+    return recorded_fingerprint is not None and record.is_recorded_as(recorded_fingerprint)
 
 
 def is_exact_repeat(fingerprint: str, recorded_fingerprint: str | None) -> bool:

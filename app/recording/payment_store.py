@@ -186,6 +186,18 @@ SELECT coalesce(sum(cardinality(event_ids)), 0) AS events,
 FROM payment_service.outbox
 """
 
+#: Cache warming's next batch, newest first, before the cursor ($2, $3), within the last $1 seconds.
+#: ``created_at`` is a TIMESTAMP filled by the session's NOW(): LOCALTIMESTAMP is its clock.
+RECENT_REFERENCES = """
+SELECT reference_number, fingerprint, payment_id, created_at
+  FROM payment_service.payment_references
+ WHERE created_at >= LOCALTIMESTAMP - make_interval(secs => $1)
+   AND created_at <= $2
+   AND (created_at, reference_number) < ($2, $3)
+ ORDER BY created_at DESC, reference_number DESC
+ LIMIT $4
+"""
+
 PAYMENT_COLUMNS = (
     "id",
     "reference_number",
@@ -325,6 +337,17 @@ async def every_payment(connection: asyncpg.Connection) -> AsyncIterator[asyncpg
 async def outbox_figures(connection: asyncpg.Connection) -> asyncpg.Record:
     """``events`` unsent in the outbox and ``oldest_seconds``, the oldest row's age (0: none)."""
     return await connection.fetchrow(OUTBOX_FIGURES)
+
+
+async def recent_references(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    seconds: float,
+    before: tuple[datetime, str],
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` references created in the last ``seconds``, newest first, before
+    the keyset cursor ``before`` (created_at naive UTC, reference_number)."""
+    return list(await connection.fetch(RECENT_REFERENCES, seconds, before[0], before[1], limit))
 
 
 class PaymentStore:

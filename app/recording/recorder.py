@@ -3,7 +3,8 @@
 The order within a batch is the invariant-keeping order of docs/architecture.md:
 
 1. decode and check each record (bad ones become dead letters);
-2. the ``references`` table answers the references it knows (a hit means committed);
+2. the process's memory cache (ENABLE_MEMORY_CACHE), then the ``references`` table,
+   answer the references they know (a hit means committed);
 3. the rest go to Postgres in ONE transaction (claim references, payments rows,
    an outbox row with their events), which also answers the references that
    were already taken;
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +68,11 @@ class ReferenceTable(Protocol):
     async def put_many(self, entries: Sequence[tuple[Any, str, KnownReference]]) -> None: ...
 
 
+class KnownCache(Protocol):
+    def get(self, reference: str) -> KnownReference | None: ...
+    def put_many(self, entries: Mapping[str, KnownReference]) -> None: ...
+
+
 class Sink(Protocol):
     async def publish(self, topic: str, messages: Sequence[Message]) -> Any: ...
 
@@ -86,8 +92,13 @@ class BatchReport:
 
     decisions: list[Decision] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    memory_hits: int = 0
+    memory_misses: int = 0
     table_hits: int = 0
+    table_misses: int = 0
     postgres_answers: int = 0
+    #: References Postgres did not hold before this batch (it created them).
+    postgres_misses: int = 0
     #: Every reference of the batch now committed in Postgres, as recorded.
     committed: dict[str, KnownReference] = field(default_factory=dict)
 
@@ -101,8 +112,12 @@ class BatchReport:
         for report in reports:
             whole.decisions += report.decisions
             whole.dead_letters += report.dead_letters
+            whole.memory_hits += report.memory_hits
+            whole.memory_misses += report.memory_misses
             whole.table_hits += report.table_hits
+            whole.table_misses += report.table_misses
             whole.postgres_answers += report.postgres_answers
+            whole.postgres_misses += report.postgres_misses
             whole.committed.update(report.committed)
         return whole
 
@@ -121,6 +136,7 @@ class Recorder:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         crash_after_commit: Callable[[], None] | None = None,
         announce: Callable[[BatchReport], Awaitable[None]] | None = None,
+        memory: KnownCache | None = None,
     ) -> None:
         self.store = store
         self.references = references
@@ -130,6 +146,7 @@ class Recorder:
         self.sleep = sleep
         self._crash_after_commit = crash_after_commit
         self._announce = announce
+        self.memory = memory
 
     async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
         report = BatchReport()
@@ -141,19 +158,28 @@ class Recorder:
             if record is not None:
                 records.append((item, record))
 
-        # 2. the table, for the first occurrence of each reference
+        # 2. memory, then the table, for the first occurrence of each reference
         known: dict[str, KnownReference] = {}
         candidates: dict[str, PaymentRecord] = {}
+        memory = self.memory
         for item, record in records:
             reference = record.reference_number
             if reference in known or reference in candidates:
                 continue
+            if memory is not None:
+                hit = memory.get(reference)
+                if hit is not None:
+                    known[reference] = hit
+                    report.memory_hits += 1
+                    continue
+                report.memory_misses += 1
             hit = self.references.get(item.event, reference)
             if hit is not None:
                 known[reference] = hit
                 report.table_hits += 1
             else:
                 candidates[reference] = record
+                report.table_misses += 1
 
         # 3. Postgres, one transaction (or one per record if the batch is refused)
         result = RecordResult()
@@ -168,6 +194,9 @@ class Recorder:
             report.postgres_answers += 1
         for reference, record in created.items():
             known[reference] = KnownReference(record.fingerprint, record.payment_id)
+        report.postgres_misses = len(created)
+        if memory is not None:
+            memory.put_many(known)  # all committed now
 
         # Decide every record in arrival order: the first carrier of a created
         # reference created it; everything else is compared with what is recorded.

@@ -41,17 +41,6 @@ SECRET = "whsec_" + "cHJvbWV0aGV1cyB0ZXN0IHNpZ25pbmcgc2VjcmV0IQ=="
 WEBHOOK = "/api/v1/payments/webhook"
 LISTENING = re.compile(r"webhook front 0 \(pid \d+\) listening")
 
-#: What the dashboard reads that the service does not export yet: the cache work of issue 20,
-#: done in parallel, adds both. Empty this set once it is merged; nothing else is spared.
-PENDING_METRICS = {
-    # The cache layers' hit counts, payments_cache_requests_total{layer,result} (the cache panel).
-    "payments_cache_requests_total",
-    # Every decision counted once in payments_decisions_total, whichever layer answered it:
-    # today a webhook duplicate the Redis hot cache answers is no decision, so the plan's
-    # duplicate rate per decision has no duplicate series under this load.
-    'payments_decisions_total{outcome="duplicate"}',
-}
-
 #: The load: unique webhooks and exact repeats of some of them (new webhook ids).
 UNIQUE = 12
 REPEATS = 4
@@ -101,10 +90,6 @@ def latest(url: str, expr: str) -> float:
     """The expression's value now (a one-series result), 0 when it has none at this moment."""
     found = query(url, expr)
     return float(found[0]["value"][1]) if found else 0.0
-
-
-def pending(expr: str) -> bool:
-    return any(name in expr for name in PENDING_METRICS)
 
 
 def dashboard_exprs(window: str) -> list[tuple[str, str]]:
@@ -204,7 +189,7 @@ def test_every_dashboard_panel_returns_series(loaded: Loaded) -> None:
     empty = [
         (title, expr)
         for title, expr in dashboard_exprs("1m")
-        if not query_range(url, expr, started, ended) and not pending(expr)
+        if not query_range(url, expr, started, ended)
     ]
     assert empty == []
 
@@ -230,7 +215,7 @@ def test_every_metric_the_dashboard_reads_exists(loaded: Loaded) -> None:
     url, started, ended = loaded
     names = exported(url, started, ended)
     used = {name for _, expr in dashboard_exprs("1m") for name in METRIC.findall(expr)}
-    assert used - names - PENDING_METRICS == set()
+    assert used - names == set()
 
 
 def counted(url: str, selector: str, at: float) -> float:
@@ -264,6 +249,5 @@ def test_the_duplicate_rate_is_the_loads(loaded: Loaded) -> None:
     answers = query(url, rates["webhook answers"], at=ended)
     assert float(answers[0]["value"][1]) == pytest.approx(implied, abs=0.01)
     per_decision = rates["per decision"]
-    if not pending(per_decision):  # the cache work of issue 20 (PENDING_METRICS)
-        decided = query(url, per_decision, at=ended)
-        assert float(decided[0]["value"][1]) == pytest.approx(implied, abs=0.01)
+    decided = query(url, per_decision, at=ended)
+    assert float(decided[0]["value"][1]) == pytest.approx(implied, abs=0.01)

@@ -132,7 +132,8 @@ def test_known_references_stay_duplicates_even_when_only_postgres_knows(
     second_run = run_id()
     second = tmp_path / "second"
     second.mkdir()
-    with run_worker(stack, second, **app_env(second_run)) as worker:
+    # Nor does it warm its memory cache from Postgres: Postgres itself must answer.
+    with run_worker(stack, second, **app_env(second_run, CACHE_WARM_HOURS="0")) as worker:
         asyncio.run(_publish_staged_again(stack, load.rows))
         asyncio.run(wait_consumed(stack, second_run, wait_seconds=120))
 

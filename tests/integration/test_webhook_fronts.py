@@ -141,7 +141,27 @@ def test_metrics_sum_the_fronts_and_the_worker_after_a_known_load(
     assert moved(webhook, status="200") == 3
     assert moved(webhook, status="401") == 1
     assert moved("payments_decisions_total", source="webhook", outcome="created") == 10
-    assert moved("payments_reference_answers_total", layer="redis") == 3
+    # The duplicates are decisions too, counted once though no record agent saw them: the
+    # front that created a reference knows it in memory, the other asks Redis's hot cache.
+    assert moved("payments_decisions_total", source="webhook", outcome="duplicate") == 3
+    answered = {
+        layer: moved("payments_reference_answers_total", layer=layer)
+        for layer in ("memory", "redis", "table", "postgres")
+    }
+    assert answered["memory"] + answered["redis"] == 3, answered
+    assert (answered["table"], answered["postgres"]) == (0, 0), answered
+    hits = {
+        layer: moved("payments_cache_requests_total", layer=layer, result="hit")
+        for layer in ("memory", "redis")
+    }
+    assert hits == {"memory": answered["memory"], "redis": answered["redis"]}
+    # Each new reference: a miss in the front's memory and in Redis, then in the agent's
+    # memory, the table and Postgres, which creates it.
+    for layer in ("redis", "table", "database"):
+        assert moved("payments_cache_requests_total", layer=layer, result="miss") == 10, layer
+    assert (
+        moved("payments_cache_requests_total", layer="memory", result="miss") == 20 + hits["redis"]
+    )
     intake = {"topic": "payment.intake", "result": "ok"}
     assert moved("payments_kafka_messages_total", **intake) == 10
     assert moved("payments_kafka_messages_total", topic="payment.events", result="ok") == 10

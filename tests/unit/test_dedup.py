@@ -53,8 +53,13 @@ def test_a_door_skips_the_agent_only_for_an_exact_repeat() -> None:
     assert dedup.is_exact_repeat(ORIGINAL.fingerprint, ORIGINAL.fingerprint)
     assert not dedup.is_exact_repeat(ORIGINAL.fingerprint, None)  # unknown: the agent decides
     assert not dedup.is_exact_repeat(OTHER_AMOUNT.fingerprint, ORIGINAL.fingerprint)
-    # The legacy match is the agent's to make (it reads the stored fields to be sure).
+    # A row's fingerprint alone cannot match a payment recorded before currency was a field ...
     assert not dedup.is_exact_repeat(WITH_CURRENCY.fingerprint, LEGACY)
+    # ... a record can: a cache may answer duplicate where the agent would.
+    assert dedup.is_duplicate(WITH_CURRENCY, LEGACY)
+    assert dedup.is_duplicate(SAME, ORIGINAL.fingerprint)
+    assert not dedup.is_duplicate(OTHER_AMOUNT, ORIGINAL.fingerprint)
+    assert not dedup.is_duplicate(ORIGINAL, None)
 
 
 def test_decisions_carry_the_references_own_payment_id_unless_told() -> None:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiokafka.errors import KafkaConnectionError
+from prometheus_client import REGISTRY
 
 from app.exceptions import PublishFailed
 from app.intake.staging import StagingPoller, prepare_rows
@@ -245,6 +246,10 @@ async def test_an_exact_repeat_postgres_holds_is_marked_but_not_published() -> N
 
     db = Database([row(1), row(2)])
     publisher = FakePublisher()
+    decided = ("payments_decisions_total", {"source": "staging", "outcome": "duplicate"})
+    before = REGISTRY.get_sample_value(*decided) or 0.0
     await poller(db, publisher).drain()
     assert db.processed == {1, 2}
     assert publisher.keys(INTAKE) == [b"REF-2"]
+    # The repeat is a decision the poller took: counted once, as the agent's are.
+    assert (REGISTRY.get_sample_value(*decided) or 0.0) - before == 1

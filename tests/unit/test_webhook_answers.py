@@ -7,21 +7,33 @@ and record agent; the board's Redis keys are checked over a fake pipeline.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from prometheus_client import REGISTRY
 
+from app.intake.channels import GENERIC
 from app.intake.guards import Guards
 from app.intake.signatures import Verifier
+from app.intake.webhook_body import parse_body, record_for
 from app.kafka.codecs import decode_record
 from app.models import DateWindow, Decision, KnownReference, endpoint_of, payment_id_for
-from app.recording.decisions import Answer, Claim, DecisionBoard
+from app.recording.decisions import (
+    Answer,
+    Claim,
+    DecisionBoard,
+    hot_cache_entry,
+    hot_cache_fingerprint,
+    hot_cache_keys,
+)
+from app.recording.reference_cache import MemoryCache
 from app.settings import Settings
 from app.storage.redis_connection import RedisConnection
 from tests.webhook_client import signed
@@ -35,19 +47,23 @@ CARD_SECRET = "whsec_" + "Y2FyZCBwcm9jZXNzb3IgY2hhbm5lbCBzZWNyZXQ="
 class FakeBoard:
     """app.recording.decisions.DecisionBoard's view side over dicts keyed like its Redis keys."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_seconds: int | None = None) -> None:
         self.bodies: dict[tuple[str, str], str] = {}
         self.decisions: dict[tuple[str, str], Answer] = {}
         self.waiting: dict[tuple[str, str], list[asyncio.Future[Answer]]] = {}
+        #: The hot cache, reference → recorded fingerprint (read only when cache_seconds is set).
+        self.cache_seconds = cache_seconds
+        self.hot: dict[str, str] = {}
 
     async def claim(self, endpoint: str, webhook_id: str, body_hash: str, reference: str) -> Claim:
         key = (endpoint, webhook_id)
+        cached = self.hot.get(reference) if self.cache_seconds is not None else None
         if key not in self.bodies:
             self.bodies[key] = body_hash
-            return Claim("new")
+            return Claim("new", fingerprint=cached)
         if self.bodies[key] != body_hash:
             return Claim("reused")
-        return Claim("seen", self.decisions.get(key))
+        return Claim("seen", self.decisions.get(key), cached)
 
     def expect(self, endpoint: str, webhook_id: str) -> asyncio.Future[Answer]:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
@@ -102,8 +118,10 @@ class FakePublisher:
 
     agent: FakeAgent
     ack_delay: float = 0.0
+    published: int = 0
 
     async def publish(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+        self.published += len(messages)
         self.agent.pending += [value for _, value in messages]
         if self.ack_delay:
             await asyncio.sleep(self.ack_delay)  # the broker wrote it; the ack is late
@@ -135,21 +153,29 @@ class Ingress:
     guards: OpenGuards = field(default_factory=OpenGuards)
     date_window: DateWindow = field(default_factory=lambda: WINDOW)
     webhook_counts: NoCounts = field(default_factory=NoCounts)
+    memory: MemoryCache | None = None
     verifier: Verifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.verifier = Verifier(self.settings)
 
 
-def ingress(*, announce: bool = True, ack_delay: float = 0.0) -> Ingress:
+def ingress(
+    *,
+    announce: bool = True,
+    ack_delay: float = 0.0,
+    memory: MemoryCache | None = None,
+    cache_seconds: int | None = None,
+) -> Ingress:
     settings = Settings(
         webhook_secret=SECRET,  # type: ignore[arg-type]  # parsed from text, as from the env
         webhook_channel_secrets={"card": [CARD_SECRET]},  # type: ignore[dict-item]
         webhook_timeout_ms=100,
         audit_log=False,
     )
-    board = FakeBoard()
-    return Ingress(settings, board, FakePublisher(FakeAgent(board, announce), ack_delay))
+    board = FakeBoard(cache_seconds)
+    publisher = FakePublisher(FakeAgent(board, announce), ack_delay)
+    return Ingress(settings, board, publisher, memory=memory)
 
 
 @dataclass
@@ -252,6 +278,83 @@ async def test_the_generic_body_cannot_speak_for_a_channel_with_an_endpoint() ->
     )
     assert (after.status, after.body["status"]) == (201, "created")
     assert via.publisher.agent.recorded == {"CASH-1"}
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+MEMORY_REQUESTS = "payments_cache_requests_total"
+
+
+def duplicates_counted() -> float:
+    return sample("payments_decisions_total", source="webhook", outcome="duplicate")
+
+
+async def test_a_duplicate_the_redis_hot_cache_answers_is_counted_once_as_a_decision() -> None:
+    via = ingress(cache_seconds=86400)
+    record = await post(via, generic("HOT-1"), "msg-hot-1")
+    via.decisions.hot["HOT-1"] = fingerprint_of_body(generic("HOT-1"))
+    before = (
+        duplicates_counted(),
+        sample("payments_cache_requests_total", layer="redis", result="hit"),
+    )
+
+    reply = await post(via, generic("HOT-1"), "msg-hot-2")
+    replay = await post(via, generic("HOT-1"), "msg-hot-2")  # its answer again: no new decision
+
+    assert (record.status, reply.status, reply.body["status"]) == (201, 200, "duplicate")
+    assert replay.headers == {"Idempotent-Replay": "true"}
+    assert via.publisher.agent.recorded == {"HOT-1"}  # the duplicate never reached the agent
+    after = (
+        duplicates_counted(),
+        sample("payments_cache_requests_total", layer="redis", result="hit"),
+    )
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+async def test_the_memory_cache_answers_a_duplicate_without_the_agent() -> None:
+    via = ingress(memory=MemoryCache(10))
+    created = await post(via, generic("MEM-1"), "msg-mem-1")
+    before = (duplicates_counted(), sample(MEMORY_REQUESTS, layer="memory", result="hit"))
+
+    duplicate = await post(via, generic("MEM-1"), "msg-mem-2")
+    other = await post(via, generic("MEM-1", amount="1.00"), "msg-mem-3")
+
+    assert (created.status, duplicate.status, duplicate.body["status"]) == (201, 200, "duplicate")
+    assert duplicate.body["payment_id"] == str(payment_id_for("MEM-1"))
+    after = (duplicates_counted(), sample(MEMORY_REQUESTS, layer="memory", result="hit"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+    # The first and the one with other fields went to the agent (it names a conflict's fields).
+    assert via.publisher.published == 2
+    assert other.status == 200  # the fake agent only says it knew the reference
+
+
+async def test_memory_never_answers_a_retry_of_the_delivery_that_created_the_payment() -> None:
+    via = ingress(memory=MemoryCache(10))
+    body = generic("MEM-RETRY")
+    # The first delivery was published and recorded; in the worker the record agent caches
+    # the reference before it stores the decision, and the retry comes in between.
+    raw = json.dumps(body).encode()
+    via.decisions.bodies["generic", "msg-retry"] = hashlib.sha256(raw).hexdigest()
+    cached = KnownReference(fingerprint_of_body(body), payment_id_for("MEM-RETRY"))
+    cast(MemoryCache, via.memory).put("MEM-RETRY", cached)
+
+    retry = await post(via, body, "msg-retry")
+    another = await post(via, body, "msg-another")
+
+    assert (retry.status, retry.body["status"]) == (201, "created")  # its own record's decision
+    assert (another.status, another.body["status"]) == (200, "duplicate")  # from memory
+    assert via.publisher.published == 1
+
+
+def fingerprint_of_body(body: dict[str, Any]) -> str:
+    """The fingerprint of the record a generic webhook body becomes."""
+    raw = json.dumps(body).encode()
+    now = datetime.now(UTC)
+    return record_for(
+        GENERIC, parse_body(raw), webhook_id="x", received_at=now, window=WINDOW
+    ).fingerprint
 
 
 class FakePipeline:
@@ -398,3 +501,30 @@ async def test_webhooks_switched_off_answer_503_with_retry_after_and_record_noth
     assert "WEBHOOKS_ENABLED" in reply.body["message"]
     assert via.publisher.agent.pending == []
     assert via.publisher.agent.recorded == set()
+
+
+async def test_with_the_redis_cache_off_decisions_are_stored_and_nothing_is_cached() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis), cache_seconds=None)
+    created = decision("R-1", "created", None, "msg-1")
+
+    await board.post([created], {"R-1": KnownReference("fingerprint", created.payment_id)})
+
+    assert redis.ops == ["set"]  # the stored answer (coordination), no hot-cache hash
+    assert len(redis.announcements) == 1
+
+
+def test_a_hot_cache_entry_answers_for_redis_ttl_seconds_then_misses() -> None:
+    cached_at = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+    entry = hot_cache_entry("ab" * 32, cached_at)
+
+    assert hot_cache_fingerprint(entry, cached_at + timedelta(seconds=600), 600) == "ab" * 32
+    assert hot_cache_fingerprint(entry, cached_at + timedelta(seconds=601), 600) is None
+    # The period's hash and the one before hold every entry younger than the TTL.
+    assert hot_cache_keys(cached_at + timedelta(seconds=599), 600) == (
+        "payments:references:2026-12-02T10:00:00Z",
+        "payments:references:2026-12-02T09:50:00Z",
+    )
+    assert hot_cache_keys(cached_at + timedelta(seconds=600), 600)[1] == (
+        "payments:references:2026-12-02T10:00:00Z"
+    )
