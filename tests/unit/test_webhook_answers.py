@@ -528,3 +528,22 @@ def test_a_hot_cache_entry_answers_for_redis_ttl_seconds_then_misses() -> None:
     assert hot_cache_keys(cached_at + timedelta(seconds=600), 600)[1] == (
         "payments:references:2026-12-02T10:00:00Z"
     )
+
+
+async def test_an_announcement_wakes_the_views_waiting_for_its_ids_only() -> None:
+    redis = FakeRedis()
+    board = DecisionBoard(cast(RedisConnection, redis))
+    waiting = board.expect("generic", "msg-1")
+    other = board.expect("card", "msg-1")  # the same id through another endpoint
+    await board.post([decision("R-1", "created", None, "msg-1")], {})
+    (announcement,) = redis.announcements
+
+    board._deliver(b"not json")  # a stray message on the channel is ignored
+    assert not waiting.done()
+    board._deliver(json.dumps(announcement).encode())
+
+    assert waiting.result().status == 201
+    assert not other.done()
+    board.forget("card", "msg-1", other)
+    board.forget("generic", "msg-1", waiting)
+    assert board._waiting == {}
