@@ -7,7 +7,6 @@ hashes to) up to its end offset seen at the start.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,8 +19,7 @@ from app.exceptions import DependencyUnavailable
 from app.kafka.codecs import decode_event
 from app.kafka.topic_reader import TopicReader, partition_for_key
 from app.models import payment_id_for
-from app.recording import payment_store
-from app.recording.decisions import decision_key, hot_cache_keys
+from app.recording import decisions, payment_store
 from app.settings import Settings
 from app.storage.database import connect
 from app.storage.redis_connection import RedisConnection
@@ -111,59 +109,33 @@ async def _redis(settings: Settings, lookup: Lookup, note: Say) -> None:
     redis = RedisConnection(settings)
     await redis.start()
     try:
-        client = redis.client
-        cached = False
-        for key in hot_cache_keys(datetime.now(UTC), settings.redis_ttl_seconds):
-            entry = await client.hget(key, lookup.reference)
-            if entry is not None:
-                cached = True
-                fingerprint, _, cached_at = _text(entry).partition(" ")
-                lookup.found(
-                    f"redis {key}",
-                    f"fingerprint {fingerprint[:12]}…, cached at {cached_at or '?'} (Unix time)",
-                )
+        cached = await decisions.hot_cache_entries(
+            redis, lookup.reference, datetime.now(UTC), settings.redis_ttl_seconds
+        )
+        for key, fingerprint, cached_at in cached:
+            lookup.found(
+                f"redis {key}",
+                f"fingerprint {fingerprint[:12]}…, cached at {cached_at or '?'} (Unix time)",
+            )
         if not cached:
             lookup.absent("redis hot cache (payments:references:{this period,the last})")
         # Decisions are keyed by webhook id, which no row keeps: look for the payment_id
         # in their answers, over a bounded scan.
-        scanned = 0
-        decisions = 0
-        async for keys in _key_chunks(client, decision_key("*", "*")):
-            values = await client.mget(keys)
-            for key, value in zip(keys, values, strict=True):
-                if value is not None and payment_id in _text(value):
-                    decisions += 1
-                    answer = json.loads(value)
-                    # payments:{endpoint}:decision:{id}; an endpoint name holds no colon.
-                    endpoint, _, webhook_id = (
-                        _text(key).removeprefix("payments:").partition(":decision:")
-                    )
-                    lookup.found(
-                        "redis decision",
-                        f"webhook-id {webhook_id}: HTTP "
-                        f"{answer.get('status')} {answer.get('body', {}).get('status')} "
-                        f"(endpoint {endpoint})",
-                    )
-            before, scanned = scanned, scanned + len(keys)
-            if scanned // 50_000 > before // 50_000:
-                note(f"... scanned {scanned} decision keys in Redis")
-            if scanned >= DECISION_SCAN_LIMIT:
-                break
-        if not decisions:
-            limited = ", stopped at the limit" if scanned >= DECISION_SCAN_LIMIT else ""
-            lookup.absent(f"redis decisions (scanned {scanned} keys{limited})")
+        scan = decisions.DecisionScan(limit=DECISION_SCAN_LIMIT)
+        found = 0
+        async for endpoint, webhook_id, answer in scan.naming(redis, payment_id, note):
+            found += 1
+            lookup.found(
+                "redis decision",
+                f"webhook-id {webhook_id}: HTTP "
+                f"{answer.get('status')} {answer.get('body', {}).get('status')} "
+                f"(endpoint {endpoint})",
+            )
+        if not found:
+            limited = ", stopped at the limit" if scan.scanned >= DECISION_SCAN_LIMIT else ""
+            lookup.absent(f"redis decisions (scanned {scan.scanned} keys{limited})")
     finally:
         await redis.stop()
-
-
-async def _key_chunks(client: Any, pattern: str) -> Any:
-    cursor = 0
-    while True:
-        cursor, keys = await client.scan(cursor, match=pattern, count=1000)
-        if keys:
-            yield keys
-        if not cursor:
-            return
 
 
 def _text(value: bytes | str) -> str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -396,3 +396,50 @@ class DecisionBoard(Service):
             for future in futures:
                 if not future.done():
                     future.set_result(answer)
+
+
+# --- what operators read (app/ops/lookup.py) ---------------------------------------
+
+
+async def hot_cache_entries(
+    redis: RedisConnection, reference: str, now: datetime, cache_seconds: int
+) -> list[tuple[str, str, str]]:
+    """Each hot-cache hash holding ``reference``: (key, fingerprint, cached at)."""
+    found = []
+    for key in hot_cache_keys(now, cache_seconds):
+        entry = await redis.client.hget(key, reference)
+        if entry is not None:
+            fingerprint, _, cached_at = _text(entry).partition(" ")
+            found.append((key, fingerprint, cached_at))
+    return found
+
+
+@dataclass
+class DecisionScan:
+    """A bounded scan of the stored decisions; ``scanned`` counts the keys looked at."""
+
+    limit: int
+    scanned: int = 0
+
+    async def naming(
+        self, redis: RedisConnection, payment_id: str, progress: Callable[[str], None]
+    ) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+        """(endpoint, webhook-id, answer) of each stored decision naming ``payment_id``."""
+        client = redis.client
+        cursor = 0
+        while self.scanned < self.limit:
+            cursor, keys = await client.scan(cursor, match=decision_key("*", "*"), count=1000)
+            if keys:
+                values = await client.mget(keys)
+                for key, value in zip(keys, values, strict=True):
+                    if value is not None and payment_id in _text(value):
+                        # payments:{endpoint}:decision:{id}; an endpoint name holds no colon.
+                        endpoint, _, webhook_id = (
+                            _text(key).removeprefix("payments:").partition(":decision:")
+                        )
+                        yield endpoint, webhook_id, json.loads(value)
+                before, self.scanned = self.scanned, self.scanned + len(keys)
+                if self.scanned // 50_000 > before // 50_000:
+                    progress(f"... scanned {self.scanned} decision keys in Redis")
+            if not cursor:
+                return

@@ -234,8 +234,11 @@ def test_the_duplicate_rate_is_the_loads(loaded: Loaded) -> None:
     }
     assert answered == {"200": REPEATS, "201": UNIQUE}
     # The dashboard's lines over a window from the flat seconds before the load: rate()
-    # extrapolates each series to the window's ends, so the ratio is the load's within 0.01
-    # (4/15 and 4/17, one answer more or less, are further off).
+    # extrapolates each series to the window's ends, and on a loaded machine a late scrape
+    # moves a series' ends by a second or two, so a line is the load's ratio within 0.03
+    # (0.24 for 0.25 was seen); the exact counts are asserted above. A wrong expression
+    # (the ratio inverted, 201s counted as duplicates, decisions of one layer only) is
+    # further off.
     window = f"{int(ended - started) + 4}s"
     panel = next(
         panel
@@ -247,7 +250,7 @@ def test_the_duplicate_rate_is_the_loads(loaded: Loaded) -> None:
         for target in panel["targets"]
     }
     answers = query(url, rates["webhook answers"], at=ended)
-    assert float(answers[0]["value"][1]) == pytest.approx(implied, abs=0.01)
+    assert float(answers[0]["value"][1]) == pytest.approx(implied, abs=0.03)
     per_decision = rates["per decision"]
     decided = query(url, per_decision, at=ended)
-    assert float(decided[0]["value"][1]) == pytest.approx(implied, abs=0.01)
+    assert float(decided[0]["value"][1]) == pytest.approx(implied, abs=0.03)
