@@ -431,7 +431,7 @@ def report(results: list[Result], implementations: list[Implementation]) -> None
                     "the project's rows/s"
                 )
         rounds = sorted({result.round for result in results})
-        print("paired within each round (peer's time / project's time, best project config):")
+        print(f"paired within each round, {best}'s time / the peer's time:")
         for implementation in implementations:
             if implementation.kind == "project":
                 continue
@@ -444,7 +444,7 @@ def report(results: list[Result], implementations: list[Implementation]) -> None
                 if mine and theirs:
                     pairs.append(theirs[0].seconds / mine[0].seconds)
             text = ", ".join(f"{pair:.2f}" for pair in pairs)
-            print(f"  project/{implementation}: {text} (the project takes this many times as long)")
+            print(f"  {implementation}: {text}")
 
 
 def counts_list(text: str) -> list[int]:
