@@ -401,8 +401,10 @@ def run_once(
 # --- the report -------------------------------------------------------------------
 
 
-def report(results: list[Result], implementations: list[Implementation]) -> None:
-    print("\nmedians (rows/s; CPU µs per row in the same window):")
+def report(results: list[Result], implementations: list[Implementation], settings: str) -> None:
+    print(
+        f"\nmedians (rows/s; CPU µs per row in the same window); the workers' settings: {settings}"
+    )
     print(
         "| implementation | runs | median rows/s | pipeline CPU/row | Postgres CPU/row "
         "| broker CPU/row | Redis CPU/row |"
@@ -431,7 +433,7 @@ def report(results: list[Result], implementations: list[Implementation]) -> None
                     "the project's rows/s"
                 )
         rounds = sorted({result.round for result in results})
-        print(f"paired within each round, {best}'s time / the peer's time:")
+        print(f"paired within each round, the time of {best} / the peer's time:")
         for implementation in implementations:
             if implementation.kind == "project":
                 continue
@@ -483,7 +485,8 @@ def main() -> None:
         f"stack: Kafka {stack.kafka_bootstrap}, Postgres {stack.db_port}, "
         f"Redis {stack.redis_port}, state {state}"
     )
-    print(f"workers' settings: {effective_settings(stack, worker_env('x', overrides))}")
+    settings = effective_settings(stack, worker_env("x", overrides))
+    print(f"workers' settings: {settings}")
     print(
         "peers: claims of 1,000 rows; plain: fetches of up to 2,000; quix: checkpoint every "
         "0.5 s or 2,000 records"
@@ -508,7 +511,7 @@ def main() -> None:
             )
             result.round = number
             results.append(result)
-    report(results, implementations)
+    report(results, implementations, settings)
     print(f"\nlogs under {folder}; rerun: {' '.join(['bench/staging', *sys.argv[1:]])}")
 
 
