@@ -36,6 +36,7 @@ from faust.web import Request, Response, View
 from app.exceptions import PublishFailed
 from app.instruments import REFERENCE_ANSWERS, WEBHOOK_SECONDS
 from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.signatures import signature_headers
 from app.intake.webhook_body import Rejected, parse_body, record_for
 from app.kafka.codecs import encode_record
 from app.kafka.topics import INTAKE
@@ -129,7 +130,7 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
                 rejected.status,
                 rejected.error,
                 channel_name or GENERIC.name,
-                http.headers.get("webhook-id"),
+                signature_headers(http.headers)["webhook-id"] or None,
                 None if client is None else str(client),
             )
     seconds = time.perf_counter() - started
@@ -158,9 +159,10 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     if wait is not None:
         raise Rejected(429, "rate_limited", "too many requests from this address", retry=wait)
     raw = await _read_body(http, ingress.settings.webhook_max_body_bytes)
-    if not ingress.verifier.verify(channel.name, raw, headers):
+    signature = signature_headers(headers)  # webhook-* or, from Svix, svix-*
+    if not ingress.verifier.verify(channel.name, raw, signature):
         raise Rejected(401, "unauthorized", "missing or invalid webhook signature")
-    webhook_id = headers["webhook-id"]
+    webhook_id = signature["webhook-id"]
     record = record_for(
         channel,
         parse_body(raw),
