@@ -105,7 +105,9 @@ class PaymentService(faust.App):
             self.add_dependency(dependency)
         if settings.webhook_processes:
             self.add_dependency(Fronts(settings))
-        self.health = HealthChecker(self.database, self.redis, self.kafka_probe)
+        self.health = HealthChecker(
+            self.database, self.redis, self.kafka_probe, max_age=settings.probe_cache_seconds
+        )
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
         faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)

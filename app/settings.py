@@ -446,6 +446,15 @@ class MonitoringSection(BaseModel):
         True, description="One payments.audit line per decision and per refused webhook."
     )
     enable_metrics: bool = True
+    probe_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description=(
+            "How long /health and /metrics reuse a probe's result (0: every answer probes);"
+            " callers during a probe share it."
+        ),
+    )
     metrics_port: int = Field(
         9090,
         ge=1,

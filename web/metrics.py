@@ -1,4 +1,9 @@
-"""GET /metrics: Prometheus text for the worker and its fronts, plus gauges measured on request."""
+"""GET /metrics: Prometheus text for the worker and its fronts, plus gauges measured on request.
+
+The gauges that take queries (Postgres figures, partitions, consumer lag) are
+measured at most once per PROBE_CACHE_SECONDS (app/ops/recent.py), and
+``payments_measured_age_seconds`` says how old they are.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
 from app.intake.guards import address
 from app.kafka.topics import INTAKE
 from app.ops.authorization import Caller
+from app.ops.recent import Recent
 from app.settings import IPNetwork, Settings
 from app.storage import partitions
 from app.storage.database import Database
@@ -36,10 +42,11 @@ FROM payment_service.outbox
 
 
 class MetricsView(View):
-    """Counters and histograms of every process; Postgres and pool gauges measured now."""
+    """Counters and histograms of every process; the pool's gauges now, the queried ones recent."""
 
     settings: Settings
     database: Database
+    measured: Recent[list[Metric]]
 
     async def get(self, request: Request) -> Response:
         settings = self.settings
@@ -54,8 +61,16 @@ class MetricsView(View):
             caller = caller_or_refusal(self, settings, request, "viewer")
             if not isinstance(caller, Caller):
                 return caller
+        queried, age = await self.measured.get(
+            lambda: _query(settings, self.database, self.app.consumer)
+        )
+        age_gauge = gauge(
+            "payments_measured_age_seconds",
+            "Age of the gauges measured in Postgres and Kafka (reused for PROBE_CACHE_SECONDS)",
+            age,
+        )
+        text = exposition([*_pool(self.database), *queried, age_gauge])
         # aiohttp's content_type argument refuses the charset Prometheus' type carries.
-        text = exposition(await _measure(settings, self.database, self.app.consumer))
         response = web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
         return cast(Response, response)  # Faust's aiohttp driver hands it over as it is
 
@@ -65,9 +80,10 @@ def _listed(peer: str | None, networks: Sequence[IPNetwork]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
-async def _measure(settings: Settings, database: Database, consumer: Any) -> list[Metric]:
+def _pool(database: Database) -> list[Metric]:
+    """The Postgres pool's gauges: local figures, read on every scrape."""
     pool = database.pool
-    measured: list[Metric] = [
+    return [
         gauge("payments_db_pool_size", "Postgres connections open in the pool", pool.get_size()),
         gauge(
             "payments_db_pool_in_use",
@@ -76,16 +92,19 @@ async def _measure(settings: Settings, database: Database, consumer: Any) -> lis
         ),
         gauge("payments_db_pool_max", "DB_POOL_MAX", pool.get_max_size()),
     ]
+
+
+async def _query(settings: Settings, database: Database, consumer: Any) -> list[Metric]:
+    """The gauges that take queries: Postgres figures, partitions, consumer lag."""
     try:
-        row = await pool.fetchrow(MEASURE, timeout=5)
+        row = await database.pool.fetchrow(MEASURE, timeout=5)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
         log.warning("metrics: Postgres gauges left out: %r", exc)
-        return measured
+        return []
     assert row is not None  # an aggregate always returns a row
-    measured += await _partitions(settings, database)
-    measured += await _lag(consumer)
     return [
-        *measured,
+        *await _partitions(settings, database),
+        *await _lag(consumer),
         gauge("payments_staging_backlog", "Staging rows not processed yet", row["staging_backlog"]),
         gauge(
             "payments_outbox_events",
@@ -166,4 +185,6 @@ async def _lag(consumer: Any) -> list[Metric]:
 
 def register(app: Any, *, settings: Settings, database: Database) -> None:
     """Route /metrics."""
-    app.page("/metrics")(bound(MetricsView, settings=settings, database=database))
+    measured: Recent[list[Metric]] = Recent("metrics", settings.probe_cache_seconds)
+    view = bound(MetricsView, settings=settings, database=database, measured=measured)
+    app.page("/metrics")(view)

@@ -72,7 +72,9 @@ async def test_stats_answer_401_to_a_header_that_is_not_utf8() -> None:
 
 
 async def test_token_protected_metrics_answer_401_to_a_header_that_is_not_utf8() -> None:
-    answer = await view(MetricsView, settings=SETTINGS, database=None).get(request(NOT_UTF8))
+    answer = await view(MetricsView, settings=SETTINGS, database=None, measured=None).get(
+        request(NOT_UTF8)
+    )
     assert answer.status == 401
 
 
