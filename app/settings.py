@@ -486,6 +486,20 @@ class WebhooksSection(BaseModel):
         description="CIDRs of proxies whose X-Forwarded-For names the client; empty trusts none.",
     )
     webhook_max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies get 413.")
+    webhook_body_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="A body not read whole within this many seconds gets 408 (a slow sender).",
+    )
+    webhook_max_concurrent_requests: int = Field(
+        1024,
+        ge=1,
+        description=(
+            "Webhook requests one process (the worker, each front) works on at once;"
+            " past it, 503 with Retry-After."
+        ),
+    )
     webhook_processes: int = Field(
         0,
         ge=0,
