@@ -105,18 +105,20 @@ def probe_runs(worker: Worker) -> dict[str, float]:
     }
 
 
-async def flood(url: str, count: int) -> list[tuple[int, dict[str, Any]]]:
-    """``count`` GETs of ``url``, all in flight at once."""
+async def flood(url: str, count: int) -> list[tuple[int, Any]]:
+    """``count`` GETs of ``url``, all in flight at once: status and JSON (or text) of each."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-        async def get() -> tuple[int, dict[str, Any]]:
+        async def get() -> tuple[int, Any]:
             async with session.get(url) as response:
-                return response.status, await response.json()
+                if response.content_type == "application/json":
+                    return response.status, await response.json()
+                return response.status, await response.text()
 
         return await asyncio.gather(*(get() for _ in range(count)))
 
 
-def test_a_thousand_concurrent_health_checks_cost_one_probe_each(
+def test_a_thousand_concurrent_health_checks_cost_one_probe_each_and_scrapes_one_measure(
     stack: Stack, tmp_path: Path
 ) -> None:
     interval = 10.0
@@ -128,8 +130,15 @@ def test_a_thousand_concurrent_health_checks_cost_one_probe_each(
         answers = asyncio.run(flood(worker.base_url + "/health", 1000))
         took = time.monotonic() - started
         after = probe_runs(worker)
+        # /metrics too: its queried gauges are measured once per interval.
+        time.sleep(interval + 0.5)
+        scrapes = asyncio.run(flood(worker.base_url + "/metrics", 300))
+        scraped = probe_runs(worker)
 
     assert took < interval  # else a second probe per interval would be fair
+    assert [status for status, _ in scrapes] == [200] * 300
+    assert all("payments_measured_age_seconds" in text for _, text in scrapes)
+    assert scraped["metrics"] - after["metrics"] == 1
     assert [status for status, _ in answers] == [200] * 1000
     runs = {probe: after[probe] - before.get(probe, 0) for probe in ("database", "kafka", "redis")}
     assert runs == {"database": 1, "kafka": 1, "redis": 1}
