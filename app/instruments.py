@@ -95,6 +95,12 @@ PARTITIONS_KEPT = Counter(
     "Expired partitions maintenance kept instead of dropping, once per run: they hold rows"
     " recorded after the accepted window had closed on their month (see the error it logs)",
 )
+PROBE_RUNS = Counter(
+    "payments_probe_runs_total",
+    "Dependency probes /health and /metrics ran (database, kafka, redis, metrics); the answers"
+    " between runs reuse the last result (PROBE_CACHE_SECONDS)",
+    ["probe"],
+)
 STAGING_BATCH_SECONDS = Histogram(
     "payments_staging_batch_duration_seconds",
     "Staging batches from claim to commit",

@@ -119,14 +119,16 @@ class PaymentService(faust.App):
             self.add_dependency(dependency)
         if settings.webhook_processes:
             self.add_dependency(Fronts(settings))
+        measured = metrics.measured_gauges(settings)
         if settings.enable_metrics and settings.metrics_port:
-            self.add_dependency(metrics.MetricsListener(self, settings, self.database))
+            self.add_dependency(metrics.MetricsListener(self, settings, self.database, measured))
         self.health = HealthChecker(
             self.database,
             self.redis,
             self.kafka_probe,
             staging_enabled=settings.staging_enabled,
             webhooks_enabled=settings.webhooks_enabled,
+            max_age=settings.probe_cache_seconds,
         )
         self.date_window = DateWindow.of(settings)
         self.references = References(self, settings, self.publisher)
@@ -157,7 +159,7 @@ class PaymentService(faust.App):
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         health.register(self, health=self.health, warming=self.cache_warming)
-        metrics.register(self, settings=settings, database=self.database)
+        metrics.register(self, settings=settings, database=self.database, measured=measured)
         stats.register(self, settings=settings, database=self.database)
         webhooks.register(
             self,

@@ -467,6 +467,15 @@ class MonitoringSection(BaseModel):
         True, description="One payments.audit line per decision and per refused webhook."
     )
     enable_metrics: bool = True
+    probe_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description=(
+            "How long /health and /metrics reuse a probe's result (0: every answer probes);"
+            " callers during a probe share it."
+        ),
+    )
     metrics_port: int = Field(
         9090,
         ge=0,
@@ -505,6 +514,20 @@ class WebhooksSection(BaseModel):
         description="CIDRs of proxies whose X-Forwarded-For names the client; empty trusts none.",
     )
     webhook_max_body_bytes: int = Field(64 * 1024, ge=1, description="Larger bodies get 413.")
+    webhook_body_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="A body not read whole within this many seconds gets 408 (a slow sender).",
+    )
+    webhook_max_concurrent_requests: int = Field(
+        1024,
+        ge=1,
+        description=(
+            "Webhook requests one process (the worker, each front) works on at once;"
+            " past it, 503 with Retry-After."
+        ),
+    )
     webhook_processes: int = Field(
         0,
         ge=0,

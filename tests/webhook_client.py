@@ -1,4 +1,4 @@
-"""Signing webhooks as a sender would (Standard Webhooks, via the ``standardwebhooks`` package)."""
+"""Signing webhooks as a sender would: the ``standardwebhooks`` package, and Svix's ``svix``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
+from svix.webhooks import Webhook as SvixWebhook
 
 #: Standard Webhooks' tolerance either way, in seconds.
 TOLERANCE = 300
@@ -27,4 +28,14 @@ def signed(secret: str, body: bytes, *, offset: int = 0, msg_id: str = "msg_1") 
         "webhook-id": msg_id,
         "webhook-timestamp": str(stamp),
         "webhook-signature": Webhook(secret).sign(msg_id, at, body.decode()),
+    }
+
+
+def svix_signed(secret: str, body: bytes, *, msg_id: str = "msg_1") -> dict[str, str]:
+    """Headers as Svix sends them: signed by the ``svix`` package, under ``svix-*`` names."""
+    at = datetime.fromtimestamp(math.floor(time.time()), UTC)
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(at.timestamp())),
+        "svix-signature": SvixWebhook(secret).sign(msg_id, at, body.decode()),
     }

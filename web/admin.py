@@ -12,6 +12,7 @@ The command line does the same (``python -m app dlq replay``, ``staging requeue`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -50,10 +51,20 @@ class RequeueRequest(BaseModel):
     dry_run: StrictBool = False
 
 
-async def _body(request: Request, model: type[BaseModel]) -> BaseModel | dict[str, Any]:
-    """The request's JSON as ``model``, or the 4xx body saying what is wrong."""
+async def _body(
+    request: Request, model: type[BaseModel], seconds: float
+) -> BaseModel | dict[str, Any]:
+    """The request's JSON as ``model``, or the 4xx body saying what is wrong.
+
+    A body not whole within ``seconds`` (WEBHOOK_BODY_TIMEOUT_SECONDS) is a 408, as for webhooks.
+    """
     try:
-        raw = await request.read()
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
+    except TimeoutError:
+        message = f"the body did not arrive within {seconds:g} s; send it whole, then retry"
+        return {"error": "request_timeout", "message": message}
+    try:
         return model.model_validate(json.loads(raw or b"{}"))
     except ValidationError as exc:  # a ValueError too: caught first
         errors = [error.model_dump() for error in field_errors(exc)]
@@ -80,10 +91,11 @@ class OperatorAction(View):
         caller = caller_or_refusal(self, settings, request, "operator")
         if not isinstance(caller, Caller):
             return caller
-        asked = await _body(request, self.body_model)
+        asked = await _body(request, self.body_model, settings.webhook_body_timeout_seconds)
         if not isinstance(asked, self.body_model):
             assert isinstance(asked, dict)
-            return self.json(asked, status=422 if "errors" in asked else 400)
+            status = 422 if "errors" in asked else 400
+            return self.json(asked, status=408 if asked["error"] == "request_timeout" else status)
         parameters = asked.model_dump()
         try:
             async with audited(

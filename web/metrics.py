@@ -4,6 +4,10 @@ Served on PORT with the other views, and on METRICS_PORT by a listener of its ow
 (:class:`MetricsListener`, the plan's 9090), so a scraper can be let in to that port
 alone. Both answer alike: ENABLE_METRICS, METRICS_ALLOWLIST and METRICS_TOKEN_REQUIRED
 hold on each.
+
+The gauges that take queries (Postgres figures, partitions, consumer lag) are
+measured at most once per PROBE_CACHE_SECONDS (app/ops/recent.py), and
+``payments_measured_age_seconds`` says how old they are.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from app.instruments import CONTENT_TYPE_LATEST, exposition, gauge
 from app.intake.guards import address
 from app.kafka.topics import INTAKE
 from app.ops.authorization import Refusal, authorize
+from app.ops.recent import Recent
 from app.recording import payment_store
 from app.settings import IPNetwork, Settings
 from app.storage import partitions, staging_table
@@ -36,19 +41,29 @@ log = logging.getLogger(__name__)
 
 
 class MetricsView(View):
-    """Counters and histograms of every process; Postgres and pool gauges measured now."""
+    """Counters and histograms of every process; the pool's gauges now, the queried ones recent."""
 
     settings: Settings
     database: Database
+    measured: Recent[list[Metric]]
 
     async def get(self, request: Request) -> Response:
         http = cast(web.Request, request)  # Faust's aiohttp driver hands over aiohttp's request
-        answer = await metrics_answer(self.settings, self.database, self.app, http)
+        answer = await metrics_answer(self.settings, self.database, self.measured, self.app, http)
         return cast(Response, answer)  # and takes aiohttp's response as it is
 
 
+def measured_gauges(settings: Settings) -> Recent[list[Metric]]:
+    """The queried gauges, measured at most once per PROBE_CACHE_SECONDS for both ports."""
+    return Recent("metrics", settings.probe_cache_seconds)
+
+
 async def metrics_answer(
-    settings: Settings, database: Database, app: Any, request: web.Request
+    settings: Settings,
+    database: Database,
+    measured: Recent[list[Metric]],
+    app: Any,
+    request: web.Request,
 ) -> web.Response:
     """The answer to GET /metrics, on PORT or METRICS_PORT: refusals first, then the text."""
     if not settings.enable_metrics:
@@ -62,18 +77,32 @@ async def metrics_answer(
         found = authorize(settings, request.headers.get("Authorization"), "viewer")
         if isinstance(found, Refusal):
             return web.json_response(found.body(), status=found.status, headers=found.headers())
+    queried, age = await measured.get(lambda: _query(settings, database, app.consumer))
+    age_gauge = gauge(
+        "payments_measured_age_seconds",
+        "Age of the gauges measured in Postgres and Kafka (reused for PROBE_CACHE_SECONDS)",
+        age,
+    )
+    text = exposition([*_pool(database), *queried, age_gauge])
     # aiohttp's content_type argument refuses the charset Prometheus' type carries.
-    text = exposition(await _measure(settings, database, app.consumer))
     return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class MetricsListener(Service):
     """GET /metrics on METRICS_PORT, a listener of its own beside the worker's PORT."""
 
-    def __init__(self, app: Any, settings: Settings, database: Database, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        database: Database,
+        measured: Recent[list[Metric]],
+        **kwargs: Any,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.database = database
+        self.measured = measured
         self._runner: web.AppRunner | None = None
         super().__init__(**kwargs)
 
@@ -100,7 +129,7 @@ class MetricsListener(Service):
             await runner.cleanup()
 
     async def _get(self, request: web.Request) -> web.Response:
-        return await metrics_answer(self.settings, self.database, self.app, request)
+        return await metrics_answer(self.settings, self.database, self.measured, self.app, request)
 
 
 class MetricsPortTaken(PaymentsError):
@@ -112,9 +141,10 @@ def _listed(peer: str | None, networks: Sequence[IPNetwork]) -> bool:
     return ip is not None and any(ip in network for network in networks)
 
 
-async def _measure(settings: Settings, database: Database, consumer: Any) -> list[Metric]:
+def _pool(database: Database) -> list[Metric]:
+    """The Postgres pool's gauges: local figures, read on every scrape."""
     pool = database.pool
-    measured: list[Metric] = [
+    return [
         gauge("payments_db_pool_size", "Postgres connections open in the pool", pool.get_size()),
         gauge(
             "payments_db_pool_in_use",
@@ -123,17 +153,20 @@ async def _measure(settings: Settings, database: Database, consumer: Any) -> lis
         ),
         gauge("payments_db_pool_max", "DB_POOL_MAX", pool.get_max_size()),
     ]
+
+
+async def _query(settings: Settings, database: Database, consumer: Any) -> list[Metric]:
+    """The gauges that take queries: Postgres figures, partitions, consumer lag."""
     try:
-        async with pool.acquire(timeout=5) as connection:
+        async with database.pool.acquire(timeout=5) as connection:
             backlog = await asyncio.wait_for(staging_table.backlog(connection), 5)
             outbox = await asyncio.wait_for(payment_store.outbox_figures(connection), 5)
     except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
         log.warning("metrics: Postgres gauges left out: %r", exc)
-        return measured
-    measured += await _partitions(settings, database)
-    measured += await _lag(consumer)
+        return []
     return [
-        *measured,
+        *await _partitions(settings, database),
+        *await _lag(consumer),
         gauge("payments_staging_backlog", "Staging rows not processed yet", backlog),
         gauge(
             "payments_outbox_events",
@@ -212,6 +245,9 @@ async def _lag(consumer: Any) -> list[Metric]:
     return [family]
 
 
-def register(app: Any, *, settings: Settings, database: Database) -> None:
-    """Route /metrics."""
-    app.page("/metrics")(bound(MetricsView, settings=settings, database=database))
+def register(
+    app: Any, *, settings: Settings, database: Database, measured: Recent[list[Metric]]
+) -> None:
+    """Route /metrics; ``measured`` is shared with the METRICS_PORT listener."""
+    view = bound(MetricsView, settings=settings, database=database, measured=measured)
+    app.page("/metrics")(view)

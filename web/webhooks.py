@@ -1,12 +1,14 @@
 """POST /api/v1/payments/webhook[/{channel}]: signed payment notices into ``payment.intake``.
 
-The order: channel (404), the guards of app/intake/guards.py (403 allowlist, 429 rate
-limit), the body size (413, before it is read), the signature (401, before the
-body is parsed), the body (400/422); then one Redis round trip for the replay
-window (the same webhook-id answers what it was answered; with another body,
-409) and the hot cache (a reference committed with the same fields is a
-duplicate at once); then the record goes to the intake topic keyed by its
-reference. Then the view waits for the record agent's decision
+The order: the cap on requests in flight in this process (503 with Retry-After),
+channel (404), the guards of app/intake/guards.py (403 allowlist, 429 rate
+limit), the body size (413, before it is read) and its read time (408 past
+WEBHOOK_BODY_TIMEOUT_SECONDS: a sender trickling bytes holds nothing longer), the
+signature (401, before the body is parsed), the body (400/422); then one Redis
+round trip for the replay window (the same webhook-id answers what it was
+answered; with another body, 409) and the hot cache (a reference committed with
+the same fields is a duplicate at once); then the record goes to the intake
+topic keyed by its reference. Then the view waits for the record agent's decision
 (app/recording/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
 conflict 409, or 202 accepted when the decision is still pending (after one
 look at the stored decision: its announcement may have been missed).
@@ -36,6 +38,7 @@ from faust.web import Request, Response, View
 from app.exceptions import PublishFailed
 from app.instruments import CACHE_REQUESTS, DECISIONS, REFERENCE_ANSWERS, WEBHOOK_SECONDS
 from app.intake.channels import CHANNELS, GENERIC, Channel
+from app.intake.signatures import signature_headers
 from app.intake.webhook_body import Rejected, parse_body, record_for
 from app.kafka.codecs import encode_record
 from app.kafka.topics import INTAKE
@@ -67,6 +70,8 @@ KNOWN_OUTCOMES = frozenset(
         "forbidden",
         "rate_limited",
         "too_large",
+        "request_timeout",
+        "busy",
         "unauthorized",
         "invalid_json",
         "invalid_body",
@@ -81,6 +86,8 @@ KNOWN_OUTCOMES = frozenset(
 
 #: Seconds a client should wait before retrying when Kafka is unavailable.
 RETRY_AFTER_SECONDS = 5
+#: Seconds a client should wait before retrying when the process has too many requests in flight.
+BUSY_RETRY_AFTER_SECONDS = 1
 
 
 class Ingress(Protocol):
@@ -123,17 +130,27 @@ async def answer_webhook(ingress: Ingress, http: web.Request, channel_name: str 
     """The whole request, in the order of the module doc; never raises for client input."""
     started = time.perf_counter()
     try:
-        reply = await _accept(ingress, http, channel_name)
+        with ingress.guards.admitted() as admitted:
+            if not admitted:
+                raise Rejected(
+                    503,
+                    "busy",
+                    "too many requests in flight here; retry after the Retry-After seconds",
+                    retry=BUSY_RETRY_AFTER_SECONDS,
+                )
+            reply = await _accept(ingress, http, channel_name)
     except Rejected as rejected:
-        headers = None if rejected.retry is None else {"Retry-After": str(rejected.retry)}
-        reply = Reply(rejected.status, rejected.body(), headers)
+        headers = {} if rejected.retry is None else {"Retry-After": str(rejected.retry)}
+        if rejected.status == 408:
+            headers["Connection"] = "close"  # the rest of the body is not wanted
+        reply = Reply(rejected.status, rejected.body(), headers or None)
         if rejected.status < 500 and ingress.settings.audit_log:
             client = ingress.guards.client(http.remote, _forwarded_for(http))
             audit_trail.webhook_rejected(
                 rejected.status,
                 rejected.error,
                 channel_name or GENERIC.name,
-                http.headers.get("webhook-id"),
+                signature_headers(http.headers)["webhook-id"] or None,
                 None if client is None else str(client),
             )
     seconds = time.perf_counter() - started
@@ -168,10 +185,14 @@ async def _accept(ingress: Ingress, http: web.Request, channel_name: str | None)
     wait = await ingress.guards.retry_after(client)
     if wait is not None:
         raise Rejected(429, "rate_limited", "too many requests from this address", retry=wait)
-    raw = await _read_body(http, ingress.settings.webhook_max_body_bytes)
-    if not ingress.verifier.verify(channel.name, raw, headers):
+    settings = ingress.settings
+    raw = await _read_body(
+        http, settings.webhook_max_body_bytes, settings.webhook_body_timeout_seconds
+    )
+    signature = signature_headers(headers)  # webhook-* or, from Svix, svix-*
+    if not ingress.verifier.verify(channel.name, raw, signature):
         raise Rejected(401, "unauthorized", "missing or invalid webhook signature")
-    webhook_id = headers["webhook-id"]
+    webhook_id = signature["webhook-id"]
     record = record_for(
         channel,
         parse_body(raw),
@@ -290,18 +311,23 @@ class WebhookView(View):
         return self.json(reply.body, status=reply.status, headers=reply.headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` bytes without buffering more than that."""
+async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
+    """The body: 413 past ``limit`` bytes (never buffering more), 408 if not all in ``seconds``."""
     too_large = Rejected(413, "too_large", f"the body must be at most {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(seconds):
+            while chunk := await request.content.read(limit + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+    except TimeoutError:
+        message = f"the body did not arrive within {seconds:g} s; send it whole, then retry"
+        raise Rejected(408, "request_timeout", message) from None
     return b"".join(chunks)
 
 

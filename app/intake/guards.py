@@ -10,16 +10,20 @@
 - the IP allowlist (403);
 - a rate limit per client address in Redis, shared by every worker (429 with
   Retry-After), per /64 for IPv6 (one host is given a /64 and picks any address
-  in it); without Redis, requests pass and a warning says so.
+  in it); without Redis, requests pass and a warning says so;
+- a cap on the requests one process works on at once (503 with Retry-After), so
+  slow senders or a flood cannot pile up tasks and buffers without bound; the
+  body's read time is bounded by the view (408).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from redis.exceptions import RedisError
 
@@ -58,7 +62,7 @@ def _within(address: IPAddress, networks: list[IPNetwork]) -> bool:
 
 
 class Guards:
-    """The allowlist and the rate limit of webhook requests; one per worker."""
+    """The allowlist, the rate limit and the cap on requests in flight; one per process."""
 
     def __init__(self, settings: Settings, redis: RedisConnection) -> None:
         self.allowlist = settings.webhook_ip_allowlist
@@ -68,6 +72,23 @@ class Guards:
         # A fixed window of at least a second; a rate below 1/s gets one request per window.
         self.window = max(1.0, 1.0 / self.rate) if self.rate else 0.0
         self.limit = max(1, math.floor(self.rate * self.window)) if self.rate else 0
+        self.max_in_flight = settings.webhook_max_concurrent_requests
+        self.in_flight = 0
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[bool]:
+        """Whether a request may go on: fewer than WEBHOOK_MAX_CONCURRENT_REQUESTS in flight.
+
+        An admitted request counts as in flight until the block ends.
+        """
+        if self.in_flight >= self.max_in_flight:
+            yield False
+            return
+        self.in_flight += 1
+        try:
+            yield True
+        finally:
+            self.in_flight -= 1
 
     def client(
         self, peer: str | None, forwarded_for: str | Sequence[str] | None

@@ -5,6 +5,11 @@ A request is authentic when its ``webhook-signature`` holds an HMAC-SHA256 of
 channel (``WEBHOOK_SECRET_<CHANNEL>``, else ``WEBHOOK_SECRET``; several secrets
 during a rotation) and its timestamp is within five minutes of now, either way.
 Why a request failed stays in the log: the sender gets a bare 401.
+
+Svix, the largest Standard Webhooks sender, signs the same way but names the
+headers ``svix-id``, ``svix-timestamp`` and ``svix-signature``. Either family is
+accepted; a request carrying any ``webhook-*`` header is read from that family
+alone, so a stray ``svix-*`` header never decides it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,20 @@ log = logging.getLogger(__name__)
 
 #: The headers a signed request must carry.
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+#: Svix's names for the same headers, in the same order.
+SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+
+
+def signature_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The three signature headers under their ``webhook-*`` names ("" when absent).
+
+    The ``webhook-*`` family when the request carries any of it, else the ``svix-*`` one.
+    """
+    ours = any(name in headers for name in SIGNATURE_HEADERS)
+    family = SIGNATURE_HEADERS if ours else SVIX_HEADERS
+    return {
+        name: headers.get(sent, "") for name, sent in zip(SIGNATURE_HEADERS, family, strict=True)
+    }
 
 
 class Verifier:
@@ -35,9 +54,12 @@ class Verifier:
             log.warning("no WEBHOOK_SECRET is set: every webhook will be refused with 401")
 
     def verify(self, channel: str, body: bytes, headers: Mapping[str, str]) -> bool:
-        """True when ``body`` and ``headers`` carry a valid, timely signature for ``channel``."""
+        """True when ``body`` and ``headers`` carry a valid, timely signature for ``channel``.
+
+        ``headers`` are the request's, or :func:`signature_headers` of them.
+        """
         signers = self._channels.get(channel, self._default)
-        wanted = {name: headers.get(name, "") for name in SIGNATURE_HEADERS}
+        wanted = signature_headers(headers)
         try:
             text = body.decode()
         except UnicodeDecodeError:

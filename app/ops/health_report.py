@@ -11,6 +11,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel
 
 from app.kafka.probe import KafkaProbe
+from app.ops.recent import Recent
 from app.storage import staging_table
 from app.storage.database import Database
 from app.storage.redis_connection import RedisConnection
@@ -41,10 +42,19 @@ class HealthReport(BaseModel):
     checks: Checks
     #: Why each failed check failed, for the operator reading the response.
     errors: dict[str, str] = {}
+    #: How old each probe's result is, in seconds (results are reused for PROBE_CACHE_SECONDS).
+    age_seconds: dict[str, float] = {}
+
+
+Probed = tuple[T | None, str | None]  # the probe's result, or why it failed
 
 
 class HealthChecker:
-    """Runs the three dependency checks at once, each bounded by a timeout."""
+    """Runs the three dependency checks at once, each bounded by a timeout.
+
+    Each check's result is reused for ``max_age`` seconds (app/ops/recent.py), so a
+    flood of probes costs one query per check and interval.
+    """
 
     def __init__(
         self,
@@ -55,6 +65,7 @@ class HealthChecker:
         *,
         staging_enabled: bool = True,
         webhooks_enabled: bool = True,
+        max_age: float = 0.0,
     ) -> None:
         self.database = database
         self.redis = redis
@@ -64,13 +75,18 @@ class HealthChecker:
             "staging": "enabled" if staging_enabled else "disabled",
             "webhooks": "enabled" if webhooks_enabled else "disabled",
         }
+        self._staging: Recent[Probed[tuple[int, datetime | None]]] = Recent("database", max_age)
+        self._kafka: Recent[Probed[None]] = Recent("kafka", max_age)
+        self._redis: Recent[Probed[None]] = Recent("redis", max_age)
 
     async def report(self) -> HealthReport:
-        (staging, database_error), (_, kafka_error), (_, redis_error) = await asyncio.gather(
-            self._run(self._staging_figures),
-            self._run(self.kafka.check),
-            self._run(self._ping_redis),
+        database, kafka, redis = await asyncio.gather(
+            self._staging.get(lambda: self._run("database", self._staging_figures)),
+            self._kafka.get(lambda: self._run("kafka", self.kafka.check)),
+            self._redis.get(lambda: self._run("redis", self._ping_redis)),
         )
+        ((staging, database_error), database_age) = database
+        ((_, kafka_error), kafka_age), ((_, redis_error), redis_age) = kafka, redis
         errors = {
             name: error
             for name, error in (
@@ -80,8 +96,6 @@ class HealthChecker:
             )
             if error is not None
         }
-        for name, error in errors.items():
-            log.warning("health check %s failed: %s", name, error)
         backlog, last_run = staging if staging is not None else (None, None)
         checks = Checks(
             database="error" if database_error else "ok",
@@ -92,15 +106,23 @@ class HealthChecker:
             **self.switches,
         )
         status: Literal["healthy", "unhealthy"] = "unhealthy" if errors else "healthy"
-        return HealthReport(status=status, checks=checks, errors=errors)
+        ages = {"database": database_age, "kafka": kafka_age, "redis": redis_age}
+        return HealthReport(
+            status=status,
+            checks=checks,
+            errors=errors,
+            age_seconds={name: round(age, 3) for name, age in ages.items()},
+        )
 
-    async def _run(self, check: Callable[[], Awaitable[T]]) -> tuple[T | None, str | None]:
+    async def _run(self, name: str, check: Callable[[], Awaitable[T]]) -> Probed[T]:
         try:
             return await asyncio.wait_for(check(), self.timeout), None
         except TimeoutError:
-            return None, f"no answer within {self.timeout:g} s"
+            error = f"no answer within {self.timeout:g} s"
         except Exception as exc:  # a health check reports every failure, it never raises
-            return None, f"{type(exc).__name__}: {exc}"[:300]
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("health check %s failed: %s", name, error)  # once per probe, not per answer
+        return None, error
 
     async def _staging_figures(self) -> tuple[int, datetime | None]:
         return await staging_table.figures(self.database.pool)

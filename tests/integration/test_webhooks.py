@@ -18,7 +18,7 @@ from app.kafka.topics import EVENTS_DEFAULT, INTAKE
 from app.models import DateWindow, payment_id_for
 from tests.pipeline import app_env, fresh_pipeline, read_topic
 from tests.stack import Stack, Worker, run_worker, wait_for
-from tests.webhook_client import signed
+from tests.webhook_client import signed, svix_signed
 
 OLD = "whsec_" + "b2xkIHNlY3JldCBiZWZvcmUgdGhlIHJvdGF0aW9u"
 NEW = "whsec_" + "bmV3IHNlY3JldCBhZnRlciB0aGUgcm90YXRpb24h"
@@ -170,6 +170,48 @@ def test_signature_matrix_and_only_accepted_notices_reach_the_intake(
         if json.loads(value)["reference_number"].startswith(f"SIG-{RUN}-")
     }
     assert on_intake == accepted
+
+
+def test_a_notice_signed_by_svix_with_svix_headers_is_recorded_under_its_svix_id(
+    worker: Worker,
+) -> None:
+    reference = f"SVIX-{RUN}-only"
+    body = generic(reference)
+    headers = svix_signed(OLD, body, msg_id=f"{RUN}-svix-1")
+    assert not any(name.startswith("webhook-") for name in headers)
+
+    status, first_headers, first = worker.post(WEBHOOK, body, headers)
+    assert (status, json.loads(first)["status"]) == (201, "created")
+    assert "Idempotent-Replay" not in first_headers
+    # The svix-id is the webhook id: the same delivery again gets its first answer.
+    status, again_headers, again = worker.post(WEBHOOK, body, headers)
+    assert (status, json.loads(again)) == (201, json.loads(first))
+    assert again_headers["Idempotent-Replay"] == "true"
+
+
+def test_with_both_header_families_the_webhook_ones_decide(worker: Worker) -> None:
+    good_ours = generic(f"SVIX-{RUN}-both-ours")
+    bad_svix = svix_signed(OLD, good_ours, msg_id=f"{RUN}-both-1") | {
+        "svix-signature": "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    }
+    assert (
+        send(worker, WEBHOOK, good_ours, bad_svix | signed(OLD, good_ours, msg_id=f"{RUN}-both-1"))
+        == 201
+    )
+
+    good_svix = generic(f"SVIX-{RUN}-both-svix")
+    bad_ours = signed(OLD, good_svix, msg_id=f"{RUN}-both-2") | {
+        "webhook-signature": "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+    }
+    assert (
+        send(
+            worker,
+            WEBHOOK,
+            good_svix,
+            svix_signed(OLD, good_svix, msg_id=f"{RUN}-both-2") | bad_ours,
+        )
+        == 401
+    )
 
 
 def test_an_accepted_notice_answers_its_payment_id_and_reaches_the_intake_as_sent(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.stack import Stack, run_worker, wait_for
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stack import Stack, Worker, run_worker, wait_for
 
 
 def get_json(worker: Any, path: str) -> tuple[int, dict[str, Any]]:
@@ -86,3 +91,58 @@ def test_the_database_pool_is_open_before_the_web_server_answers(
         assert worker.process.returncode != 0
         assert worker.logged("Postgres at 127.0.0.1:1/collectioncrm did not answer within 4 s")
         assert worker.logged("scripts/stack status")
+
+
+def probe_runs(worker: Worker) -> dict[str, float]:
+    """payments_probe_runs_total by probe, from the worker's /metrics."""
+    status, text = worker.get("/metrics")
+    assert status == 200
+    return {
+        sample.labels["probe"]: sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == "payments_probe_runs_total"
+    }
+
+
+async def flood(url: str, count: int) -> list[tuple[int, Any]]:
+    """``count`` GETs of ``url``, all in flight at once: status and JSON (or text) of each."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def get() -> tuple[int, Any]:
+            async with session.get(url) as response:
+                if response.content_type == "application/json":
+                    return response.status, await response.json()
+                return response.status, await response.text()
+
+        return await asyncio.gather(*(get() for _ in range(count)))
+
+
+def test_a_thousand_concurrent_health_checks_cost_one_probe_each_and_scrapes_one_measure(
+    stack: Stack, tmp_path: Path
+) -> None:
+    interval = 10.0
+    with run_worker(stack, tmp_path, PROBE_CACHE_SECONDS=str(interval)) as worker:
+        wait_for(lambda: health(worker)[0] == 200, timeout=90, what="/health healthy")
+        time.sleep(interval + 0.5)  # the result the start-up probes left is stale now
+        before = probe_runs(worker)
+        started = time.monotonic()
+        answers = asyncio.run(flood(worker.base_url + "/health", 1000))
+        took = time.monotonic() - started
+        after = probe_runs(worker)
+        # /metrics too: its queried gauges are measured once per interval.
+        time.sleep(interval + 0.5)
+        scrapes = asyncio.run(flood(worker.base_url + "/metrics", 300))
+        scraped = probe_runs(worker)
+
+    assert took < interval  # else a second probe per interval would be fair
+    assert [status for status, _ in scrapes] == [200] * 300
+    assert all("payments_measured_age_seconds" in text for _, text in scrapes)
+    assert scraped["metrics"] - after["metrics"] == 1
+    assert [status for status, _ in answers] == [200] * 1000
+    runs = {probe: after[probe] - before.get(probe, 0) for probe in ("database", "kafka", "redis")}
+    assert runs == {"database": 1, "kafka": 1, "redis": 1}
+    # Every answer says how old its result is: fresh from the one probe, and younger than the flood.
+    ages = [body["age_seconds"] for _, body in answers]
+    assert all(set(age) == {"database", "kafka", "redis"} for age in ages)
+    assert all(0 <= value <= took for age in ages for value in age.values())

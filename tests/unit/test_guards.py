@@ -133,3 +133,14 @@ def test_the_allowlist_admits_only_its_networks() -> None:
 def test_the_rate_becomes_a_window_and_a_limit(rate: float, window: float, limit: int) -> None:
     limited = guards(webhook_rate_limit_per_source=str(rate))
     assert (limited.window, limited.limit) == (window, limit)
+
+
+def test_past_the_cap_a_request_is_not_admitted_and_a_finished_one_frees_its_slot() -> None:
+    capped = guards(webhook_max_concurrent_requests="2")
+    with capped.admitted() as first, capped.admitted() as second:
+        with capped.admitted() as third:
+            assert (first, second, third) == (True, True, False)
+        assert capped.in_flight == 2  # a refused request held nothing
+    assert capped.in_flight == 0
+    with capped.admitted() as again:
+        assert again

@@ -16,8 +16,10 @@ class FakePool:
     def __init__(self, error: Exception | None = None, delay: float = 0) -> None:
         self.error = error
         self.delay = delay
+        self.queries = 0
 
     async def fetchrow(self, query: str) -> dict[str, Any]:
+        self.queries += 1
         await asyncio.sleep(self.delay)
         if self.error:
             raise self.error
@@ -48,6 +50,7 @@ def checker(
     redis: FakeRedis | None = None,
     kafka: FakeKafka | None = None,
     timeout: float = 1.0,
+    max_age: float = 0.0,
 ) -> HealthChecker:
     database = type("D", (), {"pool": pool or FakePool()})()
     connection = type("R", (), {"client": redis or FakeRedis()})()
@@ -56,12 +59,17 @@ def checker(
         cast(RedisConnection, connection),
         cast(KafkaProbe, kafka or FakeKafka()),
         timeout=timeout,
+        max_age=max_age,
     )
 
 
 async def test_all_ok_is_healthy_in_the_plans_shape() -> None:
     report = await checker().report()
-    assert report.model_dump(mode="json") == {
+    shape = report.model_dump(mode="json")
+    ages = shape.pop("age_seconds")
+    assert set(ages) == {"database", "kafka", "redis"}
+    assert all(0 <= age < 1 for age in ages.values())
+    assert shape == {
         "status": "healthy",
         "checks": {
             "database": "ok",
@@ -128,3 +136,23 @@ async def test_the_rollout_switches_are_in_the_checks_and_fail_nothing() -> None
     assert (on.checks.staging, on.checks.webhooks) == ("enabled", "enabled")
     assert (off.checks.staging, off.checks.webhooks) == ("disabled", "disabled")
     assert off.status == "healthy"
+
+
+async def test_concurrent_reports_share_one_query_and_later_ones_reuse_it_with_its_age() -> None:
+    pool = FakePool(delay=0.05)
+    health = checker(pool=pool, max_age=30)
+    reports = await asyncio.gather(*(health.report() for _ in range(200)))
+    assert pool.queries == 1
+    assert {report.checks.staging_backlog for report in reports} == {42}
+    await asyncio.sleep(0.1)
+    later = await health.report()
+    assert pool.queries == 1
+    assert 0.1 <= later.age_seconds["database"] < 30
+
+
+async def test_without_max_age_every_report_queries() -> None:
+    pool = FakePool()
+    health = checker(pool=pool)
+    await health.report()
+    await health.report()
+    assert pool.queries == 2

@@ -12,13 +12,15 @@ from app.ops.authorization import new_token
 from app.settings import Settings
 from app.storage.database import Database
 from tests.stack import free_port
-from web.metrics import MetricsListener, MetricsPortTaken
+from web.metrics import MetricsListener, MetricsPortTaken, measured_gauges
 
 VIEWER, VIEWER_ENTRY = new_token("prometheus", "viewer")
 
 
 async def listening(settings: Settings) -> AsyncIterator[str]:
-    listener = MetricsListener(cast(Any, None), settings, cast(Database, None))
+    listener = MetricsListener(
+        cast(Any, None), settings, cast(Database, None), measured_gauges(settings)
+    )
     await listener.start()
     try:
         yield f"http://127.0.0.1:{settings.metrics_port}/metrics"
@@ -51,6 +53,8 @@ async def test_the_metrics_port_refuses_like_the_main_port(
 async def test_a_taken_metrics_port_stops_the_start_with_what_to_do() -> None:
     settings = Settings(web_bind="127.0.0.1", metrics_port=free_port())
     async for _ in listening(settings):
-        second = MetricsListener(cast(Any, None), settings, cast(Database, None))
+        second = MetricsListener(
+            cast(Any, None), settings, cast(Database, None), measured_gauges(settings)
+        )
         with pytest.raises(MetricsPortTaken, match="set METRICS_PORT to a free port"):
             await second.start()

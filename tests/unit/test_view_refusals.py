@@ -6,6 +6,7 @@ see lone surrogates, which is what these requests carry.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, cast
@@ -72,7 +73,9 @@ async def test_stats_answer_401_to_a_header_that_is_not_utf8() -> None:
 
 
 async def test_token_protected_metrics_answer_401_to_a_header_that_is_not_utf8() -> None:
-    answer = await view(MetricsView, settings=SETTINGS, database=None).get(request(NOT_UTF8))
+    answer = await view(MetricsView, settings=SETTINGS, database=None, measured=None).get(
+        request(NOT_UTF8)
+    )
     assert answer.status == 401
 
 
@@ -103,3 +106,21 @@ async def test_a_malformed_admin_body_is_a_4xx_naming_the_field(
     if field is not None:
         found = json.loads(cast(web.Response, answer).text)
         assert field in [error["field"] for error in found["errors"]]
+
+
+@dataclass
+class TricklingRequest(FakeRequest):
+    """A body that never finishes arriving."""
+
+    async def read(self) -> bytes:
+        await asyncio.sleep(60)
+        return self.body
+
+
+@pytest.mark.parametrize("cls", [DlqReplayView, StagingRequeueView])
+async def test_an_admin_body_that_does_not_arrive_in_time_is_408(cls: type[View]) -> None:
+    settings = Settings(api_tokens=OPERATOR_ENTRY, webhook_body_timeout_seconds=0.05)
+    slow = TricklingRequest({"Authorization": f"Bearer {OPERATOR}"}, b"{}")
+    answer = await view(cls, settings=settings).post(cast(Request, slow))
+    assert answer.status == 408
+    assert json.loads(answer.body)["error"] == "request_timeout"

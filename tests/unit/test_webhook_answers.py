@@ -7,9 +7,10 @@ and record agent; the board's Redis keys are checked over a fake pipeline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -138,6 +139,10 @@ class OpenGuards:
 
     async def retry_after(self, client: object) -> None:
         return None
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[bool]:
+        yield True
 
 
 class NoCounts:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from app.intake.channels import CHANNELS, GENERIC, Channel
-from app.intake.signatures import Verifier
+from app.intake.signatures import SIGNATURE_HEADERS, Verifier, signature_headers
 from app.intake.webhook_body import Rejected, parse_body, record_for
 from app.models import CHANNEL_ENDPOINTS, GENERIC_ENDPOINT, DateWindow, PaymentRecord
 from app.settings import Settings
-from tests.webhook_client import signed
+from tests.webhook_client import signed, svix_signed
 
 NOW = datetime.now(UTC)
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
@@ -340,3 +340,21 @@ def test_every_channel_has_its_endpoint() -> None:
     """app.models names the endpoints (the decisions and audit trail key on them)."""
     assert set(CHANNELS) == CHANNEL_ENDPOINTS
     assert GENERIC.name == GENERIC_ENDPOINT
+
+
+def test_svix_headers_verify_and_the_webhook_family_decides_when_both_come(
+    verifier: Verifier,
+) -> None:
+    svix = svix_signed(SECRET_A, BODY)
+    assert verifier.verify("generic", BODY, svix)
+    ours = signed(SECRET_A, BODY)
+    assert verifier.verify("generic", BODY, svix | {"svix-signature": "v1,junk"} | ours)
+    assert not verifier.verify("generic", BODY, svix | ours | {"webhook-signature": "v1,junk"})
+    # A lone webhook-* header is enough to choose that family.
+    assert not verifier.verify("generic", BODY, svix | {"webhook-id": "msg_1"})
+
+
+def test_signature_headers_name_the_family_they_came_in() -> None:
+    svix = svix_signed(SECRET_A, BODY, msg_id="from-svix")
+    assert signature_headers(svix)["webhook-id"] == "from-svix"
+    assert signature_headers({}) == dict.fromkeys(SIGNATURE_HEADERS, "")
