@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +98,15 @@ def test_each_cache_setting_gives_the_same_answers(cached: tuple[Worker, bool, b
     duplicate = answer(worker, generic(reference), f"{reference}-2")
     conflict = answer(worker, generic(reference, amount=150.26), f"{reference}-3")
     replayed = answer(worker, generic(reference), f"{reference}-1")
+    # The agent counts its decisions once a batch is done: a conflict is answered (from the
+    # announcement, right after the commit) while its dead letter is still being published.
+    decided = "payments_decisions_total"
     after = samples(worker)
+    deadline = time.monotonic() + 10
+    while moved(before, after, decided, source="webhook", outcome="conflict") < 1:
+        assert time.monotonic() < deadline, "the conflict was answered but never counted"
+        time.sleep(0.2)
+        after = samples(worker)
 
     assert created == (201, {"status": "created", "payment_id": payment_id}, "")
     assert duplicate == (200, {"status": "duplicate", "payment_id": payment_id}, "")
@@ -108,7 +117,6 @@ def test_each_cache_setting_gives_the_same_answers(cached: tuple[Worker, bool, b
     )
     assert replayed == (*created[:2], "true")
     # The duplicate is one decision, whichever layer answered it.
-    decided = "payments_decisions_total"
     assert moved(before, after, decided, source="webhook", outcome="created") == 1
     assert moved(before, after, decided, source="webhook", outcome="duplicate") == 1
     assert moved(before, after, decided, source="webhook", outcome="conflict") == 1
