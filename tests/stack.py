@@ -66,14 +66,23 @@ def read_topics_conf(path: Path = TOPICS_CONF) -> dict[str, tuple[int, dict[str,
     return topics
 
 
+#: Every port free_ports has handed out in this process: a port is released when it returns,
+#: and the kernel may offer it again before the process it was meant for has bound it
+#: (three workers started at once once got the same port twice).
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free right now (all held open together, so none repeats)."""
+    """``count`` distinct ports free right now, none handed out before by this process."""
     with contextlib.ExitStack() as held:
         ports: list[int] = []
-        for _ in range(count):
+        while len(ports) < count:
             sock = held.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
+            port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+        _HANDED_OUT.update(ports)
         return ports
 
 
@@ -429,10 +438,11 @@ class Worker:
 @contextlib.contextmanager
 def run_worker(stack: Stack, folder: Path, **env: str) -> Iterator[Worker]:
     """Start ``python -m app worker`` on a free port; stop it (SIGTERM) on exit."""
-    port, metrics_port = free_ports(2)
-    env.setdefault(
-        "METRICS_PORT", str(metrics_port)
-    )  # never the plan's 9090: workers run side by side
+    # METRICS_PORT: none unless a test asks for one ("free"); never the plan's 9090, as
+    # workers run side by side.
+    wanted = env.get("METRICS_PORT", "0")
+    port, metrics_port = free_ports(2) if wanted == "free" else (free_port(), int(wanted))
+    env["METRICS_PORT"] = str(metrics_port)
     log_path = folder / "worker.log"
     worker_id = env.pop("WORKER_ID", f"test-worker-{port}")
     with log_path.open("ab") as log_file:  # a restarted worker appends to the same log

@@ -129,7 +129,9 @@ def loaded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     run = uuid.uuid4().hex[:8]
     front_port = free_port()
     env = app_env(run, WEBHOOK_SECRET=SECRET, WEBHOOK_PROCESSES="1", WEBHOOK_PORT=str(front_port))
-    with run_worker(stack, tmp_path_factory.mktemp("prometheus"), **env) as worker:
+    with run_worker(
+        stack, tmp_path_factory.mktemp("prometheus"), METRICS_PORT="free", **env
+    ) as worker:
         front = Worker(worker.process, f"http://127.0.0.1:{front_port}", worker.log_path)
         wait_for(lambda: LISTENING.search(worker.log()), timeout=90, what="the webhook front")
 

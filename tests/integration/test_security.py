@@ -54,7 +54,7 @@ def run(stack: Stack) -> str:
 def worker(stack: Stack, run: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     folder = tmp_path_factory.mktemp("security")
     env = app_env(run, **secret_files(stack, folder / "secrets", SECRET))
-    with run_worker(stack, folder, **env) as worker:
+    with run_worker(stack, folder, METRICS_PORT="free", **env) as worker:
         worker.wait_web()
         yield worker
 
