@@ -10,7 +10,8 @@ service recorded a payment for every first ``201`` it answered.
 
 Three ways to send them:
 - ``--client python`` (the default): aiohttp at a fixed concurrency (closed loop);
-  ``--concurrency 1`` is the lone case, one request after another;
+  ``--concurrency 1`` is the lone case, one request after another (the
+  percentiles of its ``201`` answers);
 - ``--client wrk``: Debian's ``wrk`` at a fixed concurrency for ``--duration``
   seconds, cycling through the signed requests (``bench/webhooks.lua``): a load
   generator in C that leaves the cores to the service;
@@ -105,8 +106,11 @@ def answer_of(status: int, headers: Mapping[str, str]) -> str:
     return f"{status} replay" if "Idempotent-Replay" in headers else str(status)
 
 
-async def drive(url: str, requests: list[Request], concurrency: int) -> Outcome:
-    """Send ``requests`` with ``concurrency`` in flight (closed loop)."""
+async def drive(
+    url: str, requests: list[Request], concurrency: int, *, created_only: bool = False
+) -> Outcome:
+    """Send ``requests`` with ``concurrency`` in flight (closed loop); latencies of every
+    answer, or with ``created_only`` of the ``201`` answers."""
     pending = iter(requests)
     latencies: list[float] = []
     answers: Counter[str] = Counter()
@@ -118,8 +122,10 @@ async def drive(url: str, requests: list[Request], concurrency: int) -> Outcome:
                 started = time.perf_counter()
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
-                    answers[answer_of(response.status, response.headers)] += 1
-                latencies.append(time.perf_counter() - started)
+                    answer = answer_of(response.status, response.headers)
+                answers[answer] += 1
+                if answer == "201" or not created_only:
+                    latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
         await asyncio.gather(*(sender() for _ in range(concurrency)))
@@ -271,19 +277,19 @@ def main() -> None:
     if args.rate and args.client == "wrk":
         parser.error("--rate sends from Python: leave out --client wrk")
     count = round(args.rate * args.duration) if args.rate else args.requests
+    lone = not args.rate and args.client == "python" and args.concurrency == 1
 
     def load(url: str, requests: list[Request]) -> Outcome:
         if args.rate:
             return asyncio.run(drive_at_rate(url, requests, args.rate))
         if args.client == "wrk":
             return drive_wrk(url, requests, args.concurrency, args.threads, args.duration)
-        return asyncio.run(drive(url, requests, args.concurrency))
+        return asyncio.run(drive(url, requests, args.concurrency, created_only=lone))
 
-    lone = not args.rate and args.concurrency == 1
     if args.rate:
         mode = f"open loop at {args.rate:g} req/s for {args.duration:g} s, 201s' latencies"
     elif lone:
-        mode = "lone: one request at a time, each on an otherwise idle service"
+        mode = "lone: one request at a time on an otherwise idle service, 201s' latencies"
     elif args.client == "wrk":
         mode = f"wrk, concurrency {args.concurrency} for {args.duration:g} s"
     else:
