@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -189,7 +190,10 @@ def wrk_outcome(output: str, connections: int) -> Outcome:
     errors = figures["errors"]
     failed = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
     if failed:
-        raise SystemExit(f"wrk reported socket errors {errors}: a request was not answered")
+        raise SystemExit(
+            f"wrk reported socket errors {errors}: a request was not answered; "
+            "see the worker log (timeouts: fewer --concurrency, or a longer --duration)"
+        )
     return Outcome(
         figures["seconds"],
         Counter(figures["answers"]),
@@ -276,6 +280,8 @@ def main() -> None:
     settings = dict(item.split("=", 1) for item in args.set)
     if args.rate and args.client == "wrk":
         parser.error("--rate sends from Python: leave out --client wrk")
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is missing: scripts/bootstrap installs it (Debian: apt-get install wrk)")
     count = round(args.rate * args.duration) if args.rate else args.requests
     lone = not args.rate and args.client == "python" and args.concurrency == 1
 
