@@ -147,7 +147,7 @@ async def drive_at_rate(url: str, requests: list[Request], rate: float) -> Outco
                 answer = answer_of(response.status, response.headers)
             answers[answer] += 1
             if answer == "201":
-                # From the scheduled time: a late send is the service's wait too.
+                # From the scheduled time, as the sender sees it: a late send counts too.
                 latencies.append(time.perf_counter() - due)
 
         started = time.perf_counter()
