@@ -25,10 +25,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.intake.staging import ROW_COLUMNS
 from app.kafka.topics import DLQ, EVENTS_DEFAULT, INTAKE
-from tests.stack import ROOT, Stack, read_topics_conf
+from tests.stack import ROOT, Stack, Worker, read_topics_conf, wait_for
 
 #: What the ETL writes: the poller's columns without the generated id.
 STAGING_COLUMNS = ROW_COLUMNS[1:]
@@ -395,3 +396,41 @@ async def _fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
 def fetch(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
     """The rows of one query on the stack's database."""
     return asyncio.run(_fetch(stack, query, *args))
+
+
+#: /metrics as (name, labels) → value.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(worker: Worker) -> Samples:
+    """GET /metrics on the worker's own port (its fronts' counts summed in)."""
+    status, text = worker.get("/metrics")
+    assert status == 200
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    """How far one series moved between two readings (0 where it did not exist)."""
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def wait_quiet(worker: Worker) -> Samples:
+    """Warm-up notices answered 202 may still be decided: wait until no decision moves.
+
+    Returns the last reading, a baseline from a quiet pipeline.
+    """
+    last: Samples = {}
+
+    def quiet() -> bool:
+        nonlocal last
+        now, last = last, samples(worker)
+        decided = [key for key in last if key[0] == "payments_decisions_total"]
+        return bool(now) and all(now.get(key) == last[key] for key in decided)
+
+    wait_for(quiet, timeout=30, interval=2, what="no decisions for two seconds")
+    return last

@@ -17,33 +17,15 @@ from typing import Any
 
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.models import payment_id_for
 from tests.integration.test_webhooks import OLD, answer, generic
-from tests.pipeline import app_env, fresh_pipeline
+from tests.pipeline import app_env, fresh_pipeline, moved, samples, wait_quiet
 from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed
 
 WEBHOOK = "/api/v1/payments/webhook"
 RUN = uuid.uuid4().hex[:8]
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(worker: Worker) -> Samples:
-    status, text = worker.get("/metrics")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text.decode())
-        for sample in family.samples
-    }
-
-
-def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
-    key = (name, frozenset(labels.items()))
-    return after.get(key, 0.0) - before.get(key, 0.0)
 
 
 def decides(worker: Worker) -> bool:
@@ -73,19 +55,6 @@ def cached(
         wait_for(lambda: decides(worker), timeout=90, interval=1, what="synchronous answers")
         wait_quiet(worker)
         yield worker, memory, redis
-
-
-def wait_quiet(worker: Worker) -> None:
-    """Warm-up notices answered 202 may still be decided: wait until no decision moves."""
-    last: Samples = {}
-
-    def quiet() -> bool:
-        nonlocal last
-        now, last = last, samples(worker)
-        decided = [key for key in last if key[0] == "payments_decisions_total"]
-        return bool(now) and all(now.get(key) == last[key] for key in decided)
-
-    wait_for(quiet, timeout=30, interval=2, what="no decisions for two seconds")
 
 
 def test_each_cache_setting_gives_the_same_answers(cached: tuple[Worker, bool, bool]) -> None:

@@ -16,9 +16,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.pipeline import app_env, fresh_pipeline
+from tests.pipeline import app_env, fresh_pipeline, moved, samples, wait_quiet
 from tests.stack import Stack, Worker, free_port, run_worker, wait_for
 from tests.webhook_client import signed
 
@@ -90,32 +89,11 @@ def fronts(pair: tuple[Worker, Worker]) -> Worker:
     return pair[1]
 
 
-def samples(worker: Worker) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """GET /metrics on the worker's own port, as (name, labels) → value."""
-    status, text = worker.get("/metrics")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text.decode())
-        for sample in family.samples
-    }
-
-
 def test_metrics_sum_the_fronts_and_the_worker_after_a_known_load(
     pair: tuple[Worker, Worker],
 ) -> None:
     worker, front = pair
-    # Warm-up notices answered 202 may still be decided: start from a quiet pipeline.
-    last: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-
-    def quiet() -> bool:
-        nonlocal last
-        now, last = last, samples(worker)
-        decided = [key for key in last if key[0] == "payments_decisions_total"]
-        return bool(now) and all(now.get(key) == last[key] for key in decided)
-
-    wait_for(quiet, timeout=30, interval=2, what="no decisions for two seconds")
-    before = last
+    before = wait_quiet(worker)  # warm-up notices may still be decided
     references = [f"FR-{RUN}-metrics-{n}" for n in range(10)]
     for reference in references:
         assert front.post(WEBHOOK, *notice(reference))[0] == 201
@@ -124,51 +102,50 @@ def test_metrics_sum_the_fronts_and_the_worker_after_a_known_load(
     assert front.post(WEBHOOK, b"{}", {})[0] == 401
     after = samples(worker)
 
-    def moved(name: str, **labels: str) -> float:
-        key = (name, frozenset(labels.items()))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+    def change(name: str, **labels: str) -> float:
+        return moved(before, after, name, **labels)
 
     def events_counted() -> bool:
         # The events' acks may come just after the answers (the decisions need only the commit).
         nonlocal after
         after = samples(worker)
-        return moved("payments_kafka_messages_total", topic="payment.events", result="ok") >= 10
+        return change("payments_kafka_messages_total", topic="payment.events", result="ok") >= 10
 
     wait_for(events_counted, timeout=15, what="the events' acks counted")
 
     webhook = "payments_webhook_duration_seconds_count"
-    assert moved(webhook, status="201") == 10
-    assert moved(webhook, status="200") == 3
-    assert moved(webhook, status="401") == 1
-    assert moved("payments_decisions_total", source="webhook", outcome="created") == 10
+    assert change(webhook, status="201") == 10
+    assert change(webhook, status="200") == 3
+    assert change(webhook, status="401") == 1
+    assert change("payments_decisions_total", source="webhook", outcome="created") == 10
     # The duplicates are decisions too, counted once though no record agent saw them: the
     # front that created a reference knows it in memory, the other asks Redis's hot cache.
-    assert moved("payments_decisions_total", source="webhook", outcome="duplicate") == 3
+    assert change("payments_decisions_total", source="webhook", outcome="duplicate") == 3
     answered = {
-        layer: moved("payments_reference_answers_total", layer=layer)
+        layer: change("payments_reference_answers_total", layer=layer)
         for layer in ("memory", "redis", "table", "postgres")
     }
     assert answered["memory"] + answered["redis"] == 3, answered
     assert (answered["table"], answered["postgres"]) == (0, 0), answered
     hits = {
-        layer: moved("payments_cache_requests_total", layer=layer, result="hit")
+        layer: change("payments_cache_requests_total", layer=layer, result="hit")
         for layer in ("memory", "redis")
     }
     assert hits == {"memory": answered["memory"], "redis": answered["redis"]}
     # Each new reference: a miss in the front's memory and in Redis, then in the agent's
     # memory, the table and Postgres, which creates it.
     for layer in ("redis", "table", "database"):
-        assert moved("payments_cache_requests_total", layer=layer, result="miss") == 10, layer
+        assert change("payments_cache_requests_total", layer=layer, result="miss") == 10, layer
     assert (
-        moved("payments_cache_requests_total", layer="memory", result="miss") == 20 + hits["redis"]
+        change("payments_cache_requests_total", layer="memory", result="miss") == 20 + hits["redis"]
     )
     intake = {"topic": "payment.intake", "result": "ok"}
-    assert moved("payments_kafka_messages_total", **intake) == 10
-    assert moved("payments_kafka_messages_total", topic="payment.events", result="ok") == 10
+    assert change("payments_kafka_messages_total", **intake) == 10
+    assert change("payments_kafka_messages_total", topic="payment.events", result="ok") == 10
     assert ("payments_db_pool_size", frozenset()) in after
     # Faust's own sensors count too: the intake records the worker's consumer took in.
     faust_in = "payments_faust_messages_received_per_topic_total"
-    assert moved(faust_in, topic="payment.intake") == 10
+    assert change(faust_in, topic="payment.intake") == 10
     assert after[("payments_outbox_events", frozenset())] >= 0
     # Nothing per reference: the labels are small fixed sets.
     assert not [key for key in after if any(f"FR-{RUN}" in value for _, value in key[1])]
