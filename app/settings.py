@@ -297,6 +297,15 @@ class KafkaSection(BaseModel):
             "count); a batch also ends at 512 KiB (aiokafka's max_batch_size, in bytes)."
         ),
     )
+    kafka_linger_ms: int = Field(
+        0,
+        ge=0,
+        le=1_000,
+        description=(
+            "How long our producers hold a send for company (aiokafka's linger_ms). 0: at "
+            "once; under load sends still group, while the request before them is in flight."
+        ),
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
         "PLAINTEXT",
         description="SSL: TLS; SASL_SSL: TLS and a SASL login (KAFKA_SASL_*).",

@@ -74,8 +74,10 @@ class Publisher(Service):
             client_id=f"{self.settings.kafka_client_id}-{self.name}",
             acks="all",
             enable_idempotence=True,
-            # A few ms of linger turns a batch of sends into a few produce requests.
-            linger_ms=5,
+            # KAFKA_LINGER_MS (0): a lone webhook's intake record, and a small batch's
+            # events, waited the whole linger (5 ms each, on every webhook's path); with
+            # one request in flight per broker, sends made meanwhile still go together.
+            linger_ms=self.settings.kafka_linger_ms,
             max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=30_000,
             **tls.kafka_options(self.settings),

@@ -145,3 +145,24 @@ async def test_kafka_batch_size_is_the_records_per_batch(monkeypatch: pytest.Mon
     finally:
         await publisher.stop()
     assert producer.batches == [[b"0", b"1", b"2"], [b"3", b"4", b"5"], [b"6"]]
+
+
+async def test_kafka_linger_ms_is_the_producers_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class RecordingProducer:
+        def __init__(self, **options: Any) -> None:
+            made.append(options)
+
+        async def start(self) -> None:
+            return None
+
+        async def stop(self) -> None:
+            return None
+
+    monkeypatch.setattr("app.kafka.publisher.AIOKafkaProducer", RecordingProducer)
+    for linger in (0, 7):
+        publisher = Publisher(Settings(kafka_linger_ms=linger))
+        await publisher.start()
+        await publisher.stop()
+    assert [options["linger_ms"] for options in made] == [0, 7]
