@@ -3,7 +3,10 @@
 Faust runs it at-least-once (docs/architecture.md says why not
 ``exactly_once``). Offsets of a batch are committed only after
 :func:`record_batch` returns, so the batch is never acked before its rows are
-committed, its events published and its dead letters sent. A record that keeps
+committed, its events published and its dead letters sent. Two batches overlap
+(:func:`overlapped`): once a batch is committed in Postgres and its decisions
+announced, the next one is decoded and committed while the first one's events,
+table entries and outbox deletion finish; batches are acked in order. A record that keeps
 failing for a reason nobody foresaw is isolated and dead-lettered as
 ``unprocessable`` (:mod:`app.recording.failures`): it never holds the worker.
 """
@@ -14,9 +17,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 
@@ -36,6 +39,8 @@ from tables.references import References
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Pause before handling a batch again when even dead-lettering its record failed.
 UNEXPECTED_ERROR_PAUSE_SECONDS = 5.0
 
@@ -50,22 +55,25 @@ class Progress:
         self._reset(time.monotonic())
 
     def _reset(self, now: float) -> None:
-        self.since = now
+        self.since = self._last_end = now
         self.records = self.batches = self.created = self.duplicates = 0
         self.busy = 0.0
 
-    def add(self, report: BatchReport, size: int, seconds: float) -> None:
+    def add(self, report: BatchReport, size: int, started: float) -> None:
+        """A batch handled from ``started`` (time.monotonic()) until now."""
+        now = time.monotonic()
         self.records += size
         self.batches += 1
         self.created += report.count("created")
         self.duplicates += report.count("duplicate")
-        self.busy += seconds
-        now = time.monotonic()
+        # Busy: the time at least one batch was in hand (two overlap; batches end in order).
+        self.busy += now - max(started, self.since, self._last_end)
+        self._last_end = now
         elapsed = now - self.since
         if elapsed >= PROGRESS_INTERVAL_SECONDS:
             log.info(
                 "record agent: %d records in %.0f s (%.0f/s; %d created, %d duplicates); "
-                "%d batches of %.0f on average, %.0f ms each, busy %.0f%%",
+                "%d batches of %.0f on average, busy %.0f%%",
                 self.records,
                 elapsed,
                 self.records / elapsed,
@@ -73,7 +81,6 @@ class Progress:
                 self.duplicates,
                 self.batches,
                 self.records / self.batches,
-                1000 * self.busy / self.batches,
                 100 * self.busy / elapsed,
             )
             self._reset(now)
@@ -105,12 +112,68 @@ def count(report: BatchReport) -> None:
             CACHE_REQUESTS.labels(layer, result).inc(n)
 
 
-async def record_batch(recorder: Recorder, batch: Sequence[Incoming]) -> BatchReport:
-    """``batch`` through the failure policy: whole if it can be, else around its bad records."""
+async def record_batch(
+    recorder: Recorder, batch: Sequence[Incoming], committed: Callable[[], None] | None = None
+) -> BatchReport:
+    """``batch`` through the failure policy: whole if it can be, else around its bad records.
+
+    ``committed()`` when the batch (or, split, a part of it) is committed and decided.
+    """
+
+    async def handle(part: Sequence[Incoming]) -> BatchReport:
+        return await recorder.handle(part, committed)
+
     reports = await failures.settle(
-        "record agent", batch, recorder.handle, recorder.unprocessable, sleep=recorder.sleep
+        "record agent", batch, handle, recorder.unprocessable, sleep=recorder.sleep
     )
     return reports[0] if len(reports) == 1 else BatchReport.merged(reports)
+
+
+async def overlapped(
+    batches: AsyncIterable[T],
+    handle: Callable[[T, Callable[[], None]], Awaitable[None]],
+    done: Callable[[T], Awaitable[None]],
+) -> None:
+    """``handle(batch, committed)`` each batch, the next one starting at its ``committed()``.
+
+    A batch's tail (its events, table entries, outbox) then runs beside the next
+    batch's decoding and Postgres transaction: at most two batches are in hand,
+    and the next is taken only when the one before them has ended. ``done(batch)``
+    runs after its ``handle`` returned and after the batch before it is done: acks
+    stay in order. Nothing more is done for a batch whose handling failed or that
+    was cancelled, nor for any batch after it (they are delivered again).
+    """
+    before: asyncio.Task[None] | None = None
+    in_hand: set[asyncio.Task[None]] = set()
+
+    async def run(
+        batch: T, committed: Callable[[], None], previous: asyncio.Task[None] | None
+    ) -> None:
+        await handle(batch, committed)
+        if previous is not None:
+            await previous  # raises if it failed: this batch is not acked either
+        await done(batch)
+
+    try:
+        async for batch in batches:
+            turn = asyncio.Event()
+            task = asyncio.create_task(run(batch, turn.set, before))
+            in_hand.add(task)
+            task.add_done_callback(in_hand.discard)
+            committed = asyncio.create_task(turn.wait())
+            try:
+                await asyncio.wait((task, committed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                committed.cancel()
+            if before is not None:
+                await before  # at most two in hand
+            before = task
+        if before is not None:
+            await before
+    finally:
+        for task in in_hand:
+            task.cancel()
+        await asyncio.gather(*in_hand, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -170,19 +233,20 @@ def register(
         within = settings.record_batch_window_ms / 1000
         audit_log = settings.audit_log
         progress = Progress()
-        async for events in take_batches(stream, settings.record_batch_size, within):
+
+        async def handle(events: list[Any], committed: Callable[[], None]) -> None:
             batch = [Incoming(event.key, event.value, event) for event in events]
-            started = time.perf_counter()
+            started = time.monotonic()
             while True:
                 try:
-                    report = await record_batch(recorder, batch)
+                    report = await record_batch(recorder, batch, committed)
                     break
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     # Only a failure to dead-letter a record gets here. Escaping would
-                    # end the agent and let take_batches ack the batch on its way out:
-                    # records would be skipped. Hold the batch.
+                    # end the agent with the batch unacked, and the next batches with
+                    # it. Hold the batch.
                     log.exception(
                         "record agent: could not dead-letter a record of a batch of %d; "
                         "retrying in %.0f s. Report this with the traceback",
@@ -190,7 +254,7 @@ def register(
                         UNEXPECTED_ERROR_PAUSE_SECONDS,
                     )
                     await asyncio.sleep(UNEXPECTED_ERROR_PAUSE_SECONDS)
-            progress.add(report, len(batch), time.perf_counter() - started)
+            progress.add(report, len(batch), started)
             count(report)
             if audit_log:
                 audit_trail.decisions(report.decisions, report.dead_letters)
@@ -203,5 +267,11 @@ def register(
                     report.count("conflict"),
                     len(report.dead_letters),
                 )
+
+        async def ack(events: list[Any]) -> None:
+            for event in events:
+                await stream.ack(event)
+
+        await overlapped(take_batches(stream, settings.record_batch_size, within), handle, ack)
 
     return app.agent(intake, name="record_payments")(record_payments)

@@ -183,10 +183,12 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
     batch is being recorded waits in the queue and forms the next one (group
     commit), so batches grow with the load and a lone record goes at once.
 
-    Acks are as in ``take_events``: the stream's own acks are off, and a batch's
-    events are acked after the body of the ``async for`` has handled it.
-    faust-streaming has no hook to change that wait (0.15.3). Nothing is added to a
-    batch from the moment it is handed over until it has been handled.
+    Acks are the caller's: the stream's own acks are off, and each event must be
+    acked (``stream.ack``) once handled, which may be after later batches were
+    taken (the record agent overlaps two). An event never acked is delivered
+    again after a restart or a rebalance. faust-streaming has no hook to change
+    ``take_events``' wait (0.15.3). Nothing is added to a batch from the moment it
+    is handed over until the next one is asked for.
     """
     events: list[EventT[Any]] = []
     ready = asyncio.Event()
@@ -207,7 +209,7 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
             ready.set()
         return value
 
-    stream.enable_acks = False  # a batch is acked after it is handled, below
+    stream.enable_acks = False  # the caller acks each event once it is handled
     stream.add_processor(collect)
     stream._enable_passive(stream.channel)  # drain the stream into collect (see above)
     while not stream.should_stop:
@@ -220,7 +222,5 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
             yield batch
         finally:
             events.clear()
-            for event in batch:
-                await stream.ack(event)
             ready.clear()
             free.set()

@@ -13,8 +13,12 @@ The order within a batch is the invariant-keeping order of docs/architecture.md:
    all three need only the commit), wait for the acks, then delete the outbox
    rows (the outbox holds only unsent events).
 
-Until :meth:`Recorder.handle` returns, no offset of the batch is committed, so a
-crash anywhere replays the batch and Postgres' primary key absorbs the replay.
+Steps 1 to 3 take the recorder's turn: one batch at a time, in the order the
+batches came. Step 4 (the *tail*) does not: ``committed`` is called when step 3 is
+done, and the record agent then starts the next batch's steps 1 to 3 while this
+one's events are acknowledged (agents/record_payments.py). Until
+:meth:`Recorder.handle` returns, no offset of the batch is committed, so a crash
+anywhere replays the batch and Postgres' primary key absorbs the replay.
 Infrastructure errors (Postgres or Kafka away) are retried here, forever, with
 backoff: the batch waits rather than skipping a record. Anything else is raised
 to the agent, which isolates the record at fault (:mod:`app.recording.failures`) and
@@ -122,6 +126,15 @@ class BatchReport:
         return whole
 
 
+@dataclass(frozen=True)
+class _Decided:
+    """A batch after steps 1 to 3: its report, what Postgres recorded, its decoded records."""
+
+    report: BatchReport
+    result: RecordResult
+    records: list[tuple[Incoming, PaymentRecord]]
+
+
 class Recorder:
     """Turns batches of intake messages into decisions; see the module doc for the order."""
 
@@ -147,8 +160,21 @@ class Recorder:
         self._crash_after_commit = crash_after_commit
         self._announce = announce
         self.memory = memory
+        self._turn = asyncio.Lock()
 
-    async def handle(self, batch: Sequence[Incoming]) -> BatchReport:
+    async def handle(
+        self, batch: Sequence[Incoming], committed: Callable[[], None] | None = None
+    ) -> BatchReport:
+        """Decide ``batch``; ``committed()`` once its decisions are made and committed."""
+        async with self._turn:
+            decided = await self._decide(batch)
+        if committed is not None:
+            committed()
+        await self._finish(decided)
+        return decided.report
+
+    async def _decide(self, batch: Sequence[Incoming]) -> _Decided:
+        """Steps 1 to 3: every record of ``batch`` decided, the new ones committed."""
         report = BatchReport()
         now = datetime.now(UTC)
         # 1. decode and check
@@ -238,9 +264,14 @@ class Recorder:
         if conflicts:
             await self._conflicts(conflicts, known, created, report, now)
         report.committed = known
+        return _Decided(report, result, records)
 
-        # 4. publish events and dead letters, and 5. write the table (it needs only
-        # the commit), at once; then mark the events sent.
+    async def _finish(self, decided: _Decided) -> None:
+        """Step 4: announce, publish events and dead letters, write the table, mark sent."""
+        report, result, records = decided.report, decided.result, decided.records
+        known = report.committed
+        # Publish events and dead letters and write the table (it needs only the
+        # commit), at once; then mark the events sent.
         events: list[Message] = [(event.key, event.payload) for event in result.events]
         letters: list[Message] = [dead_letter_message(letter) for letter in report.dead_letters]
         first_event: dict[str, Any] = {}
@@ -248,7 +279,10 @@ class Recorder:
             first_event.setdefault(record.reference_number, item.event)
         entries = [
             (first_event[reference], reference, known[reference])
-            for reference in (*created, *result.existing)
+            for reference in (
+                *(record.reference_number for record in result.created),
+                *result.existing,
+            )
         ]
         # The decisions need only the commit: announce them (webhook views are
         # waiting) while the events and the table are written. Never raises.
@@ -266,7 +300,6 @@ class Recorder:
             )
             if batches:
                 await self._retrying("mark outbox sent", lambda: self.store.mark_sent(batches))
-        return report
 
     def _decode(self, item: Incoming, now: datetime, report: BatchReport) -> PaymentRecord | None:
         try:
