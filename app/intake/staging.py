@@ -1,4 +1,4 @@
-"""Reading the staging table into ``payment.intake``, one claimed batch at a time.
+"""Reading the staging table into ``payment.intake``, claimed batch after claimed batch.
 
 A batch is claimed with ``FOR UPDATE SKIP LOCKED`` inside a transaction that
 stays open until the broker has acknowledged every record of it; only then are
@@ -6,6 +6,14 @@ the rows marked processed and the batch logged, in the same transaction. A crash
 in between rolls the claim back, so the rows are published again later and the
 record agent's dedup absorbs the repeat. A row is never marked processed without
 having been published (or dead-lettered).
+
+One drain runs at a time (a session advisory lock, held for the whole drain), and
+in it two batches overlap: once a full batch is claimed and checked, the next one
+is claimed and checked while the first one is published, marked and committed.
+The next batch's records go out only after the batch before it is acknowledged,
+so the intake gets the rows in id order (a row that repeats an earlier row's
+reference comes after it) — except when a batch fails and is retried or left to
+the next run: the batch after it goes on.
 
 Failures follow :mod:`app.recording.failures`: an outage leaves the batch unprocessed and
 is retried (``STAGING_MAX_RETRIES`` times, then at the next run). A row that
@@ -54,6 +62,24 @@ log = logging.getLogger(__name__)
 
 #: Pause before retry n is RETRY_BASE_SECONDS * 2**(n-1).
 RETRY_BASE_SECONDS = 1.0
+
+
+class Turn:
+    """Where one batch of a drain is, for the drain and for the batch after it."""
+
+    def __init__(self, before: Turn | None) -> None:
+        self.before = before
+        #: Set once the batch's rows are claimed and checked, or it ended.
+        self.claimed = asyncio.Event()
+        #: Whether it claimed as many rows as it could: more may be waiting.
+        self.full = False
+        #: Set once its records are acknowledged, or it ended.
+        self.published = asyncio.Event()
+
+    def end(self) -> None:
+        self.claimed.set()
+        self.published.set()
+        self.before = None  # a long drain must not keep a chain of every batch
 
 
 @dataclass
@@ -243,16 +269,57 @@ class StagingPoller:
         self._sleep = sleep
 
     async def drain(self) -> int:
-        """Poll batches back to back while full ones keep coming; return the rows moved."""
+        """Poll batches while full ones keep coming, two at once; return the rows moved.
+
+        Returns 0 at once when another drain holds the poller lock (a leader handoff).
+        """
+        async with self.pool.acquire() as holder:
+            if not await staging_table.take_poller_lock(holder):
+                log.debug("staging: another poller holds the lock; skipping this run")
+                return 0
+            try:
+                return await self._drain()
+            finally:
+                await staging_table.release_poller_lock(holder)
+
+    async def _drain(self) -> int:
         moved = 0
         started = time.monotonic()
-        while True:
-            summary = await self._batch_with_retries()
-            if summary is None:
+        older: tuple[asyncio.Task[BatchSummary | None], Turn] | None = None
+        in_flight: set[asyncio.Task[BatchSummary | None]] = set()
+        try:
+            while True:
+                turn = Turn(older[1] if older else None)
+                task = asyncio.create_task(self._batch(turn))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                await turn.claimed.wait()
+                overlapped = older is not None
+                if older is not None:  # the batch before this one ends first
+                    done, older = await older[0], None
+                    if done is None:  # failed: left to the next run
+                        summary = await task
+                        moved += 0 if summary is None else summary.total
+                        break
+                    moved += done.total
+                if turn.full and not task.done():
+                    older = (task, turn)  # claim the next batch meanwhile
+                    continue
+                summary = await task
+                if summary is not None:
+                    moved += summary.total
+                    if summary.total == summary.limit:
+                        continue
+                elif overlapped:
+                    # It found nothing while the batch before held rows, or that batch
+                    # was split after a failure: look again, one batch at a time.
+                    continue
                 break
-            moved += summary.total
-            if summary.total < summary.limit:
-                break
+        finally:
+            # Cancelled (the worker stops): no batch outlives the drain and its lock.
+            for running in in_flight:
+                running.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
         if moved >= self.batch_size:
             elapsed = time.monotonic() - started
             log.info(
@@ -264,7 +331,13 @@ class StagingPoller:
             )
         return moved
 
-    async def _batch_with_retries(self) -> BatchSummary | None:
+    async def _batch(self, turn: Turn) -> BatchSummary | None:
+        try:
+            return await self._batch_with_retries(turn)
+        finally:
+            turn.end()
+
+    async def _batch_with_retries(self, turn: Turn) -> BatchSummary | None:
         """One batch, by the failure policy; None when there was nothing to do or it failed.
 
         An outage is retried with backoff, then left to the next run. Anything else
@@ -277,8 +350,9 @@ class StagingPoller:
         while True:
             attempt += 1
             started = datetime.now(UTC)
+            summary: BatchSummary | None
             try:
-                summary = await self.poll_once(limit)
+                summary = await self.poll_once(turn, limit)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -334,8 +408,6 @@ class StagingPoller:
         started = datetime.now(UTC)
         try:
             async with self.pool.acquire() as connection, connection.transaction():
-                if not await staging_table.take_poller_lock(connection):
-                    return None
                 rows = await staging_table.claim(connection, 1)
                 if not rows:
                     return None
@@ -368,10 +440,12 @@ class StagingPoller:
         STAGING_ROWS.labels("invalid").inc()
         return summary
 
-    async def poll_once(self, limit: int | None = None) -> BatchSummary | None:
-        """Claim, publish, mark, log: one batch in one transaction. None if another poller runs.
+    async def poll_once(self, turn: Turn, limit: int | None = None) -> BatchSummary:
+        """Claim, publish, mark, log: one batch in one transaction, in a drain (it holds the lock).
 
-        ``limit``: claim at most this many rows (default STAGING_BATCH_SIZE).
+        ``limit``: claim at most this many rows (default STAGING_BATCH_SIZE). The
+        records go out once ``turn.before`` is published; ``turn`` says when this
+        batch is claimed and published.
         """
         started = datetime.now(UTC)
         clock = time.perf_counter()
@@ -381,9 +455,6 @@ class StagingPoller:
         auditing = self.audit_log and audit_trail.enabled()
         repeats: list[Decision] = []
         async with self.pool.acquire() as connection, connection.transaction():
-            if not await staging_table.take_poller_lock(connection):
-                log.debug("staging: another poller holds the lock; skipping this run")
-                return None
             rows = await staging_table.claim(connection, summary.limit)
             if not rows:
                 return summary
@@ -415,10 +486,16 @@ class StagingPoller:
                 outgoing.append((reference.encode(), staged.value))
             summary.published = len(outgoing)
 
+            turn.full = len(rows) == summary.limit
+            turn.claimed.set()  # the drain may claim the next batch now
+            if turn.before is not None:
+                await turn.before.published.wait()  # in id order
+                turn.before = None
             await asyncio.gather(
                 self.publisher.publish(INTAKE, outgoing),
                 self.publisher.publish(DLQ, prepared.letters),
             )
+            turn.published.set()
             await staging_table.mark_processed(connection, [row["id"] for row in rows])
             details = summary.errors or None
             await _log_batch(connection, summary, "completed", started, details)

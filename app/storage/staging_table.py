@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 
 #: One poller at a time, whichever worker's timer fires (a leader handoff can overlap).
-POLLER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller'))"
+POLLER_LOCK = "SELECT pg_try_advisory_lock(hashtext('payment_service.staging poller'))"
+POLLER_UNLOCK = "SELECT pg_advisory_unlock(hashtext('payment_service.staging poller'))"
 
 #: The columns of a claimed row, in the order ``prepare_rows`` reads them.
 CLAIM_ROWS = """
@@ -111,8 +112,17 @@ class Run:
 
 
 async def take_poller_lock(connection: asyncpg.Connection) -> bool:
-    """True when this transaction is the one poller; released when it ends."""
+    """True when this connection's session is now the one poller (see :func:`release_poller_lock`).
+
+    A session lock: it outlives the batches' transactions, on other connections.
+    Released by :func:`release_poller_lock`, or when the session ends (a crash; and
+    asyncpg's pool unlocks every advisory lock of a connection it takes back).
+    """
     return bool(await connection.fetchval(POLLER_LOCK))
+
+
+async def release_poller_lock(connection: asyncpg.Connection) -> None:
+    await connection.fetchval(POLLER_UNLOCK)
 
 
 async def claim(connection: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,18 +59,22 @@ class FakeConnection:
         self.db = db
         self.marked: list[int] = []
         self.logged: list[tuple[Any, ...]] = []
+        self.claimed: list[int] = []
         self.in_transaction = False
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        if query == staging_table.POLLER_LOCK:
+        if query in (staging_table.POLLER_LOCK, staging_table.POLLER_UNLOCK):
             return True
         assert "min(id)" in query
         pending = [r["id"] for r in self.db.rows if r["id"] not in self.db.processed]
         return min(pending, default=None)
 
     async def fetch(self, query: str, *args: Any) -> list[Record]:
-        if query == staging_table.CLAIM_ROWS:
-            rows = [r for r in self.db.rows if r["id"] not in self.db.processed][: args[0]]
+        if query == staging_table.CLAIM_ROWS:  # FOR UPDATE SKIP LOCKED
+            taken = self.db.processed | self.db.locked
+            rows = [r for r in self.db.rows if r["id"] not in taken][: args[0]]
+            self.claimed = [r["id"] for r in rows]
+            self.db.locked.update(self.claimed)
             return [Record(r) for r in rows]
         assert query == payment_store.KNOWN_REFERENCES
         return []
@@ -84,15 +89,19 @@ class FakeConnection:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
         self.in_transaction = True
-        yield
-        self.db.processed.update(self.marked)
-        self.db.log += self.logged
+        try:
+            yield
+            self.db.processed.update(self.marked)
+            self.db.log += self.logged
+        finally:
+            self.db.locked.difference_update(self.claimed)
 
 
 class FakeDatabase:
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
         self.processed: set[int] = set()
+        self.locked: set[int] = set()  # claimed by an open transaction
         self.log: list[tuple[Any, ...]] = []
 
     @asynccontextmanager
@@ -253,3 +262,38 @@ async def test_an_exact_repeat_postgres_holds_is_marked_but_not_published() -> N
     assert publisher.keys(INTAKE) == [b"REF-2"]
     # The repeat is a decision the poller took: counted once, as the agent's are.
     assert (REGISTRY.get_sample_value(*decided) or 0.0) - before == 1
+
+
+async def test_the_next_batch_is_claimed_while_one_is_published_and_goes_out_after_it() -> None:
+    db = FakeDatabase([row(n) for n in range(1, 25)])
+    seen: list[str] = []
+
+    class SlowPublisher(FakePublisher):
+        async def publish(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+            if topic != INTAKE:
+                return
+            first = messages[0][0]
+            seen.append(f"publish {first!r}")
+            await asyncio.sleep(0.02)
+            await super().publish(topic, messages)
+            seen.append(f"published {first!r}")
+
+    claim = FakeConnection.fetch
+
+    async def fetch(self: FakeConnection, query: str, *args: Any) -> list[Record]:
+        rows = await claim(self, query, *args)
+        if query == staging_table.CLAIM_ROWS:
+            seen.append(f"claim {[r['id'] for r in rows][:1]}")
+        return rows
+
+    publisher = SlowPublisher()
+    FakeConnection.fetch = fetch  # type: ignore[method-assign]
+    try:
+        assert await poller(db, publisher).drain() == 24
+    finally:
+        FakeConnection.fetch = claim  # type: ignore[method-assign]
+    # Batch 2 is claimed while batch 1 is being published, and published after it.
+    assert seen.index("claim [9]") < seen.index("published b'REF-1'")
+    assert seen.index("published b'REF-1'") < seen.index("publish b'REF-9'")
+    assert publisher.keys(INTAKE) == [f"REF-{n}".encode() for n in range(1, 25)]
+    assert db.processed == set(range(1, 25))
