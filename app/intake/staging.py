@@ -271,16 +271,31 @@ class StagingPoller:
     async def drain(self) -> int:
         """Poll batches while full ones keep coming, two at once; return the rows moved.
 
-        Returns 0 at once when another drain holds the poller lock (a leader handoff).
+        Returns 0 at once when another drain holds the poller lock (a leader handoff),
+        or when Postgres cannot be reached (the next run tries again). Never raises
+        but when cancelled: an error escaping a timer would stop the worker.
         """
-        async with self.pool.acquire() as holder:
-            if not await staging_table.take_poller_lock(holder):
-                log.debug("staging: another poller holds the lock; skipping this run")
-                return 0
-            try:
-                return await self._drain()
-            finally:
-                await staging_table.release_poller_lock(holder)
+        try:
+            async with self.pool.acquire() as holder:
+                if not await staging_table.take_poller_lock(holder):
+                    log.debug("staging: another poller holds the lock; skipping this run")
+                    return 0
+                try:
+                    return await self._drain()
+                finally:
+                    await _release(holder)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Postgres away when taking the lock; anything else is a bug: say so loudly.
+            outage = failures.is_outage(exc)
+            log.log(
+                logging.WARNING if outage else logging.ERROR,
+                "staging: this run stopped (%r); the next run goes on",
+                exc,
+                exc_info=None if outage else exc,
+            )
+            return 0
 
     async def _drain(self) -> int:
         moved = 0
@@ -527,6 +542,17 @@ class StagingPoller:
                 await _log_batch(connection, empty, "failed", started, details)
         except Exception as log_exc:
             log.error("staging: could not log the failed batch either: %r", log_exc)
+
+
+async def _release(holder: asyncpg.Connection) -> None:
+    """Release the poller lock; if Postgres went away, the lock went with the session."""
+    try:
+        await staging_table.release_poller_lock(holder)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # A connection the pool takes back is reset (every advisory lock unlocked) or closed.
+        log.info("staging: the poller lock ends with its connection (%r)", exc)
 
 
 async def _log_batch(

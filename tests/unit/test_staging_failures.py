@@ -297,3 +297,32 @@ async def test_the_next_batch_is_claimed_while_one_is_published_and_goes_out_aft
     assert seen.index("published b'REF-1'") < seen.index("publish b'REF-9'")
     assert publisher.keys(INTAKE) == [f"REF-{n}".encode() for n in range(1, 25)]
     assert db.processed == set(range(1, 25))
+
+
+async def test_postgres_away_at_the_poller_lock_or_its_release_never_escapes_the_run() -> None:
+    # An error escaping the timer stops the worker (seen when Postgres crashed mid-drain).
+    db = FakeDatabase([row(1), row(2)])
+    publisher = FakePublisher()
+    lock = FakeConnection.fetchval
+    refused = ConnectionRefusedError(111, "Connect call failed")
+
+    async def lock_refused(self: FakeConnection, query: str, *args: Any) -> Any:
+        if query == staging_table.POLLER_LOCK:
+            raise refused
+        return await lock(self, query, *args)
+
+    async def unlock_refused(self: FakeConnection, query: str, *args: Any) -> Any:
+        if query == staging_table.POLLER_UNLOCK:
+            raise refused
+        return await lock(self, query, *args)
+
+    made = poller(db, publisher)
+    try:
+        FakeConnection.fetchval = lock_refused  # type: ignore[method-assign]
+        assert await made.drain() == 0
+        assert db.processed == set()
+        FakeConnection.fetchval = unlock_refused  # type: ignore[method-assign]
+        assert await made.drain() == 2
+    finally:
+        FakeConnection.fetchval = lock  # type: ignore[method-assign]
+    assert db.processed == {1, 2}
