@@ -29,7 +29,12 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
-from pydantic_core import PydanticCustomError, PydanticSerializationError, to_json
+from pydantic_core import (
+    PydanticCustomError,
+    PydanticKnownError,
+    PydanticSerializationError,
+    to_json,
+)
 
 from app import months
 from app.currencies import CurrencyCode, minor_unit_exponent
@@ -93,12 +98,6 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("must be between years 1 and 9999 once converted to UTC") from None
 
 
-Identifier = Annotated[
-    str,
-    Field(min_length=1),
-    AfterValidator(_no_control_characters),
-]
-
 #: Characters a reader cannot see that Unicode does not class as format (Cf) or
 #: separators: combining grapheme joiner, Hangul fillers, Khmer inherent vowels,
 #: Mongolian and other variation selectors, and the blank Braille pattern.
@@ -132,15 +131,40 @@ def _no_invisible_characters(value: str) -> str:
     return value
 
 
-#: A text that tells payments apart (the reference, account, cif, channel): normalized to
-#: NFC before the length rules count it, without control, format or invisible characters,
-#: so that what looks like one reference is one reference.
-IdentityText = Annotated[
-    str,
-    BeforeValidator(_nfc),
-    AfterValidator(_no_control_characters),
-    AfterValidator(_no_invisible_characters),
-]
+def _text_rules(max_length: int, min_length: int = 0, *, visible: bool = True) -> AfterValidator:
+    """No control characters, no invisible ones (``visible``), then the length rules.
+
+    One validator for what were up to four: the two checks, and pydantic's length
+    checks, which it runs as Python validators of their own when they follow one
+    (~0.4 µs a call, for every text of every record at the door and in the agent;
+    bench/staging). The same errors, in the same order: a length error is the very
+    one pydantic raises (``too_short``/``too_long``, "Value should have ...").
+    """
+
+    def check(value: str) -> str:
+        _no_control_characters(value)
+        if visible:
+            _no_invisible_characters(value)
+        length = len(value)
+        if length < min_length:
+            raise PydanticKnownError(
+                "too_short",
+                {"field_type": "Value", "min_length": min_length, "actual_length": length},
+            )
+        if length > max_length:
+            raise PydanticKnownError(
+                "too_long",
+                {"field_type": "Value", "max_length": max_length, "actual_length": length},
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+#: A text that tells payments apart (the reference, account, cif, channel) is normalized
+#: to NFC before the length rules count it, and has no control, format or invisible
+#: characters (``_text_rules``), so that what looks like one reference is one reference.
+IDENTITY_TEXT = BeforeValidator(_nfc)
 
 
 #: The pydantic error type of a payment_date older than partition retention keeps
@@ -263,20 +287,20 @@ class PaymentRecord(BaseModel):
         ignored_types=(computed_once,),
     )
 
-    reference_number: Annotated[IdentityText, Field(min_length=1, max_length=255)]
-    loan_account_number: Annotated[IdentityText, Field(min_length=1, max_length=20)]
-    cif: Annotated[IdentityText, Field(min_length=1, max_length=20)]
+    reference_number: Annotated[str, IDENTITY_TEXT, _text_rules(255, min_length=1)]
+    loan_account_number: Annotated[str, IDENTITY_TEXT, _text_rules(20, min_length=1)]
+    cif: Annotated[str, IDENTITY_TEXT, _text_rules(20, min_length=1)]
     #: ISO 4217; None when the input names none (staging rows have no currency column).
     #: Before amount: the amount's validator checks it against the currency's minor unit.
     currency: CurrencyCode | None = None
     amount: Annotated[Decimal, Field(gt=0, lt=10**13, decimal_places=2)]
     payment_date: datetime
-    payment_channel: Annotated[IdentityText, Field(max_length=100)] | None = None
+    payment_channel: Annotated[str, IDENTITY_TEXT, _text_rules(100)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: Source
     # Not normalized: it names the sender's message (a webhook-id, a staging row id), not
     # the payment, and decisions are looked up under it as the sender wrote it.
-    source_id: Annotated[Identifier, Field(max_length=255)]
+    source_id: Annotated[str, Field(min_length=1), _text_rules(255, visible=False)]
     received_at: datetime
 
     @field_validator("amount", mode="before")
