@@ -180,70 +180,6 @@ class WindowRefusal(NamedTuple):
     beyond_retention: bool = False
 
 
-@dataclass(frozen=True)
-class DateWindow:
-    """The payment dates the service accepts at a given time; see :meth:`earliest_at`.
-
-    ``retention_months`` None leaves partition retention out (tests of structure only).
-    """
-
-    earliest: date
-    max_future: timedelta
-    retention_months: int | None = None
-
-    @classmethod
-    def of(cls, settings: Settings) -> DateWindow:
-        """The window PAYMENT_DATE_MIN, PAYMENT_DATE_MAX_FUTURE_DAYS and retention describe."""
-        return cls(
-            earliest=settings.payment_date_min,
-            max_future=timedelta(days=settings.payment_date_max_future_days),
-            retention_months=settings.partition_retention_months,
-        )
-
-    def earliest_at(self, now: datetime, *, recording: bool = False) -> datetime:
-        """The earliest payment_date accepted at ``now``: it moves with ``now``.
-
-        The later of PAYMENT_DATE_MIN and the start of the oldest month that
-        partition retention keeps for a margin more (app/storage/partitions.py): webhooks
-        and the staging poller ask for ACCEPTING_MARGIN, the record agent
-        (``recording``) for RECORDING_MARGIN, so what was accepted is still inside
-        the agent's window for the time it may wait in the intake.
-        """
-        start = datetime.combine(self.earliest, datetime.min.time(), UTC)
-        if self.retention_months is None:
-            return start
-        margin = months.RECORDING_MARGIN if recording else months.ACCEPTING_MARGIN
-        return max(start, months.oldest_kept(now, self.retention_months, margin))
-
-    def check(
-        self, payment_date: datetime, now: datetime | None = None, *, recording: bool = False
-    ) -> WindowRefusal | None:
-        """Why ``payment_date`` is outside the window, or None when it is inside.
-
-        Before PAYMENT_DATE_MIN is a plain refusal; after it but before retention's
-        start, ``beyond_retention``.
-        """
-        now = now or datetime.now(UTC)
-        if payment_date < datetime.combine(self.earliest, datetime.min.time(), UTC):
-            # Before PAYMENT_DATE_MIN is wrong whatever retention keeps: invalid.
-            return WindowRefusal(f"must not be before {self.earliest.isoformat()}")
-        earliest = self.earliest_at(now, recording=recording)
-        if payment_date < earliest:
-            return WindowRefusal(
-                f"must not be before {earliest.date().isoformat()}: older months are past "
-                f"PARTITION_RETENTION_MONTHS={self.retention_months} and are dropped",
-                beyond_retention=True,
-            )
-        if payment_date > now + self.max_future:
-            return WindowRefusal(f"must not be more than {self.max_future} in the future")
-        return None
-
-
-def beyond_retention(error: ValidationError) -> bool:
-    """Whether ``error`` says a payment_date is older than partition retention keeps."""
-    return any(item["type"] == BEYOND_RETENTION for item in error.errors())
-
-
 class computed_once(Generic[T]):
     """A value computed from the instance on its first read, then kept in its ``__dict__``.
 
@@ -271,6 +207,75 @@ class computed_once(Generic[T]):
         # A non-data descriptor: once the value is in __dict__, reads find it there.
         value = instance.__dict__[self._name] = self._compute(instance)
         return value
+
+
+@dataclass(frozen=True)
+class DateWindow:
+    """The payment dates the service accepts at a given time; see :meth:`earliest_at`.
+
+    ``retention_months`` None leaves partition retention out (tests of structure only).
+    """
+
+    earliest: date
+    max_future: timedelta
+    retention_months: int | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> DateWindow:
+        """The window PAYMENT_DATE_MIN, PAYMENT_DATE_MAX_FUTURE_DAYS and retention describe."""
+        return cls(
+            earliest=settings.payment_date_min,
+            max_future=timedelta(days=settings.payment_date_max_future_days),
+            retention_months=settings.partition_retention_months,
+        )
+
+    @computed_once
+    def start(self) -> datetime:
+        """The first instant PAYMENT_DATE_MIN allows (UTC)."""
+        return datetime.combine(self.earliest, datetime.min.time(), UTC)
+
+    def earliest_at(self, now: datetime, *, recording: bool = False) -> datetime:
+        """The earliest payment_date accepted at ``now``: it moves with ``now``.
+
+        The later of PAYMENT_DATE_MIN and the start of the oldest month that
+        partition retention keeps for a margin more (app/storage/partitions.py): webhooks
+        and the staging poller ask for ACCEPTING_MARGIN, the record agent
+        (``recording``) for RECORDING_MARGIN, so what was accepted is still inside
+        the agent's window for the time it may wait in the intake.
+        """
+        start = self.start
+        if self.retention_months is None:
+            return start
+        margin = months.RECORDING_MARGIN if recording else months.ACCEPTING_MARGIN
+        return max(start, months.oldest_kept(now, self.retention_months, margin))
+
+    def check(
+        self, payment_date: datetime, now: datetime | None = None, *, recording: bool = False
+    ) -> WindowRefusal | None:
+        """Why ``payment_date`` is outside the window, or None when it is inside.
+
+        Before PAYMENT_DATE_MIN is a plain refusal; after it but before retention's
+        start, ``beyond_retention``.
+        """
+        now = now or datetime.now(UTC)
+        if payment_date < self.start:
+            # Before PAYMENT_DATE_MIN is wrong whatever retention keeps: invalid.
+            return WindowRefusal(f"must not be before {self.earliest.isoformat()}")
+        earliest = self.earliest_at(now, recording=recording)
+        if payment_date < earliest:
+            return WindowRefusal(
+                f"must not be before {earliest.date().isoformat()}: older months are past "
+                f"PARTITION_RETENTION_MONTHS={self.retention_months} and are dropped",
+                beyond_retention=True,
+            )
+        if payment_date > now + self.max_future:
+            return WindowRefusal(f"must not be more than {self.max_future} in the future")
+        return None
+
+
+def beyond_retention(error: ValidationError) -> bool:
+    """Whether ``error`` says a payment_date is older than partition retention keeps."""
+    return any(item["type"] == BEYOND_RETENTION for item in error.errors())
 
 
 class PaymentRecord(BaseModel):
