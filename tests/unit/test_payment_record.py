@@ -373,6 +373,30 @@ def test_ids_and_fingerprint_are_computed_once_and_stay_out_of_the_record() -> N
         payment.reference_number = "REF-2"  # type: ignore[misc] (frozen, as before)
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"currency": "USD", "amount": "1.50"},
+        {"currency": "JPY", "amount": "1500"},
+        {"payment_channel": None, "amount": "0.01"},
+        {"payment_date": "2026-11-27T23:30:00-05:00", "reference_number": "réf-ü 1"},
+        {"amount": "9999999999999.99", "cif": "é" * 20},
+    ],
+)
+def test_the_fingerprint_is_the_defining_fields_hashed_without_building_them(
+    changes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payment = record(**changes)
+    expected = models.fingerprint_of(payment.defining_fields())
+
+    def built(self: PaymentRecord) -> dict[str, str]:
+        raise AssertionError("the fingerprint built the dict of defining fields")
+
+    monkeypatch.setattr(PaymentRecord, "defining_fields", built)
+    assert payment.fingerprint == expected
+
+
 def test_intake_codec_round_trips_decimals_exactly() -> None:
     payment = record(amount="1234567890123.45")
     decoded = decode_record(encode_record(payment))
