@@ -474,7 +474,7 @@ _UUID5_MASK = ~((0xF000 << 64) | (0xC000 << 48))
 
 
 def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
-    """``uuid.uuid5(namespace, name)``, bit for bit, in about a third of its time.
+    """``uuid.uuid5(namespace, name)``, bit for bit, in about half its time (timeit: 5.9 -> 3.4 µs).
 
     The standard library's imports sha1 on every call and lets ``UUID()`` check and
     set the version through several conversions; the record agent makes two per
