@@ -6,6 +6,7 @@ The models (the accepted ``payment_date`` window) and partition maintenance
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime, time, timedelta
 
 #: How long a payment the record agent records now must stay clear of prune. payment.intake
@@ -48,5 +49,14 @@ def oldest_kept(now: datetime, retention_months: int, margin: timedelta) -> date
     with 12 months and 8 days, on 2026-11-20 that is 2025-11-01 (November 2025 goes on
     2026-12-01), on 2026-11-25 already 2025-12-01.
     """
-    kept = retention_cutoff((now + margin).date(), retention_months)
-    return datetime.combine(kept, time(), UTC)
+    return oldest_kept_on((now + margin).date(), retention_months)
+
+
+@functools.lru_cache(maxsize=64)
+def oldest_kept_on(day: date, retention_months: int) -> datetime:
+    """:func:`oldest_kept` for a ``now + margin`` on ``day``.
+
+    Remembered: the window is asked for every record, at the door and in the agent,
+    and the answer changes once a day.
+    """
+    return datetime.combine(retention_cutoff(day, retention_months), time(), UTC)

@@ -22,12 +22,12 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
-from aiokafka.partitioner import DefaultPartitioner
 from mode import Service
 
 from app import tls
 from app.exceptions import PublishFailed
 from app.instruments import KAFKA_MESSAGES
+from app.kafka.partitioner import Partitioner
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Publisher(Service):
         self.settings = settings
         self.name = name
         self._producer: AIOKafkaProducer | None = None
-        self._partitioner = DefaultPartitioner()
+        self._partitioner = Partitioner()
         self._replacing = asyncio.Lock()
         super().__init__(**kwargs)
 
@@ -211,7 +211,7 @@ class Publisher(Service):
     ) -> list[int]:
         everyone = sorted(await producer.partitions_for(topic))
         choose = self._partitioner
-        return [choose(key, everyone, everyone) for key, _ in messages]
+        return [choose(key, everyone) for key, _ in messages]
 
 
 def _batches(

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
 from app import tls
 from app.exceptions import DependencyUnavailable
+from app.kafka.partitioner import murmur2
 from app.settings import Settings
 
 #: A progress line every this many records of a scan.

@@ -25,6 +25,11 @@ from pythonjsonlogger.json import JsonFormatter
 from app.recording.audit_trail import BATCH_ATTRIBUTE
 from app.settings import LogFormat
 
+#: An audit batch's lines: what ``json.dumps(..., ensure_ascii=True, default=str)`` writes.
+#: One encoder for all of them; ``json.dumps`` with any argument builds a new one per call,
+#: which cost more than the line itself (~5 µs of ~11 per staged row; bench/staging).
+_AUDIT_ENCODER = json.JSONEncoder(ensure_ascii=True, default=str)
+
 #: LogRecord attributes → JSON keys, in this order (extras come after them).
 FIELDS = {"levelname": "level", "name": "logger", "message": "message", "process": "pid"}
 
@@ -47,12 +52,9 @@ class JsonLines(JsonFormatter):
             return super().format(record)
         # Many audit lines in one record: the same keys, in the same order, as one line each.
         head = {"time": _utc(record.created), "level": record.levelname, "logger": record.name}
+        encode = _AUDIT_ENCODER.encode
         return "\n".join(
-            json.dumps(
-                {**head, "message": message, "pid": record.process, **fields},
-                ensure_ascii=True,
-                default=str,
-            )
+            encode({**head, "message": message, "pid": record.process, **fields})
             for message, fields in batch
         )
 

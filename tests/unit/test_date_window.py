@@ -201,3 +201,33 @@ async def test_the_agent_dead_letters_an_intake_record_beyond_retention() -> Non
     [letter] = [decode_dead_letter(value) for _, value in publisher.topics["payment.intake.dlq"]]
     assert (letter.reason, letter.reference_number) == ("beyond_retention", "OLD-1")
     assert json.loads(letter.model_dump_json())["details"][0]["field"] == "payment_date"
+
+
+def test_the_window_does_its_month_arithmetic_once_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import months
+
+    months.oldest_kept_on.cache_clear()
+    asked: list[date] = []
+    cutoff = months.retention_cutoff
+
+    def counted(today: date, retention_months: int) -> date:
+        asked.append(today)
+        return cutoff(today, retention_months)
+
+    monkeypatch.setattr(months, "retention_cutoff", counted)
+    kept = window(retention_months=12)
+    morning = datetime(2026, 11, 24, 1, tzinfo=UTC)
+    answers = [
+        kept.earliest_at(morning + timedelta(minutes=minute), recording=recording)
+        for minute in range(0, 600, 7)
+        for recording in (False, True)
+    ]
+    # One day, two margins: two answers, each worked out once, each the uncached one.
+    assert len(asked) == 2
+    assert set(answers) == {
+        datetime.combine(cutoff(day, 12), datetime.min.time(), UTC)
+        for day in ((morning + ACCEPTING_MARGIN).date(), (morning + RECORDING_MARGIN).date())
+    }
+    later = morning + timedelta(days=1)
+    kept.check(datetime(2026, 11, 1, tzinfo=UTC), later)
+    assert len(asked) == 3  # a new day is worked out again

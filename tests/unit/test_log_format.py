@@ -191,3 +191,35 @@ def test_a_command_logs_json_on_stderr_and_keeps_stdout_for_its_output() -> None
     ]
     assert logged
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in logged)
+
+
+def test_an_audit_batch_is_one_json_line_per_entry_without_an_encoder_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.recording.audit_trail import BATCH_ATTRIBUTE
+
+    entries = [
+        (f"created REF-{n} from staging {n}", {"audit": "decision", "reference_number": f"REF-{n}"})
+        for n in range(3)
+    ]
+    entries.append((TRICKY, {"audit": "decision", "when": datetime(2026, 12, 2, tzinfo=UTC)}))
+    batch = record("%s", "\n".join(message for message, _ in entries), **{BATCH_ATTRIBUTE: entries})
+    made: list[json.JSONEncoder] = []
+    built = json.JSONEncoder.__init__
+
+    def counted(self: json.JSONEncoder, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        built(self, *args, **kwargs)
+
+    monkeypatch.setattr(json.JSONEncoder, "__init__", counted)
+    lines = line_for(batch).split("\n")
+    assert made == []  # one encoder for every batch, not one per line (bench/staging)
+    monkeypatch.undo()
+    assert len(lines) == len(entries)
+    for line, (message, fields) in zip(lines, entries, strict=True):
+        assert line.isascii()
+        parsed = json.loads(line)
+        assert list(parsed)[:5] == ["time", "level", "logger", "message", "pid"]
+        assert parsed["message"] == message
+        expected = {**parsed, **fields}
+        assert line == json.dumps(expected, ensure_ascii=True, default=str)

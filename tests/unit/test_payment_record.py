@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
+import random
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from app import models
 from app.exceptions import UndecodableRecord
 from app.intake.staging import record_from_row
 from app.kafka.codecs import (
@@ -20,6 +24,8 @@ from app.kafka.codecs import (
     encode_record,
 )
 from app.models import (
+    EVENT_ID_NAMESPACE,
+    PAYMENT_ID_NAMESPACE,
     DateWindow,
     PaymentRecord,
     PaymentRecordedEvent,
@@ -215,6 +221,19 @@ def test_metadata_nests_at_most_32_levels() -> None:
     assert decode_record(encode_record(record(metadata=nested(32)))).metadata == nested(32)
 
 
+def test_shallow_metadata_is_not_walked_for_its_depth(monkeypatch: pytest.MonkeyPatch) -> None:
+    def walked(value: Any) -> int:
+        raise AssertionError("walked metadata that cannot nest too deep")
+
+    monkeypatch.setattr(models, "_depth", walked)
+    shallow = {"note": "[{" * 5, "list": [[1, 2], {"a": []}]}
+    assert record(metadata=shallow).metadata == shallow
+    monkeypatch.undo()
+    # Brackets inside strings count too: they can only make the walk happen, never skip it.
+    brackets = {"note": "[" * 40, "list": [[1, 2]]}
+    assert record(metadata=brackets).metadata == brackets
+
+
 def test_metadata_may_say_nan_and_infinity_in_words() -> None:
     words = {"note": "NaN", "plan": ["Infinity", "-Infinity"]}
     assert record(metadata=words).metadata == words
@@ -317,6 +336,65 @@ def test_payment_and_event_ids_are_stable_per_reference() -> None:
     assert record().payment_id == record(amount="5.00").payment_id == payment_id_for("REF-1")
     assert record().event_id == record(source="staging").event_id
     assert record().payment_id != record(reference_number="REF-2").payment_id
+
+
+def test_ids_are_the_standard_librarys_uuid5() -> None:
+    from app.models import uuid5
+
+    rng = random.Random(18)  # noqa: S311 (test data, not secrets)
+    names = ["", "REF-1", "réf-ü", "支付-1", "\U0001f4b3", " spaced "]
+    names += [
+        "".join(chr(rng.randrange(32, 0x3000)) for _ in range(rng.randrange(40)))
+        for _ in range(5_000)
+    ]
+    for name in names:
+        for namespace in (PAYMENT_ID_NAMESPACE, EVENT_ID_NAMESPACE, uuid.NAMESPACE_DNS):
+            made = uuid5(namespace, name)
+            assert made == uuid.uuid5(namespace, name)
+            assert (made.version, made.variant) == (5, uuid.RFC_4122)
+    assert record().payment_id == uuid.uuid5(PAYMENT_ID_NAMESPACE, "REF-1")
+    assert record().event_id == uuid.uuid5(EVENT_ID_NAMESPACE, "REF-1")
+
+
+def test_ids_and_fingerprint_are_computed_once_and_stay_out_of_the_record() -> None:
+    from app.models import computed_once
+
+    payment = record()
+    first = (payment.payment_id, payment.event_id, payment.fingerprint)
+    for name in ("payment_id", "event_id", "fingerprint"):
+        assert isinstance(PaymentRecord.__dict__[name], computed_once)
+        assert payment.__dict__[name] is getattr(payment, name)  # kept, not computed again
+    assert (payment.payment_id, payment.event_id, payment.fingerprint) == first
+    # Not fields: the record equals a fresh one, dumps and pickles as before.
+    assert payment == record()
+    assert set(payment.model_dump()) == set(PaymentRecord.model_fields)
+    assert pickle.loads(pickle.dumps(payment)).fingerprint  # noqa: S301 (our own bytes) == payment.fingerprint
+    with pytest.raises(ValidationError):
+        payment.reference_number = "REF-2"  # type: ignore[misc] (frozen, as before)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"currency": "USD", "amount": "1.50"},
+        {"currency": "JPY", "amount": "1500"},
+        {"payment_channel": None, "amount": "0.01"},
+        {"payment_date": "2026-11-27T23:30:00-05:00", "reference_number": "réf-ü 1"},
+        {"amount": "9999999999999.99", "cif": "é" * 20},
+    ],
+)
+def test_the_fingerprint_is_the_defining_fields_hashed_without_building_them(
+    changes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payment = record(**changes)
+    expected = models.fingerprint_of(payment.defining_fields())
+
+    def built(self: PaymentRecord) -> dict[str, str]:
+        raise AssertionError("the fingerprint built the dict of defining fields")
+
+    monkeypatch.setattr(PaymentRecord, "defining_fields", built)
+    assert payment.fingerprint == expected
 
 
 def test_intake_codec_round_trips_decimals_exactly() -> None:
