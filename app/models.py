@@ -61,6 +61,7 @@ Source = Literal["staging", "webhook"]
 Outcome = Literal["created", "duplicate", "conflict"]
 
 #: The fields that define a payment: equal fingerprints mean the same payment.
+#: Currency last: a payment without one is hashed from the fields before it (fingerprint_of).
 FINGERPRINT_FIELDS = (
     "reference_number",
     "loan_account_number",
@@ -70,8 +71,6 @@ FINGERPRINT_FIELDS = (
     "payment_channel",
     "currency",
 )
-#: The fingerprint of a payment without a currency: the fields before it was one.
-_FIELDS_BEFORE_CURRENCY = tuple(name for name in FINGERPRINT_FIELDS if name != "currency")
 
 
 #: Unicode's control characters (category Cc): C0, DEL and C1.
@@ -398,20 +397,10 @@ class PaymentRecord(BaseModel):
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the fields that define the payment; metadata is not one of them.
 
-        ``fingerprint_of(self.defining_fields())``, joined here without the dict: the
-        door and the record agent each take one per record (a unit test holds them equal).
+        ``fingerprint_of(self.defining_fields())``, from the texts without building the
+        dict: the door and the record agent each take one per record.
         """
-        texts = [
-            self.reference_number,
-            self.loan_account_number,
-            self.cif,
-            f"{self.amount:.2f}",
-            self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
-            self.payment_channel or "",
-        ]
-        if self.currency:
-            texts.append(self.currency)
-        return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()
+        return _hash_defining_texts(self._defining_texts())
 
     def is_recorded_as(self, fingerprint: str) -> bool:
         """True when a reference recorded with ``fingerprint`` holds this very payment.
@@ -428,15 +417,19 @@ class PaymentRecord(BaseModel):
 
     def defining_fields(self) -> dict[str, str]:
         """The fingerprinted fields, each in its one canonical spelling."""
-        return {
-            "reference_number": self.reference_number,
-            "loan_account_number": self.loan_account_number,
-            "cif": self.cif,
-            "amount": f"{self.amount:.2f}",
-            "payment_date": self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
-            "payment_channel": self.payment_channel or "",
-            "currency": self.currency or "",
-        }
+        return dict(zip(FINGERPRINT_FIELDS, self._defining_texts(), strict=True))
+
+    def _defining_texts(self) -> tuple[str, ...]:
+        """The canonical spellings of :data:`FINGERPRINT_FIELDS`, in their order."""
+        return (
+            self.reference_number,
+            self.loan_account_number,
+            self.cif,
+            f"{self.amount:.2f}",
+            self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
+            self.payment_channel or "",
+            self.currency or "",
+        )
 
 
 def _depth(value: Any) -> int:
@@ -491,9 +484,15 @@ def fingerprint_of(fields: dict[str, str]) -> str:
     (their fingerprints are stored in payment_references and the references table) and
     records without one, such as staging rows, hash exactly as they always did.
     """
-    names = FINGERPRINT_FIELDS if fields.get("currency") else _FIELDS_BEFORE_CURRENCY
-    joined = "\x1f".join(fields[name] for name in names)
-    return hashlib.sha256(joined.encode()).hexdigest()
+    texts = tuple(fields[name] for name in FINGERPRINT_FIELDS[:-1])
+    return _hash_defining_texts((*texts, fields.get("currency") or ""))
+
+
+def _hash_defining_texts(texts: tuple[str, ...]) -> str:
+    """:func:`fingerprint_of` for the texts of :data:`FINGERPRINT_FIELDS`, in order."""
+    if not texts[-1]:  # no currency: the fields before it was one
+        texts = texts[:-1]
+    return hashlib.sha256("\x1f".join(texts).encode()).hexdigest()
 
 
 def differing_fields(a: dict[str, str], b: dict[str, str]) -> list[str]:
