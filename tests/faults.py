@@ -369,6 +369,31 @@ def is_stopped(worker: Worker) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
+#: The staging poller's advisory lock, as pg_locks shows a bigint key (two halves).
+POLLER_LOCK_HELD = """
+SELECT count(*) AS n FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND ((classid::bigint << 32) | objid::bigint)
+      = hashtext('payment_service.staging poller')::bigint
+"""
+
+
+def freeze_holding_the_poller_lock(stack: Stack, worker: Worker) -> bool:
+    """SIGSTOP ``worker`` while a drain of its holds the poller lock; False to try again.
+
+    ``worker`` must be the only poller running. Its drain may end between the look
+    and the signal: then it is thawed and False says so.
+    """
+    if not fetch(stack, POLLER_LOCK_HELD)[0]["n"]:
+        return False
+    worker.process.send_signal(signal.SIGSTOP)
+    wait_for(lambda: is_stopped(worker), timeout=10, what="the worker to stop")
+    if fetch(stack, POLLER_LOCK_HELD)[0]["n"]:
+        return True
+    worker.process.send_signal(signal.SIGCONT)
+    return False
+
+
 # --- faults in the stack ----------------------------------------------------------
 
 

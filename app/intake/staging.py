@@ -7,8 +7,9 @@ in between rolls the claim back, so the rows are published again later and the
 record agent's dedup absorbs the repeat. A row is never marked processed without
 having been published (or dead-lettered).
 
-One drain runs at a time (a session advisory lock, held for the whole drain), and
-in it two batches overlap: once a full batch is claimed and checked, the next one
+One drain runs at a time (an advisory lock, held for the whole drain by a
+transaction of its own, which Postgres ends if the worker freezes), and in it two
+batches overlap: once a full batch is claimed and checked, the next one
 is claimed and checked while the first one is published, marked and committed.
 The next batch's records go out only after the batch before it is acknowledged,
 so the intake gets the rows in id order (a row that repeats an earlier row's
@@ -277,13 +278,15 @@ class StagingPoller:
         """
         try:
             async with self.pool.acquire() as holder:
-                if not await staging_table.take_poller_lock(holder):
-                    log.debug("staging: another poller holds the lock; skipping this run")
-                    return 0
+                lock = holder.transaction()
+                await lock.start()
                 try:
-                    return await self._drain()
+                    if not await staging_table.take_poller_lock(holder):
+                        log.debug("staging: another poller holds the lock; skipping this run")
+                        return 0
+                    return await self._drain(holder)
                 finally:
-                    await _release(holder)
+                    await _release(lock)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -297,13 +300,20 @@ class StagingPoller:
             )
             return 0
 
-    async def _drain(self) -> int:
+    async def _drain(self, holder: asyncpg.Connection) -> int:
         moved = 0
         started = time.monotonic()
         older: tuple[asyncio.Task[BatchSummary | None], Turn] | None = None
         in_flight: set[asyncio.Task[BatchSummary | None]] = set()
+        batches = 0
         try:
             while True:
+                if batches and not await _still_the_poller(holder):
+                    if older is not None:  # the batch in hand ends in its own transaction
+                        done = await older[0]
+                        moved += 0 if done is None else done.total
+                    break
+                batches += 1
                 turn = Turn(older[1] if older else None)
                 task = asyncio.create_task(self._batch(turn))
                 in_flight.add(task)
@@ -544,14 +554,37 @@ class StagingPoller:
             log.error("staging: could not log the failed batch either: %r", log_exc)
 
 
-async def _release(holder: asyncpg.Connection) -> None:
-    """Release the poller lock; if Postgres went away, the lock went with the session."""
+async def _still_the_poller(holder: asyncpg.Connection) -> bool:
+    """Whether the drain's lock still holds; it also resets the lock's idle timer.
+
+    False once Postgres has ended the lock's transaction: the worker froze, or a
+    batch stalled, for longer than DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS, and
+    another worker's poller may have taken over meanwhile.
+    """
     try:
-        await staging_table.release_poller_lock(holder)
+        if await staging_table.take_poller_lock(holder):
+            return True
+        lost = "its transaction no longer holds it"
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        # A connection the pool takes back is reset (every advisory lock unlocked) or closed.
+        lost = repr(exc)
+    log.warning(
+        "staging: the poller lock is gone (%s); this run stops after the batch in hand "
+        "and the next run takes the lock again",
+        lost,
+    )
+    return False
+
+
+async def _release(lock: asyncpg.transaction.Transaction) -> None:
+    """End the lock's transaction; if Postgres went away, the lock went with the session."""
+    try:
+        await lock.rollback()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # A connection the pool takes back is reset (its transaction rolled back) or closed.
         log.info("staging: the poller lock ends with its connection (%r)", exc)
 
 

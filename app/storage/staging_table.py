@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 
 #: One poller at a time, whichever worker's timer fires (a leader handoff can overlap).
-POLLER_LOCK = "SELECT pg_try_advisory_lock(hashtext('payment_service.staging poller'))"
-POLLER_UNLOCK = "SELECT pg_advisory_unlock(hashtext('payment_service.staging poller'))"
+#: A transaction lock, so that Postgres ends it with a frozen holder's idle transaction.
+POLLER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller'))"
 
 #: The columns of a claimed row, in the order ``prepare_rows`` reads them.
 CLAIM_ROWS = """
@@ -112,17 +112,16 @@ class Run:
 
 
 async def take_poller_lock(connection: asyncpg.Connection) -> bool:
-    """True when this connection's session is now the one poller (see :func:`release_poller_lock`).
+    """True when ``connection``'s open transaction is now (or still) the one poller.
 
-    A session lock: it outlives the batches' transactions, on other connections.
-    Released by :func:`release_poller_lock`, or when the session ends (a crash; and
-    asyncpg's pool unlocks every advisory lock of a connection it takes back).
+    The lock is held by a transaction of its own, on a connection of its own, for
+    a whole drain: the batches' transactions come and go on other connections. It
+    ends with that transaction: rolled back when the drain ends, or ended by Postgres
+    once it has been idle for DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS (a frozen
+    worker). Taking it again in the same transaction only says it is still held;
+    the statement also keeps the idle timer from running out during a long drain.
     """
     return bool(await connection.fetchval(POLLER_LOCK))
-
-
-async def release_poller_lock(connection: asyncpg.Connection) -> None:
-    await connection.fetchval(POLLER_UNLOCK)
 
 
 async def claim(connection: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

@@ -33,6 +33,7 @@ from tests.faults import (
     check_invariants,
     committed_offsets,
     crash,
+    freeze_holding_the_poller_lock,
     hostile_inputs,
     intake_keys_below,
     is_stopped,
@@ -276,6 +277,43 @@ def test_a_zombie_worker_does_not_apply_its_batch_twice(
         settle(stack, run, ledger, fleet)
     final = check_invariants(stack, run, ledger, payments=load.created)
     print(f"zombie: {final}")
+
+
+def test_a_worker_frozen_while_draining_staging_leaves_the_table_to_another(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    # The poller's lock lives as long as its drain. A worker frozen mid-drain must
+    # not keep it: Postgres ends the lock's idle transaction, and the worker that
+    # becomes leader drains the table while the frozen one is still stopped.
+    ledger = Ledger()
+    load = stage_load(
+        stack, ledger, 20_000, f"F{run}", duplicate_rate=0.05, conflict_rate=0, invalid_rate=0
+    )
+    env = app_env(
+        run,
+        KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
+        DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
+    )
+    with Fleet(stack, tmp_path, 1, run, **env) as fleet:
+        frozen = fleet.workers[0]
+        wait_for(
+            lambda: frozen.assert_alive() or freeze_holding_the_poller_lock(stack, frozen),
+            timeout=180,
+            interval=0.05,
+            what="the only poller to freeze mid-drain",
+        )
+        fleet.add()
+        wait_rows(stack, load.created, fleet)
+        ledger.check(is_stopped(frozen), "the frozen poller woke up before the load was recorded")
+        frozen.process.send_signal(signal.SIGCONT)
+        wait_for(
+            lambda: frozen.get("/health/ready")[0] == 200,
+            timeout=120,
+            what="the thawed worker to rejoin the group",
+        )
+        settle(stack, run, ledger, fleet)
+    final = check_invariants(stack, run, ledger, payments=load.created)
+    print(f"frozen poller: {final}")
 
 
 def test_two_workers_racing_the_same_references_through_both_inputs(

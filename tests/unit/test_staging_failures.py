@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from aiokafka.errors import KafkaConnectionError
+from asyncpg.exceptions import IdleInTransactionSessionTimeoutError
 from prometheus_client import REGISTRY
 
 from app.exceptions import PublishFailed
@@ -63,7 +65,8 @@ class FakeConnection:
         self.in_transaction = False
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        if query in (staging_table.POLLER_LOCK, staging_table.POLLER_UNLOCK):
+        if query == staging_table.POLLER_LOCK:
+            assert self.in_transaction, "the poller lock is a transaction's"
             return True
         assert "min(id)" in query
         pending = [r["id"] for r in self.db.rows if r["id"] not in self.db.processed]
@@ -86,15 +89,34 @@ class FakeConnection:
             assert query == staging_table.LOG_RUN
             (self.logged if self.in_transaction else self.db.log).append(args)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        self.in_transaction = True
-        try:
-            yield
-            self.db.processed.update(self.marked)
-            self.db.log += self.logged
-        finally:
-            self.db.locked.difference_update(self.claimed)
+    def transaction(self) -> FakeTransaction:
+        return FakeTransaction(self)
+
+
+class FakeTransaction:
+    """``async with`` (commit at the end) or ``start``/``rollback``, as asyncpg's."""
+
+    def __init__(self, connection: FakeConnection) -> None:
+        self.connection = connection
+
+    async def start(self) -> None:
+        self.connection.in_transaction = True
+
+    async def rollback(self) -> None:
+        self._end()
+
+    async def __aenter__(self) -> None:
+        await self.start()
+
+    async def __aexit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.connection.db.processed.update(self.connection.marked)
+            self.connection.db.log += self.connection.logged
+        self._end()
+
+    def _end(self) -> None:
+        self.connection.in_transaction = False
+        self.connection.db.locked.difference_update(self.connection.claimed)
 
 
 class FakeDatabase:
@@ -304,6 +326,7 @@ async def test_postgres_away_at_the_poller_lock_or_its_release_never_escapes_the
     db = FakeDatabase([row(1), row(2)])
     publisher = FakePublisher()
     lock = FakeConnection.fetchval
+    release = FakeTransaction.rollback
     refused = ConnectionRefusedError(111, "Connect call failed")
 
     async def lock_refused(self: FakeConnection, query: str, *args: Any) -> Any:
@@ -311,18 +334,52 @@ async def test_postgres_away_at_the_poller_lock_or_its_release_never_escapes_the
             raise refused
         return await lock(self, query, *args)
 
-    async def unlock_refused(self: FakeConnection, query: str, *args: Any) -> Any:
-        if query == staging_table.POLLER_UNLOCK:
-            raise refused
-        return await lock(self, query, *args)
+    async def release_refused(self: FakeTransaction) -> None:
+        raise refused
 
     made = poller(db, publisher)
     try:
         FakeConnection.fetchval = lock_refused  # type: ignore[method-assign]
         assert await made.drain() == 0
         assert db.processed == set()
-        FakeConnection.fetchval = unlock_refused  # type: ignore[method-assign]
+        FakeConnection.fetchval = lock  # type: ignore[method-assign]
+        FakeTransaction.rollback = release_refused  # type: ignore[method-assign]
         assert await made.drain() == 2
     finally:
         FakeConnection.fetchval = lock  # type: ignore[method-assign]
+        FakeTransaction.rollback = release  # type: ignore[method-assign]
     assert db.processed == {1, 2}
+
+
+async def test_a_drain_whose_lock_postgres_ended_claims_nothing_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Postgres ends the lock's transaction when it sits idle past
+    # DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS (a frozen worker): another worker may
+    # be the poller by now, so the drain finishes the batch in hand and stops.
+    db = FakeDatabase([row(n) for n in range(1, 25)])
+    publisher = FakePublisher()
+    lock = FakeConnection.fetchval
+    taken = 0
+
+    async def lock_ended(self: FakeConnection, query: str, *args: Any) -> Any:
+        nonlocal taken
+        if query == staging_table.POLLER_LOCK:
+            taken += 1
+            if taken > 1:
+                raise IdleInTransactionSessionTimeoutError("terminating connection")
+        return await lock(self, query, *args)
+
+    made = poller(db, publisher)
+    try:
+        FakeConnection.fetchval = lock_ended  # type: ignore[method-assign]
+        assert await made.drain() == 8
+    finally:
+        FakeConnection.fetchval = lock  # type: ignore[method-assign]
+    assert db.processed == set(range(1, 9))
+    assert db.locked == set()
+    assert publisher.keys(INTAKE) == [f"REF-{n}".encode() for n in range(1, 9)]
+    assert "the poller lock is gone (IdleInTransactionSessionTimeoutError" in caplog.text
+    # The next run takes the lock again and moves the rest.
+    assert await made.drain() == 16
+    assert db.processed == set(range(1, 25))
