@@ -78,6 +78,19 @@ def certificate_rejected(settings: Settings, exc: BaseException) -> CertificateR
     return tls.rejected("Postgres", where, failure, "DB_SSL_ROOT_CERT", "DB_HOST")
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing beyond the rollback asyncpg always does first.
+
+    asyncpg's default reset costs a round trip on every release (``RESET ALL``,
+    ``UNLISTEN *``, ``CLOSE ALL``, ``pg_advisory_unlock_all()``) for session state
+    this service never leaves on a pooled connection: its advisory locks there are
+    transaction locks, it never LISTENs, its cursors live inside transactions, and
+    the one ``SET`` (the partition prune's lock_timeout) is undone in a ``finally``.
+    Migrations, which hold a session lock, use a connection of their own.
+    tests/unit/test_database.py keeps that true of the code.
+    """
+
+
 async def connect_pool(settings: Settings) -> asyncpg.Pool:
     """Open a pool, retrying while Postgres is still starting; raise DependencyUnavailable."""
     where = f"{settings.db_host}:{settings.db_port}/{settings.db_database}"
@@ -91,6 +104,7 @@ async def connect_pool(settings: Settings) -> asyncpg.Pool:
                 **connect_options(settings),
                 min_size=settings.db_pool_min,
                 max_size=settings.db_pool_max,
+                reset=keep_session,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             rejected = certificate_rejected(settings, exc)
