@@ -48,8 +48,8 @@ from tests.faults import (
     wait_rows,
     warm_up,
 )
-from tests.pipeline import app_env, fetch, make_load, stage
-from tests.stack import Stack, wait_for
+from tests.pipeline import StagingLoad, app_env, fetch, make_load, stage
+from tests.stack import Stack, Worker, wait_for
 from tests.webhook_client import signed
 
 #: Loads, faults and drains take minutes: each test gets up to ten.
@@ -238,18 +238,39 @@ def test_redis_flushed_killed_and_paused_during_webhook_load(
     print(f"{len(load.answers)} webhooks, {final}")
 
 
-def test_a_zombie_worker_does_not_apply_its_batch_twice(
-    stack: Stack, run: str, tmp_path: Path
-) -> None:
+def _load_for_a_freeze(
+    stack: Stack, run: str, prefix: str
+) -> tuple[Ledger, StagingLoad, dict[str, str]]:
+    """20,000 staged rows, and settings that let a frozen worker go in SESSION_SECONDS:
+    its group membership, and its idle transactions (claims and locks) in Postgres."""
     ledger = Ledger()
     load = stage_load(
-        stack, ledger, 20_000, f"Z{run}", duplicate_rate=0.05, conflict_rate=0, invalid_rate=0
+        stack, ledger, 20_000, prefix, duplicate_rate=0.05, conflict_rate=0, invalid_rate=0
     )
     env = app_env(
         run,
         KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
         DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
     )
+    return ledger, load, env
+
+
+def _rejoin_and_settle(
+    stack: Stack, run: str, ledger: Ledger, fleet: Fleet, thawed: Worker
+) -> None:
+    """Wait for a thawed worker to be ready again (back in the group), then for the drain."""
+    wait_for(
+        lambda: thawed.get("/health/ready")[0] == 200,
+        timeout=120,
+        what="the thawed worker to rejoin the group",
+    )
+    settle(stack, run, ledger, fleet)
+
+
+def test_a_zombie_worker_does_not_apply_its_batch_twice(
+    stack: Stack, run: str, tmp_path: Path
+) -> None:
+    ledger, load, env = _load_for_a_freeze(stack, run, f"Z{run}")
     with Fleet(stack, tmp_path, 0, run, **env) as fleet:
         # The zombie stops itself (SIGSTOP) inside its first batch's transaction,
         # its references claimed and uncommitted; the other worker must take over.
@@ -269,12 +290,7 @@ def test_a_zombie_worker_does_not_apply_its_batch_twice(
             timeout=60,
             what="the zombie to retry its stale batch",
         )
-        wait_for(
-            lambda: zombie.get("/health/ready")[0] == 200,
-            timeout=120,
-            what="the zombie to rejoin the group",
-        )
-        settle(stack, run, ledger, fleet)
+        _rejoin_and_settle(stack, run, ledger, fleet, zombie)
     final = check_invariants(stack, run, ledger, payments=load.created)
     print(f"zombie: {final}")
 
@@ -285,15 +301,7 @@ def test_a_worker_frozen_while_draining_staging_leaves_the_table_to_another(
     # The poller's lock lives as long as its drain. A worker frozen mid-drain must
     # not keep it: Postgres ends the lock's idle transaction, and the worker that
     # becomes leader drains the table while the frozen one is still stopped.
-    ledger = Ledger()
-    load = stage_load(
-        stack, ledger, 20_000, f"F{run}", duplicate_rate=0.05, conflict_rate=0, invalid_rate=0
-    )
-    env = app_env(
-        run,
-        KAFKA_SESSION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
-        DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS=str(SESSION_SECONDS),
-    )
+    ledger, load, env = _load_for_a_freeze(stack, run, f"F{run}")
     with Fleet(stack, tmp_path, 1, run, **env) as fleet:
         frozen = fleet.workers[0]
         wait_for(
@@ -306,12 +314,7 @@ def test_a_worker_frozen_while_draining_staging_leaves_the_table_to_another(
         wait_rows(stack, load.created, fleet)
         ledger.check(is_stopped(frozen), "the frozen poller woke up before the load was recorded")
         frozen.process.send_signal(signal.SIGCONT)
-        wait_for(
-            lambda: frozen.get("/health/ready")[0] == 200,
-            timeout=120,
-            what="the thawed worker to rejoin the group",
-        )
-        settle(stack, run, ledger, fleet)
+        _rejoin_and_settle(stack, run, ledger, fleet, frozen)
     final = check_invariants(stack, run, ledger, payments=load.created)
     print(f"frozen poller: {final}")
 
