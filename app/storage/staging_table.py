@@ -19,7 +19,19 @@ import asyncpg
 
 #: One poller at a time, whichever worker's timer fires (a leader handoff can overlap).
 #: A transaction lock, so that Postgres ends it with a frozen holder's idle transaction.
-POLLER_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller'))"
+#: Sent without parameters (the simple protocol), so that the transaction holds no
+#: snapshot while it waits between statements: a result read through the extended
+#: protocol keeps its snapshot, and the xmin horizon with it, for the whole drain.
+POLLER_LOCK = """
+DO $$
+BEGIN
+  IF NOT pg_try_advisory_xact_lock(hashtext('payment_service.staging poller')) THEN
+    RAISE EXCEPTION 'another drain holds the staging poller lock'
+      USING ERRCODE = 'lock_not_available';
+  END IF;
+END
+$$
+"""
 
 #: The columns of a claimed row, in the order ``prepare_rows`` reads them.
 CLAIM_ROWS = """
@@ -120,8 +132,13 @@ async def take_poller_lock(connection: asyncpg.Connection) -> bool:
     once it has been idle for DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS (a frozen
     worker). Taking it again in the same transaction only says it is still held;
     the statement also keeps the idle timer from running out during a long drain.
+    False leaves the transaction aborted: roll it back.
     """
-    return bool(await connection.fetchval(POLLER_LOCK))
+    try:
+        await connection.execute(POLLER_LOCK)
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True
 
 
 async def claim(connection: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

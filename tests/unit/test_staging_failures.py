@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from asyncpg.exceptions import IdleInTransactionSessionTimeoutError
+from asyncpg.exceptions import IdleInTransactionSessionTimeoutError, LockNotAvailableError
 from prometheus_client import REGISTRY
 
 from app.exceptions import PublishFailed
@@ -65,9 +65,6 @@ class FakeConnection:
         self.in_transaction = False
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        if query == staging_table.POLLER_LOCK:
-            assert self.in_transaction, "the poller lock is a transaction's"
-            return True
         assert "min(id)" in query
         pending = [r["id"] for r in self.db.rows if r["id"] not in self.db.processed]
         return min(pending, default=None)
@@ -83,7 +80,10 @@ class FakeConnection:
         return []
 
     async def execute(self, query: str, *args: Any) -> None:
-        if query == staging_table.MARK_PROCESSED:
+        if query == staging_table.POLLER_LOCK:
+            assert self.in_transaction, "the poller lock is a transaction's"
+            assert not args, "sent by the simple protocol: no snapshot kept"
+        elif query == staging_table.MARK_PROCESSED:
             self.marked += args[0]
         else:
             assert query == staging_table.LOG_RUN
@@ -325,30 +325,47 @@ async def test_postgres_away_at_the_poller_lock_or_its_release_never_escapes_the
     # An error escaping the timer stops the worker (seen when Postgres crashed mid-drain).
     db = FakeDatabase([row(1), row(2)])
     publisher = FakePublisher()
-    lock = FakeConnection.fetchval
+    lock = FakeConnection.execute
     release = FakeTransaction.rollback
     refused = ConnectionRefusedError(111, "Connect call failed")
 
-    async def lock_refused(self: FakeConnection, query: str, *args: Any) -> Any:
+    async def lock_refused(self: FakeConnection, query: str, *args: Any) -> None:
         if query == staging_table.POLLER_LOCK:
             raise refused
-        return await lock(self, query, *args)
+        await lock(self, query, *args)
 
     async def release_refused(self: FakeTransaction) -> None:
         raise refused
 
     made = poller(db, publisher)
     try:
-        FakeConnection.fetchval = lock_refused  # type: ignore[method-assign]
+        FakeConnection.execute = lock_refused  # type: ignore[method-assign]
         assert await made.drain() == 0
         assert db.processed == set()
-        FakeConnection.fetchval = lock  # type: ignore[method-assign]
+        FakeConnection.execute = lock  # type: ignore[method-assign]
         FakeTransaction.rollback = release_refused  # type: ignore[method-assign]
         assert await made.drain() == 2
     finally:
-        FakeConnection.fetchval = lock  # type: ignore[method-assign]
+        FakeConnection.execute = lock  # type: ignore[method-assign]
         FakeTransaction.rollback = release  # type: ignore[method-assign]
     assert db.processed == {1, 2}
+
+
+async def test_a_drain_finding_the_lock_taken_claims_nothing() -> None:
+    db = FakeDatabase([row(1), row(2)])
+    lock = FakeConnection.execute
+
+    async def lock_taken(self: FakeConnection, query: str, *args: Any) -> None:
+        if query == staging_table.POLLER_LOCK:
+            raise LockNotAvailableError("another drain holds the staging poller lock")
+        await lock(self, query, *args)
+
+    try:
+        FakeConnection.execute = lock_taken  # type: ignore[method-assign]
+        assert await poller(db, FakePublisher()).drain() == 0
+    finally:
+        FakeConnection.execute = lock  # type: ignore[method-assign]
+    assert (db.processed, db.locked) == (set(), set())
 
 
 async def test_a_drain_whose_lock_postgres_ended_claims_nothing_more(
@@ -359,23 +376,23 @@ async def test_a_drain_whose_lock_postgres_ended_claims_nothing_more(
     # be the poller by now, so the drain finishes the batch in hand and stops.
     db = FakeDatabase([row(n) for n in range(1, 25)])
     publisher = FakePublisher()
-    lock = FakeConnection.fetchval
+    lock = FakeConnection.execute
     taken = 0
 
-    async def lock_ended(self: FakeConnection, query: str, *args: Any) -> Any:
+    async def lock_ended(self: FakeConnection, query: str, *args: Any) -> None:
         nonlocal taken
         if query == staging_table.POLLER_LOCK:
             taken += 1
             if taken > 1:
                 raise IdleInTransactionSessionTimeoutError("terminating connection")
-        return await lock(self, query, *args)
+        await lock(self, query, *args)
 
     made = poller(db, publisher)
     try:
-        FakeConnection.fetchval = lock_ended  # type: ignore[method-assign]
+        FakeConnection.execute = lock_ended  # type: ignore[method-assign]
         assert await made.drain() == 8
     finally:
-        FakeConnection.fetchval = lock  # type: ignore[method-assign]
+        FakeConnection.execute = lock  # type: ignore[method-assign]
     assert db.processed == set(range(1, 9))
     assert db.locked == set()
     assert publisher.keys(INTAKE) == [f"REF-{n}".encode() for n in range(1, 9)]
