@@ -275,6 +275,9 @@ def test_a_clean_shutdown_mid_load_loses_no_acknowledged_payment(
             worker.process, f"http://127.0.0.1:{port}", worker.log_path, worker.log_start
         )
         wait_for(lambda: decides(front), timeout=90, interval=1, what="answers through a front")
+        # A running worker: its agent can answer before Faust has finished starting (the
+        # table's store opens last), and a SIGTERM then ends the start, not a run.
+        wait_for(lambda: worker.get("/health/ready")[0] == 200, timeout=90, what="worker ready")
         outcomes = asyncio.run(load(worker))
         assert worker.process.wait(timeout=30) == 0, worker.log()[-3000:]
 
