@@ -18,16 +18,15 @@ SOURCES = sorted([*(ROOT / "app").rglob("*.py"), *(ROOT / "agents").rglob("*.py"
 #: Session advisory locks (the transaction forms say ``_xact_``).
 SESSION_LOCK = re.compile(r"pg_(try_)?advisory_lock(_shared)?\(")
 #: A session setting changed by a statement (``SET LOCAL`` ends with the transaction).
-SESSION_SET = re.compile(r"""["']SET (?!LOCAL\b)\w+""")
+SESSION_SET = re.compile(r"""["']SET (?!LOCAL\b)(\w+)""")
 LISTEN = re.compile(r"""["']LISTEN\b|add_listener\(""")
 
 
+TEXTS = {str(path.relative_to(ROOT)): path.read_text() for path in SOURCES}
+
+
 def _uses(pattern: re.Pattern[str]) -> dict[str, str]:
-    return {
-        str(path.relative_to(ROOT)): path.read_text()
-        for path in SOURCES
-        if pattern.search(path.read_text())
-    }
+    return {path: text for path, text in TEXTS.items() if pattern.search(text)}
 
 
 def test_only_migrations_take_a_session_lock_and_on_a_connection_of_their_own() -> None:
@@ -41,7 +40,7 @@ def test_a_session_setting_is_reset_where_it_is_set() -> None:
     setting = _uses(SESSION_SET)
     assert setting, "the prune's lock_timeout is expected here"
     for path, text in setting.items():
-        for name in re.findall(r"""["']SET (?!LOCAL\b)(\w+)""", text):
+        for name in SESSION_SET.findall(text):
             assert f"RESET {name}" in text, f"{path} sets {name} and never resets it"
 
 
