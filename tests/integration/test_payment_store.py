@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +10,7 @@ import asyncpg
 import pytest
 
 from app.models import PaymentRecord
-from app.recording.payment_store import LATE_DUPLICATES, RECORD_BATCH, PaymentStore
+from app.recording.payment_store import LATE_DUPLICATES, PaymentStore, _LateDuplicates
 from app.storage.migrations import migrate
 from tests.stack import Stack
 
@@ -133,30 +132,10 @@ async def test_a_late_duplicate_makes_the_statement_change_nothing(pool: asyncpg
     await pool.execute("DELETE FROM payment_service.payment_references")
     batch = [payment("LATE-1", days_ago=200), payment("NEW-1")]
     await store.ensure_partitions(batch)
-    events = [(record.event_id, b"k", b"{}") for record in batch]
-
-    with pytest.raises(asyncpg.PostgresError) as refused:
-        await pool.fetch(
-            RECORD_BATCH,
-            [r.reference_number for r in batch],
-            [r.payment_id for r in batch],
-            [r.payment_date.replace(tzinfo=None) for r in batch],
-            [r.fingerprint for r in batch],
-            [r.loan_account_number for r in batch],
-            [r.cif for r in batch],
-            [r.amount for r in batch],
-            [r.payment_channel for r in batch],
-            [r.source for r in batch],
-            ["{}" for _ in batch],
-            [r.currency for r in batch],
-            uuid.uuid4(),
-            EVENTS,
-            [e[0] for e in events],
-            [e[1] for e in events],
-            [e[2] for e in events],
-            timedelta(days=2),
-        )
-    assert refused.value.sqlstate == LATE_DUPLICATES
+    with pytest.raises(_LateDuplicates) as refused:
+        await store._record_in_one_statement(batch)
+    assert isinstance(refused.value.__cause__, asyncpg.PostgresError)
+    assert refused.value.__cause__.sqlstate == LATE_DUPLICATES
     assert await pool.fetchval("SELECT count(*) FROM payment_service.payment_references") == 0
     assert await pool.fetchval("SELECT count(*) FROM payment_service.payments") == 1
 
