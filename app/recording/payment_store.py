@@ -250,6 +250,15 @@ class OutgoingEvent:
     key: bytes
     payload: bytes
 
+    @classmethod
+    def of(cls, record: PaymentRecord, recorded_text: str) -> OutgoingEvent:
+        """``record``'s payment.recorded event, keyed by its loan account."""
+        return cls(
+            record.event_id,
+            record.loan_account_number.encode(),
+            encode_event_for(record, recorded_text),
+        )
+
 
 @dataclass
 class RecordResult:
@@ -481,14 +490,7 @@ class PaymentStore:
         one: the long way records it.
         """
         recorded_text = utc_text(datetime.now(UTC))
-        events = [
-            OutgoingEvent(
-                record.event_id,
-                record.loan_account_number.encode(),
-                encode_event_for(record, recorded_text),
-            )
-            for record in records
-        ]
+        events = [OutgoingEvent.of(record, recorded_text) for record in records]
         batch_id = uuid.uuid4()
         try:
             rows = await self.pool.fetch(
@@ -579,13 +581,7 @@ class PaymentStore:
                         record.currency,
                     )
                 )
-                result.events.append(
-                    OutgoingEvent(
-                        record.event_id,
-                        record.loan_account_number.encode(),
-                        encode_event_for(record, recorded_text),
-                    )
-                )
+                result.events.append(OutgoingEvent.of(record, recorded_text))
             batch_id = uuid.uuid4()
             await connection.copy_records_to_table(
                 "payments", schema_name="payment_service", columns=PAYMENT_COLUMNS, records=payments
