@@ -3,9 +3,9 @@
 The patches themselves are here: the stream iterator switch, the current-event
 setter for table writes in a batch, the producer buffer's size, and the record
 agent's batching (:func:`take_batches`, ``take_events`` without its idle wait). The consumer's
-offset fixes (and its running on the worker's event loop) are subclasses of Faust's aiokafka
-driver (app/kafka/transport.py, its docstring numbers them 1 to 7); the private names they
-override or read are listed here too, so that :func:`check_faust_internals` covers them.
+offset fixes are subclasses of Faust's aiokafka driver (app/kafka/transport.py, its
+docstring numbers them 1 to 7); the private names they override or read are listed
+here too, so that :func:`check_faust_internals` covers them.
 
 Each is written for the pinned versions (:data:`PINNED`). A Faust or aiokafka upgrade
 that renames one of them would not fail: the fix would silently stop working (the
@@ -67,11 +67,6 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_fetch_records"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_coordinator"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_coordination_task"),
-    # ConsumerThread runs on the worker's loop: mode's thread start, serve and sweep.
-    ("mode.threads", "ServiceThread", "_serve"),
-    ("mode.threads", "ServiceThread", "_thread_started"),
-    ("mode.threads", "ServiceThread", "_thread_running"),
-    ("mode.threads", "ServiceThread", "_gather_remaining_tasks"),
 )
 
 
