@@ -268,37 +268,89 @@ async def wait_drained(
     raise AssertionError(f"pipeline not drained within {wait_seconds:.0f} s: {figures}")
 
 
+class IntakeLag:
+    """How far a run's consumer group is behind the intake topic, partition by partition."""
+
+    def __init__(self, stack: Stack, run: str) -> None:
+        self.group = app_env(run)["KAFKA_CLIENT_ID"]
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
+        self.partitions: list[TopicPartition] = []
+
+    async def __aenter__(self) -> IntakeLag:
+        await self.admin.start()
+        await self.consumer.start()
+        self.consumer._client.add_topic(INTAKE)
+        await self.consumer._client.force_metadata_update()
+        self.partitions = [
+            TopicPartition(INTAKE, p) for p in self.consumer.partitions_for_topic(INTAKE) or ()
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def behind(self) -> dict[int, tuple[int, int]]:
+        """Partition -> (committed offset, end offset), for each partition not at its end."""
+        ends = await self.consumer.end_offsets(self.partitions)
+        committed = await self.admin.list_consumer_group_offsets(
+            self.group, partitions=self.partitions
+        )
+        done = {
+            tp: max(committed[tp].offset, 0) if tp in committed else 0 for tp in self.partitions
+        }
+        return {tp.partition: (done[tp], ends[tp]) for tp in self.partitions if ends[tp] > done[tp]}
+
+
 async def wait_consumed(stack: Stack, run: str, wait_seconds: float = 60) -> None:
     """Wait until the run's consumer group has committed the intake topic's end offsets.
 
     The agent commits a batch's offsets only after its rows, events and dead
     letters are done, so this means "everything on the intake topic is decided".
     """
-    group = app_env(run)["KAFKA_CLIENT_ID"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=None)
-    await admin.start()
-    await consumer.start()
-    try:
-        consumer._client.add_topic(INTAKE)
-        await consumer._client.force_metadata_update()
-        partitions = [
-            TopicPartition(INTAKE, p) for p in consumer.partitions_for_topic(INTAKE) or ()
-        ]
+    async with IntakeLag(stack, run) as lag:
         deadline = time.monotonic() + wait_seconds
-        lag: dict[TopicPartition, int] = {}
+        behind: dict[int, tuple[int, int]] = {}
         while time.monotonic() < deadline:
-            ends = await consumer.end_offsets(partitions)
-            committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
-            done = {tp: max(committed[tp].offset, 0) if tp in committed else 0 for tp in partitions}
-            lag = {tp: ends[tp] - done[tp] for tp in partitions if ends[tp] > done[tp]}
-            if not lag:
+            behind = await lag.behind()
+            if not behind:
                 return
             await asyncio.sleep(0.5)
-        raise AssertionError(f"intake not consumed within {wait_seconds:.0f} s; lag {lag}")
-    finally:
-        await consumer.stop()
-        await admin.close()
+    raise AssertionError(
+        f"intake not consumed within {wait_seconds:.0f} s; partition: (committed, end) {behind}"
+    )
+
+
+def stall_report(stack: Stack, run: str, workers: list[Worker]) -> str:
+    """What a failed drain needs explained: the intake's lag and the workers' warnings.
+
+    Tells a stall (records left on the topic, a partition not committed to its end)
+    from a loss (every offset committed, payments missing), and shows what the
+    consumers said about seeks, repairs and rebalances.
+    """
+
+    async def behind() -> dict[int, tuple[int, int]]:
+        async with IntakeLag(stack, run) as lag:
+            return await lag.behind()
+
+    lines = [f"intake partitions behind, partition: (committed, end): {asyncio.run(behind())}"]
+    for number, worker in enumerate(workers, 1):
+        try:
+            records = worker.log_records()
+        except AssertionError:  # a line that is not JSON: show the raw end instead
+            lines += [f"worker {number} ({worker.log_path}), its log's end:", worker.log()[-4000:]]
+            continue
+        said = [
+            f"  {record.get('time', '')} {record.get('level')} {record.get('message')}"
+            for record in records
+            if record.get("level") in ("WARNING", "ERROR", "CRITICAL")
+            or "Seek stream partitions" in str(record.get("message"))
+            or "committed offsets" in str(record.get("message"))
+        ]
+        lines.append(f"worker {number} ({worker.log_path}), last warnings of {len(said)}:")
+        lines += said[-40:]
+    return "\n".join(lines)
 
 
 # --- reading topics -------------------------------------------------------------

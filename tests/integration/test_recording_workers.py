@@ -14,6 +14,7 @@ from tests.pipeline import (
     assert_recorded_once,
     make_load,
     stage,
+    stall_report,
     topic_size,
     wait_consumed,
     wait_drained,
@@ -70,7 +71,12 @@ def test_a_worker_joining_a_fresh_group_loses_nothing(
             first.assert_alive()
             second.assert_alive()
 
-        asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=alive))
-        asyncio.run(wait_consumed(stack, run, wait_seconds=120))
+        try:
+            asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=alive))
+            asyncio.run(wait_consumed(stack, run, wait_seconds=120))
+        except AssertionError as exc:
+            # A CI run once stopped here (37,543 of 38,000): say whether it was a stall
+            # or a loss, and what the consumers said.
+            raise AssertionError(f"{exc}\n{stall_report(stack, run, [first, second])}") from None
 
     assert_recorded_once(stack, run, load.created)
