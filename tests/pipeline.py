@@ -326,15 +326,19 @@ def stall_report(stack: Stack, run: str, workers: list[Worker]) -> str:
     """What a failed drain needs explained: the intake's lag and the workers' warnings.
 
     Tells a stall (records left on the topic, a partition not committed to its end)
-    from a loss (every offset committed, payments missing), and shows what the
-    consumers said about seeks, repairs and rebalances.
+    from records dead-lettered or lost (every offset committed, payments missing),
+    and shows what the consumers said about seeks, repairs and rebalances.
     """
 
-    async def behind() -> dict[int, tuple[int, int]]:
+    async def figures() -> list[str]:
         async with IntakeLag(stack, run) as lag:
-            return await lag.behind()
+            behind = await lag.behind()
+        return [
+            f"intake partitions behind, partition: (committed, end): {behind}",
+            f"dead letters: {await topic_size(stack, DLQ)}; tables: {await integrity(stack)}",
+        ]
 
-    lines = [f"intake partitions behind, partition: (committed, end): {asyncio.run(behind())}"]
+    lines = asyncio.run(figures())
     for number, worker in enumerate(workers, 1):
         try:
             records = worker.log_records()
