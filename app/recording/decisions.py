@@ -4,7 +4,8 @@ The record agent decides a webhook's record after its Postgres commit, in
 another process than the web view that holds the request (any worker of the
 group may own the reference's partition). After the commit it writes each
 webhook decision under the webhook id and announces the batch's decisions in
-one message on one pub/sub channel; every worker's board listens there and
+one message on one pub/sub channel, in one script call (POST_SCRIPT, with the
+hot cache's writes); every worker's board listens there and
 wakes the views waiting for those ids. A view registers its wait before it
 publishes, so the announcement cannot come first; a replay reads the stored
 decision instead, and so does a view whose wait ran out (the listener may have
@@ -74,6 +75,31 @@ if #KEYS > 2 then
   if not cached then cached = redis.call('HGET', KEYS[4], ARGV[3]) end
 end
 return {taken and 1 or 0, stored or '', decided or '', cached or ''}
+"""
+
+#: The record agent's one round trip per batch: store each webhook decision under its id
+#: (SET NX; the first one stands and is what is announced), write the hot cache when it
+#: is on, and announce the batch's decisions in one message. KEYS: the n decision keys,
+#: then the current hot-cache hash if any. ARGV: n, the decisions' TTL, the channel, the
+#: hash's TTL, then (answer, waiting key) n times, then (reference, entry) pairs. A
+#: pipeline and a PUBLISH cost redis-py about as much CPU per command as the round trips.
+POST_SCRIPT = """
+local n = tonumber(ARGV[1])
+local announced = {}
+for i = 1, n do
+  local answer = ARGV[3 + 2 * i]
+  local first = redis.call('SET', KEYS[i], answer, 'NX', 'EX', ARGV[2], 'GET')
+  if first then answer = first end
+  announced[i] = {ARGV[4 + 2 * i], answer}
+end
+if #KEYS > n then
+  for j = 5 + 2 * n, #ARGV, 2 do
+    redis.call('HSET', KEYS[n + 1], ARGV[j], ARGV[j + 1])
+  end
+  redis.call('EXPIRE', KEYS[n + 1], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[3], cjson.encode(announced))
+return n
 """
 
 #: HTTP status of each outcome.
@@ -202,6 +228,7 @@ class DecisionBoard(Service):
         self.cache_seconds = cache_seconds
         self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
         self._claim_script: Any = None
+        self._post_script: Any = None
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -250,43 +277,31 @@ class DecisionBoard(Service):
             (_letter_endpoint(letter), str(letter.source_id), Answer.refused(letter))
             for letter in refused
         ]
+        now = datetime.now(UTC)
+        # The cache after the decisions (the script's order): a request that finds the
+        # reference cached finds its own id's decision too, and is not told "duplicate"
+        # of the payment its first delivery created.
+        entries = [
+            (
+                decision.reference_number,
+                hot_cache_entry(committed[decision.reference_number].fingerprint, now),
+            )
+            for decision in webhook
+            if decision.reference_number in committed
+        ]
+        keys = [decision_key(endpoint, webhook_id) for endpoint, webhook_id, _ in answers]
+        args: list[str | int] = [len(answers), ANSWER_TTL_SECONDS, DECISIONS_CHANNEL, 0]
+        for endpoint, webhook_id, answer in answers:
+            args += [answer.encode(), waiting_key(endpoint, webhook_id)]
+        if entries and self.cache_seconds is not None:
+            keys.append(hot_cache_keys(now, self.cache_seconds)[0])
+            args[3] = 2 * self.cache_seconds
+            for reference, entry in entries:
+                args += [reference, entry]
         try:
-            async with self.redis.client.pipeline(transaction=False) as pipe:
-                decided = []
-                for endpoint, webhook_id, answer in answers:
-                    encoded = answer.encode()
-                    pipe.set(
-                        decision_key(endpoint, webhook_id),
-                        encoded,
-                        ex=ANSWER_TTL_SECONDS,
-                        nx=True,
-                        get=True,
-                    )
-                    decided.append((waiting_key(endpoint, webhook_id), encoded))
-                # The cache after the decisions: a request that finds the reference
-                # cached finds its own id's decision too, and is not told "duplicate"
-                # of the payment its first delivery created.
-                now = datetime.now(UTC)
-                entries = {
-                    decision.reference_number: hot_cache_entry(
-                        committed[decision.reference_number].fingerprint, now
-                    )
-                    for decision in webhook
-                    if decision.reference_number in committed
-                }
-                if entries and self.cache_seconds is not None:
-                    current, _ = hot_cache_keys(now, self.cache_seconds)
-                    pipe.hset(current, mapping=entries)  # type: ignore[arg-type]  # str→str
-                    pipe.expire(current, 2 * self.cache_seconds)
-                stored = (await pipe.execute())[: len(decided)]
-            # The first decision for an id stands, and is what every wait hears: a
-            # redelivered or retried record is decided again, as a duplicate of itself.
-            announced = [
-                [key, answer if first is None else _text(first)]
-                for (key, answer), first in zip(decided, stored, strict=True)
-            ]
-            # One announcement per batch: every worker's listener parses each one.
-            await self.redis.client.publish(DECISIONS_CHANNEL, json.dumps(announced))
+            if self._post_script is None:
+                self._post_script = self.redis.client.register_script(POST_SCRIPT)
+            await self._post_script(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("post_decisions").inc()
             log.warning(

@@ -57,4 +57,4 @@ class RedisConnection(Service):
     async def on_stop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # the pool is ours: its sockets too

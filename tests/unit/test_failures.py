@@ -25,6 +25,7 @@ from app.recording import failures
 from app.recording.decisions import REFUSED_MESSAGES, Answer, DecisionBoard, decision_key
 from app.recording.payment_store import RecordResult
 from app.recording.recorder import Incoming
+from tests.unit.post_script_redis import FakeRedis
 from tests.unit.test_recorder import FakeStore, Harness, incoming, payment
 from tests.unit.test_webhooks import GENERIC, documented_example, fields, rejection
 
@@ -279,46 +280,6 @@ def test_received_at_out_of_range_is_a_field_error(received_at: str) -> None:
         PaymentRecord.model_validate_json(json.dumps(value))
 
 
-class FakePipeline:
-    """The commands DecisionBoard.post sends to Redis, kept instead of sent."""
-
-    def __init__(self, redis: FakeRedis) -> None:
-        self.redis = redis
-        self.results: list[Any] = []
-
-    async def __aenter__(self) -> FakePipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def hset(self, key: str, mapping: dict[str, str]) -> None:
-        self.results.append(1)
-
-    def expire(self, key: str, seconds: int) -> None:
-        self.results.append(True)
-
-    def set(self, key: str, value: str, **options: Any) -> None:
-        self.results.append(self.redis.stored.get(key) if options.get("get") else None)
-        self.redis.stored.setdefault(key, value)
-
-    async def execute(self) -> list[Any]:
-        return self.results
-
-
-class FakeRedis:
-    def __init__(self) -> None:
-        self.stored: dict[str, str] = {}
-        self.published: list[str] = []
-        self.client = self
-
-    def pipeline(self, transaction: bool) -> FakePipeline:
-        return FakePipeline(self)
-
-    async def publish(self, channel: str, message: str) -> None:
-        self.published.append(message)
-
-
 async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> None:
     redis = FakeRedis()
     board = DecisionBoard(redis)  # type: ignore[arg-type]
@@ -335,8 +296,8 @@ async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> N
         payment("REF-3", source="webhook", source_id="w-ok"),
     ]
     await harness.recorder.handle([incoming(r) for r in batch])
-    for message in redis.published:
-        board._deliver(message.encode())
+    for announcement in redis.announcements:
+        board._deliver(json.dumps(announcement).encode())
 
     refused = Answer(
         422,
@@ -349,7 +310,7 @@ async def test_every_webhook_carrying_a_refused_reference_is_answered_422() -> N
     assert waiting["w-a"].result() == refused
     assert waiting["w-b"].result() == refused
     assert waiting["w-ok"].result().status == 201
-    assert Answer.decode(redis.stored[decision_key("generic", "w-b")]) == refused  # for replays
+    assert Answer.decode(redis.values[decision_key("generic", "w-b")]) == refused  # for replays
 
 
 async def test_a_webhook_whose_record_is_unprocessable_is_answered_422() -> None:
@@ -363,8 +324,8 @@ async def test_a_webhook_whose_record_is_unprocessable_is_answered_422() -> None
     await record_batch(
         harness.recorder, [incoming(payment("REF-P", source="webhook", source_id="w-p"))]
     )
-    for message in redis.published:
-        board._deliver(message.encode())
+    for announcement in redis.announcements:
+        board._deliver(json.dumps(announcement).encode())
     assert waiting.result() == Answer(
         422,
         {

@@ -27,6 +27,7 @@ from app.intake.webhook_body import parse_body, record_for
 from app.kafka.codecs import decode_record
 from app.models import DateWindow, Decision, KnownReference, endpoint_of, payment_id_for
 from app.recording.decisions import (
+    POST_SCRIPT,
     Answer,
     Claim,
     DecisionBoard,
@@ -37,6 +38,7 @@ from app.recording.decisions import (
 from app.recording.reference_cache import MemoryCache
 from app.settings import Settings
 from app.storage.redis_connection import RedisConnection
+from tests.unit.post_script_redis import FakeRedis
 from tests.webhook_client import signed
 from web.webhooks import Reply, answer_webhook
 
@@ -362,56 +364,6 @@ def fingerprint_of_body(body: dict[str, Any]) -> str:
     ).fingerprint
 
 
-class FakePipeline:
-    def __init__(self, redis: FakeRedis) -> None:
-        self.redis = redis
-        self.results: list[Any] = []
-
-    async def __aenter__(self) -> FakePipeline:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def hset(self, *args: Any, **kwargs: Any) -> None:
-        self.redis.ops.append("hset")
-        self.results.append(1)
-
-    def expire(self, *args: Any) -> None:
-        self.redis.ops.append("expire")
-        self.results.append(True)
-
-    def set(self, key: str, value: str, **options: Any) -> None:
-        assert options["nx"]
-        self.redis.ops.append("set")
-        self.redis.keys.append(key)
-        self.results.append(self.redis.values.get(key) if options.get("get") else None)
-        self.redis.values.setdefault(key, value)
-
-    def publish(self, channel: str, message: str) -> None:
-        self.redis.announcements.append(json.loads(message))
-
-    async def execute(self) -> list[Any]:
-        return self.results
-
-
-class FakeRedis:
-    """The calls DecisionBoard.post makes: SET NX (GET) in a pipeline, and PUBLISH."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.ops: list[str] = []
-        self.values: dict[str, str] = {}
-        self.announcements: list[Any] = []
-        self.client = self
-
-    def pipeline(self, transaction: bool) -> FakePipeline:
-        return FakePipeline(self)
-
-    async def publish(self, channel: str, message: str) -> None:
-        self.announcements.append(json.loads(message))
-
-
 def decision(reference: str, outcome: str, channel: str | None, webhook_id: str) -> Decision:
     return Decision(
         reference_number=reference,
@@ -461,8 +413,13 @@ async def test_a_decision_is_stored_before_its_reference_is_cached() -> None:
 
     await board.post([created], {"R-1": KnownReference("fingerprint", created.payment_id)})
 
-    # A request that sees the reference cached must see its own id's decision too.
-    assert redis.ops == ["set", "hset", "expire"]
+    # A request that sees the reference cached must see its own id's decision too:
+    # the script stores the answers before it writes the cache.
+    assert POST_SCRIPT.index("'SET'") < POST_SCRIPT.index("'HSET'") < POST_SCRIPT.index("PUBLISH")
+    assert redis.ops == ["set", "hset", "expire", "publish"]
+    (cache_key,) = redis.hashes
+    assert cache_key.startswith("payments:references:")
+    assert redis.hashes[cache_key]["R-1"].startswith("fingerprint ")
 
 
 @pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
@@ -515,7 +472,7 @@ async def test_with_the_redis_cache_off_decisions_are_stored_and_nothing_is_cach
 
     await board.post([created], {"R-1": KnownReference("fingerprint", created.payment_id)})
 
-    assert redis.ops == ["set"]  # the stored answer (coordination), no hot-cache hash
+    assert redis.ops == ["set", "publish"]  # the stored answer (coordination), no hot cache
     assert len(redis.announcements) == 1
 
 

@@ -1,0 +1,150 @@
+"""The record agent's side of the decision board (one Lua script per batch) on a real Redis.
+
+What a batch's post must leave behind: each webhook id's answer stored (the first
+one stands), one announcement naming every waiting id with the answer that stands,
+the hot cache written with its expiry when it is on, and 422 answers for webhook
+records dead-lettered for anything but a conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from app.models import DeadLetter, FieldError, KnownReference, endpoint_of
+from app.recording import dedup
+from app.recording.decisions import (
+    ANSWER_TTL_SECONDS,
+    DECISIONS_CHANNEL,
+    REFUSED_MESSAGES,
+    Answer,
+    DecisionBoard,
+    decision_key,
+    hot_cache_keys,
+    waiting_key,
+)
+from app.storage.redis_connection import RedisConnection
+from tests.stack import Stack
+
+CACHE_SECONDS = 600
+
+
+@pytest.fixture
+async def redis(stack: Stack) -> AsyncIterator[RedisConnection]:
+    connection = RedisConnection(stack.settings())
+    await connection.start()
+    try:
+        yield connection
+    finally:
+        await connection.stop()
+
+
+def webhook_decision(reference: str, webhook_id: str, outcome: str = "created") -> Any:
+    return dedup.decision(
+        reference,
+        outcome,
+        source="webhook",
+        source_id=webhook_id,
+        channel=None,  # type: ignore[arg-type]
+    )
+
+
+async def post_and_hear(
+    board: DecisionBoard, redis: RedisConnection, *post: Any
+) -> list[list[str]]:
+    """Post one batch while subscribed to the channel; the announcement it made."""
+    async with redis.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(DECISIONS_CHANNEL)
+        await board.post(*post)
+        for _ in range(50):
+            message = await pubsub.get_message(timeout=0.1)
+            if message is not None:
+                announced: list[list[str]] = json.loads(message["data"])
+                return announced
+    raise AssertionError("no announcement within 5 s")
+
+
+async def test_a_post_stores_announces_and_caches_in_one_call(redis: RedisConnection) -> None:
+    board = DecisionBoard(redis, cache_seconds=CACHE_SECONDS)
+    run = uuid.uuid4().hex[:8]
+    first, second = f"REF-A-{run}", f"REF-B-{run}"
+    decisions = [webhook_decision(first, f"w1-{run}"), webhook_decision(second, f"w2-{run}")]
+    committed = {first: KnownReference("fp-a", decisions[0].payment_id)}  # second: not cached
+    now = datetime.now(UTC)
+
+    announced = await post_and_hear(board, redis, decisions, committed)
+
+    expected = [Answer.of(decision) for decision in decisions]
+    assert announced == [
+        [waiting_key("generic", f"w1-{run}"), expected[0].encode()],
+        [waiting_key("generic", f"w2-{run}"), expected[1].encode()],
+    ]
+    client = redis.client
+    for webhook_id, answer in zip((f"w1-{run}", f"w2-{run}"), expected, strict=True):
+        key = decision_key("generic", webhook_id)
+        assert Answer.decode(await client.get(key)) == answer
+        assert ANSWER_TTL_SECONDS - 60 < await client.ttl(key) <= ANSWER_TTL_SECONDS
+    current, _ = hot_cache_keys(now, CACHE_SECONDS)
+    entry = (await client.hget(current, first)).decode()
+    assert entry.startswith("fp-a ")
+    assert await client.hget(current, second) is None
+    assert CACHE_SECONDS < await client.ttl(current) <= 2 * CACHE_SECONDS
+
+
+async def test_the_first_answer_for_an_id_stands_and_is_announced(redis: RedisConnection) -> None:
+    board = DecisionBoard(redis, cache_seconds=None)  # the hot cache off: nothing cached
+    run = uuid.uuid4().hex[:8]
+    reference, webhook_id = f"REF-{run}", f"w-{run}"
+    created = webhook_decision(reference, webhook_id)
+    await post_and_hear(board, redis, [created], {})
+    # A redelivered record is decided again, as a duplicate of itself: the id keeps
+    # its first answer, and the announcement says that one.
+    again = webhook_decision(reference, webhook_id, outcome="duplicate")
+    announced = await post_and_hear(board, redis, [again], {})
+
+    assert announced == [[waiting_key("generic", webhook_id), Answer.of(created).encode()]]
+    stored = await redis.client.get(decision_key("generic", webhook_id))
+    assert Answer.decode(stored) == Answer.of(created)
+    current, _ = hot_cache_keys(datetime.now(UTC), CACHE_SECONDS)
+    assert await redis.client.hget(current, reference) is None
+
+
+async def test_a_refused_webhook_record_is_answered_422(redis: RedisConnection) -> None:
+    board = DecisionBoard(redis, cache_seconds=CACHE_SECONDS)
+    run = uuid.uuid4().hex[:8]
+    letter = DeadLetter(
+        reason="rejected",
+        details=[FieldError(field="record", message='value refused: ünïcode "quoted" / é')],
+        reference_number=f"REF-{run}",
+        source="webhook",
+        source_id=f"w-{run}",
+        original={"payment_channel": "card"},
+        failed_at=datetime.now(UTC),
+    )
+
+    announced = await post_and_hear(board, redis, [], {}, [letter])
+
+    refused = Answer.refused(letter)
+    assert refused.status == 422
+    assert refused.body["message"] == REFUSED_MESSAGES["rejected"]
+    endpoint = endpoint_of("card")  # the channel the record came through
+    assert announced == [[waiting_key(endpoint, f"w-{run}"), refused.encode()]]
+    stored = await redis.client.get(decision_key(endpoint, f"w-{run}"))
+    assert stored is not None
+    assert Answer.decode(stored) == refused
+
+
+async def test_a_post_without_webhook_decisions_says_nothing(redis: RedisConnection) -> None:
+    board = DecisionBoard(redis, cache_seconds=CACHE_SECONDS)
+    staged = dedup.decision("REF-S", "created", source="staging", source_id="1", channel=None)
+    async with redis.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(DECISIONS_CHANNEL)
+        await board.post([staged], {"REF-S": KnownReference("fp", staged.payment_id)})
+        await asyncio.sleep(0.3)
+        assert await pubsub.get_message(timeout=0.1) is None
