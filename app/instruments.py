@@ -139,6 +139,23 @@ class LeanMonitor(PrometheusMonitor):
         super().__init__(metrics=metrics)
         self._received_by_topic: dict[str, Any] = {}
 
+    def _clear_partition_related_metrics(self) -> None:
+        """At a rebalance: forget the partitions' offsets; drop their samples if possible.
+
+        Faust removes the per-topic and per-partition samples at each rebalance. In
+        multiprocess mode (the worker and its fronts) prometheus-client cannot remove
+        a sample: it warned instead, one WARNING line per metric at every rebalance,
+        and kept the sample. Elsewhere the samples go, and with them the children
+        this monitor keeps per topic.
+        """
+        if os.environ.get(MULTIPROC_VARIABLE):
+            self.tp_committed_offsets.clear()
+            self.tp_read_offsets.clear()
+            self.tp_end_offsets.clear()
+            return
+        super()._clear_partition_related_metrics()
+        self._received_by_topic.clear()
+
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
         child = self._received_by_topic.get(tp.topic)
         if child is None:

@@ -67,6 +67,8 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_fetch_records"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer", "_coordinator"),
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_coordination_task"),
+    # app/instruments.py LeanMonitor: the samples a rebalance drops (not in multiprocess mode).
+    ("faust.sensors.prometheus", "PrometheusMonitor", "_clear_partition_related_metrics"),
 )
 
 
