@@ -156,6 +156,12 @@ class LeanMonitor(PrometheusMonitor):
         super()._clear_partition_related_metrics()
         self._received_by_topic.clear()
 
+    def track_tp_end_offset(self, tp: Any, offset: int) -> None:
+        # Faust calls this for every message it fetches, with its partition's end offset
+        # as of that fetch: the same value for a whole fetch. Set the gauge when it moves.
+        if self.tp_end_offsets.get(tp) != offset:
+            super().track_tp_end_offset(tp, offset)
+
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
         child = self._received_by_topic.get(tp.topic)
         if child is None:

@@ -6,10 +6,14 @@ import ipaddress
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from faust.sensors.prometheus import FaustMetrics
+from faust.types import TP
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.instruments import DECISIONS, exposition, gauge
+from app.instruments import DECISIONS, LeanMonitor, exposition, gauge
 from web.metrics import _listed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +124,39 @@ def test_a_rebalance_in_one_process_drops_the_samples_and_counts_again() -> None
     # The sample dropped at the rebalance comes back with the next message (the
     # monitor's cached child for the topic went with it).
     assert values(text)[RECEIVED] == 1
+
+
+class CountingGauge:
+    """Stands in for one labelled gauge; keeps every value set."""
+
+    def __init__(self) -> None:
+        self.values: list[tuple[str, int, float]] = []
+
+    def labels(self, topic: str, partition: int) -> Any:
+        gauge = self
+
+        class Child:
+            def set(self, value: float) -> None:
+                gauge.values.append((topic, partition, value))
+
+        return Child()
+
+
+def test_a_partitions_end_offset_is_set_when_it_moves_not_per_message() -> None:
+    gauge = CountingGauge()
+    metrics = FaustMetrics.create(CollectorRegistry(), "end_offsets")._replace(
+        topic_partition_end_offset=gauge  # type: ignore[arg-type]
+    )
+    monitor = LeanMonitor(metrics)
+    intake = TP("payment.intake", 0)
+
+    for end in (100, 100, 100, 250, 250):  # Faust calls it per message, with the fetch's end
+        monitor.track_tp_end_offset(intake, end)
+    monitor.track_tp_end_offset(TP("payment.intake", 1), 100)
+
+    assert gauge.values == [
+        ("payment.intake", 0, 100),
+        ("payment.intake", 0, 250),
+        ("payment.intake", 1, 100),
+    ]
+    assert monitor.tp_end_offsets[intake] == 250  # Faust's own bookkeeping still follows
