@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -90,23 +91,52 @@ class References:
         Faust's ``table[key] = value`` sends one changelog record per key through
         its producer buffer and rewrites the partition's persisted offset per key:
         at a batch of thousands of keys that was the largest cost of the record
-        agent (bench/staging). So the values go into RocksDB directly, the changelog
-        records go out as one batch through our idempotent producer (same topic,
-        partition, key and value bytes as Faust would send), and the persisted
-        offset is written once per partition after the broker has them.
+        agent (bench/staging). So the changelog records go out first, as one batch
+        through our idempotent producer (same topic, partition, key and value bytes
+        as Faust would send); then the store applies them as Faust applies a
+        changelog it recovers from: one RocksDB write batch per partition (a third
+        of a put per key), and the persisted offset once per partition.
         """
         if not entries:
             return
-        store: Any = self.table.data  # the RocksDB (or memory) Store, not just a mapping
-        messages: list[tuple[bytes | None, bytes]] = []
+        messages: list[tuple[bytes, bytes]] = []
         partitions: list[int] = []
         for event, reference, known in entries:
-            key, value = reference.encode(), encode_known(known)
-            with event_context(event):
-                store[key] = value
-            messages.append((key, value))
+            messages.append((reference.encode(), encode_known(known)))
             partitions.append(event.message.partition)
         topic = self.table.changelog_topic.get_topic_name()
         last = await self.publisher.publish(topic, messages, partitions)
-        for partition, offset in last.items():
-            store.set_persisted_offset(TP(topic, partition), offset)
+        store: Any = self.table.data  # the RocksDB (or memory) Store, not just a mapping
+        written = {partition: (TP(topic, partition), offset) for partition, offset in last.items()}
+        store.apply_changelog_batch(
+            [
+                _Written(key, value, _ChangelogRecord(*written[partition], partition, key, value))
+                for (key, value), partition in zip(messages, partitions, strict=True)
+            ],
+            to_key=_same,
+            to_value=_same,
+        )
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangelogRecord:
+    """What a store's ``apply_changelog_batch`` reads of a changelog message."""
+
+    tp: TP
+    offset: int  # the partition's last offset in the batch: the store keeps the highest
+    partition: int
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A changelog event as ``apply_changelog_batch`` reads it (the memory store: key, value)."""
+
+    key: bytes
+    value: bytes
+    message: _ChangelogRecord
