@@ -46,6 +46,9 @@ WEBHOOK_SECONDS = Histogram(
     ["status"],
     buckets=LATENCY_BUCKETS,
 )
+#: The statuses of webhooks turned away (busy, Kafka away, switched off; a body too slow):
+#: exported at zero from the start for the alert PaymentsWebhooksTurnedAway.
+TURNED_AWAY = ("503", "408")
 DECISIONS = Counter(
     "payments_decisions_total",
     "Records decided, by source (staging, webhook) and outcome; each once, whichever layer"

@@ -19,6 +19,8 @@ from app.instruments import (
     KAFKA_MESSAGES,
     REDIS_OPERATIONS,
     REDIS_UNAVAILABLE,
+    TURNED_AWAY,
+    WEBHOOK_SECONDS,
     faust_monitor,
 )
 from app.intake.guards import Guards
@@ -208,6 +210,7 @@ def _counters_from_zero(settings: Settings) -> None:
     A labelled counter has no series until its first increment, and ``increase()``
     over a series that starts at 1 is 0: the first dead letter, lost intake record or
     Redis failure would never fire its alert, and a dashboard would show no series.
+    The same goes for the webhook answers PaymentsWebhooksTurnedAway counts (503, 408).
     """
     for reason in get_args(DeadLetterReason):
         DEAD_LETTERS.labels(reason)
@@ -217,6 +220,8 @@ def _counters_from_zero(settings: Settings) -> None:
     INTAKE_RECORDS_LOST.labels(INTAKE)
     for operation in REDIS_OPERATIONS:
         REDIS_UNAVAILABLE.labels(operation)
+    for status in TURNED_AWAY:
+        WEBHOOK_SECONDS.labels(status)
 
 
 def _fault_hooks(settings: Settings) -> record_payments.FaultHooks | None:

@@ -83,6 +83,8 @@ def test_the_alerts_counters_are_exported_at_zero_from_the_start() -> None:
         ("payments_dead_letters_total", {"reason": "unprocessable"}),
         ("payments_redis_unavailable_total", {"operation": "claim"}),
         ("payments_kafka_messages_total", {"topic": "payment.events", "result": "failed"}),
+        ("payments_webhook_duration_seconds_count", {"status": "503"}),
+        ("payments_webhook_duration_seconds_count", {"status": "408"}),
     ):
         assert (name, frozenset(labels.items())) in found, name
 
