@@ -277,27 +277,20 @@ class DecisionBoard(Service):
             (_letter_endpoint(letter), str(letter.source_id), Answer.refused(letter))
             for letter in refused
         ]
-        now = datetime.now(UTC)
-        # The cache after the decisions (the script's order): a request that finds the
-        # reference cached finds its own id's decision too, and is not told "duplicate"
-        # of the payment its first delivery created.
-        entries = [
-            (
-                decision.reference_number,
-                hot_cache_entry(committed[decision.reference_number].fingerprint, now),
-            )
-            for decision in webhook
-            if decision.reference_number in committed
-        ]
         keys = [decision_key(endpoint, webhook_id) for endpoint, webhook_id, _ in answers]
         args: list[str | int] = [len(answers), ANSWER_TTL_SECONDS, DECISIONS_CHANNEL, 0]
         for endpoint, webhook_id, answer in answers:
             args += [answer.encode(), waiting_key(endpoint, webhook_id)]
-        if entries and self.cache_seconds is not None:
+        # The cache after the decisions (the script's order): a request that finds the
+        # reference cached finds its own id's decision too, and is not told "duplicate"
+        # of the payment its first delivery created.
+        cached = [d.reference_number for d in webhook if d.reference_number in committed]
+        if cached and self.cache_seconds is not None:
+            now = datetime.now(UTC)
             keys.append(hot_cache_keys(now, self.cache_seconds)[0])
             args[3] = 2 * self.cache_seconds
-            for reference, entry in entries:
-                args += [reference, entry]
+            for reference in cached:
+                args += [reference, hot_cache_entry(committed[reference].fingerprint, now)]
         try:
             if self._post_script is None:
                 self._post_script = self.redis.client.register_script(POST_SCRIPT)
