@@ -39,10 +39,12 @@ def test_exposition_has_the_counters_and_the_measured_gauges() -> None:
     assert values(text)[("payments_staging_backlog", frozenset())] == 42
 
 
-def _python(code: str, folder: Path) -> str:
+def _python(code: str, folder: Path | None) -> str:
+    """``code``'s output in a new process: multiprocess mode in ``folder``, or single-process."""
+    multiprocess = {} if folder is None else {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
     return subprocess.run(
         [sys.executable, "-c", code],
-        env={"PROMETHEUS_MULTIPROC_DIR": str(folder), "PATH": "/usr/bin:/bin"},
+        env={**multiprocess, "PATH": "/usr/bin:/bin"},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -114,14 +116,7 @@ def test_a_rebalance_in_multiprocess_mode_warns_nothing_and_counts_on(tmp_path: 
 
 
 def test_a_rebalance_in_one_process_drops_the_samples_and_counts_again() -> None:
-    text = subprocess.run(
-        [sys.executable, "-c", REBALANCE],
-        env={"PATH": "/usr/bin:/bin"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    text = _python(REBALANCE, None)
 
     # The sample dropped at the rebalance comes back with the next message (the
     # monitor's cached child for the topic went with it).
