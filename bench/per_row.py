@@ -101,6 +101,9 @@ class Stages:
         #: Rows the last pass accepted (all of them: the path timed is a good row's).
         self.accepted = 0
 
+    def close(self) -> None:
+        self.loop.close()
+
     def partition(self, key: bytes) -> int:
         try:
             return int(self.partitioner(key, self.partitions))
@@ -186,6 +189,7 @@ def main() -> None:
     for _ in range(WARM_UP):
         stages.run()
     passes = [stages.run() for _ in range(PASSES)]
+    stages.close()
     total = 0.0
     for name in passes[0]:
         per_row = statistics.median(took[name] for took in passes) / ROWS * 1e6

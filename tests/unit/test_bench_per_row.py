@@ -7,7 +7,10 @@ from bench.per_row import ROWS, Stages
 
 def test_a_pass_times_every_stage_on_rows_that_are_all_accepted() -> None:
     stages = Stages()
-    took = stages.run()
+    try:
+        took = stages.run()
+    finally:
+        stages.close()
     assert list(took) == [
         "rows to the helper (pickle)",
         "check + encode (helper)",
@@ -15,6 +18,7 @@ def test_a_pass_times_every_stage_on_rows_that_are_all_accepted() -> None:
         "partition intake keys",
         "decode + window (agent)",
         "ids + fingerprint (agent)",
+        "references table (agent)",
         "event JSON (agent)",
         "partition event keys",
         "decisions + audit lines (agent)",
@@ -23,3 +27,7 @@ def test_a_pass_times_every_stage_on_rows_that_are_all_accepted() -> None:
     assert sum(took.values()) > 0
     # Every row is a valid payment: the timings are of the path a good row takes.
     assert stages.accepted == ROWS
+    # The table's stage wrote every row's reference, each in its partition's database.
+    reference = f"{stages.passes}-BENCH-{ROWS - 1:08d}"
+    partition = stages.partition(reference.encode())
+    assert stages.references.get(stages.events[partition], reference) is not None
