@@ -417,6 +417,7 @@ def test_records_are_handed_over_directly_when_nothing_can_block(
     consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
     loop.run_until_complete(consumer.perform_seek())
     consumer.app.flow_control.resume()  # as once partitions are assigned
+    consumer.resume_flow()
 
     direct, raced = _drain(consumer, [5, 6, 7], loop)
 
@@ -429,6 +430,7 @@ def test_records_behind_the_read_offset_are_dropped(loop: asyncio.AbstractEventL
     consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
     loop.run_until_complete(consumer.perform_seek())
     consumer.app.flow_control.resume()
+    consumer.resume_flow()
 
     direct, _ = _drain(consumer, [5, 6, 4, 6, 7], loop)
 
@@ -442,12 +444,57 @@ def test_a_hand_over_that_could_block_is_raced_against_suspended_flow(
     # awaited directly, it would stall the fetch loop for the whole rebalance.
     tp = TP(INTAKE, 0)
     consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
-    loop.run_until_complete(consumer.perform_seek())  # flow stays suspended
+    loop.run_until_complete(consumer.perform_seek())
+    consumer.stop_flow()  # a rebalance: flow suspended
 
     direct, raced = _drain(consumer, [5, 6], loop)
 
     assert (direct, raced) == ([], [5, 6])
     assert consumer._read_offset[tp] == 6
+
+
+def test_records_fetched_during_the_seek_wait_for_the_flow_to_resume(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Faust resumes the flow, seeks, then resumes the flow again, and each resume
+    # empties the streams' queues: records handed over during the seek were thrown
+    # away but counted as read, and the partition waited for the head-gap repair.
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    consumer.app.flow_control.resume()  # the first resume
+    consumer.resume_flow()
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    queue: list[int] = []  # a stream's queue, emptied by each resume of the flow
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        for offset in (5, 6, 7):
+            yield tp, SimpleNamespace(offset=offset, topic=INTAKE, tp=tp)
+        fetcher._stopped.set()
+
+    async def deliver(message: Any) -> None:
+        queue.append(message.offset)
+
+    async def scenario() -> list[int]:
+        seeking = asyncio.ensure_future(consumer.perform_seek())
+        await asyncio.sleep(0)  # the seek has begun (it clears the gate first)
+        draining = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        await seeking
+        for _ in range(10):
+            await asyncio.sleep(0)  # the fetch loop's turns, before the flow resumes
+        held = list(queue)
+        queue.clear()  # Faust's second resume of the flow empties the queues...
+        consumer.app.flow_control.resume()
+        consumer.resume_flow()  # ...then the consumer's flow resumes
+        await asyncio.wait_for(draining, 5)
+        return held
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = deliver
+    held = loop.run_until_complete(scenario())
+
+    assert held == []  # nothing was handed over while the seek ran
+    assert queue == [5, 6, 7]  # all of it after the flow resumed: none thrown away
+    assert consumer._read_offset[tp] == 7
 
 
 class FakeCoordinator:
