@@ -4,7 +4,7 @@ The patches themselves are here: the stream iterator switch, the current-event
 setter for table writes in a batch, the producer buffer's size, and the record
 agent's batching (:func:`take_batches`, ``take_events`` without its idle wait). The consumer's
 offset fixes are subclasses of Faust's aiokafka driver (app/kafka/transport.py, its
-docstring numbers them 1 to 7); the private names they override or read are listed
+docstring numbers them 1 to 8); the private names they override or read are listed
 here too, so that :func:`check_faust_internals` covers them.
 
 Each is written for the pinned versions (:data:`PINNED`). A Faust or aiokafka upgrade
@@ -45,7 +45,7 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.app.base", "App", "_new_transport"),
     # widen_producer_buffer: the buffer that stalls every incoming message when full.
     ("faust.transport.producer", "ProducerBuffer", "max_messages"),
-    # Fix 1 to 7 (app/kafka/transport.py): Faust's consumer bookkeeping, overridden or read.
+    # Fix 1 to 8 (app/kafka/transport.py): Faust's consumer bookkeeping, overridden or read.
     ("faust.transport.consumer", "ThreadDelegateConsumer", "_new_consumer_thread"),
     ("faust.transport.consumer", "Consumer", "_drain_messages"),
     ("faust.transport.consumer", "Consumer", "_new_offset"),
