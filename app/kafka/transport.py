@@ -106,6 +106,8 @@ LOG_START_TIMEOUT_SECONDS = 10.0
 
 #: How often a fetch loop held during a seek checks that the flow has not stopped (fix 8).
 SEEK_SETTLED_POLL_SECONDS = 0.1
+#: The longest a fetch loop is held for a seek whose flow does not resume (it failed).
+SEEK_SETTLED_MAX_SECONDS = 30.0
 
 #: The fetch loop gives the event loop a turn after this many records (as Faust's does).
 YIELD_EVERY = 100
@@ -279,9 +281,19 @@ class Consumer(driver.Consumer):
         """Wait for the flow to resume after a seek (fix 8), or to stop, or the consumer to.
 
         Once the flow stops (another rebalance), the hand-over races "flow suspended"
-        as usual and is given up; the next seek fetches the record again.
+        as usual and is given up; the next seek fetches the record again. A seek whose
+        flow never resumes (the seek failed) is waited for SEEK_SETTLED_MAX_SECONDS,
+        then records flow again as Faust would hand them over.
         """
+        deadline = time.monotonic() + SEEK_SETTLED_MAX_SECONDS
         while not self._seek_settled.is_set() and self.flow_active and not self.should_stop:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "the flow did not resume within %.0f s of a seek; handing records over",
+                    SEEK_SETTLED_MAX_SECONDS,
+                )
+                self._seek_settled.set()
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._seek_settled.wait(), SEEK_SETTLED_POLL_SECONDS)
 

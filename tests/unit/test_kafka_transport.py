@@ -497,6 +497,24 @@ def test_records_fetched_during_the_seek_wait_for_the_flow_to_resume(
     assert consumer._read_offset[tp] == 7
 
 
+def test_a_seek_whose_flow_never_resumes_holds_the_fetch_loop_for_a_while_only(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(kafka_transport, "SEEK_SETTLED_MAX_SECONDS", 0.3)
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    consumer.app.flow_control.resume()
+    consumer.resume_flow()
+    loop.run_until_complete(consumer.perform_seek())  # and no resume after it (it failed)
+
+    started = loop.time()
+    direct, raced = _drain(consumer, [5, 6], loop)
+
+    assert (direct, raced) == ([5, 6], [])
+    assert loop.time() - started >= 0.3
+    assert "the flow did not resume within 0 s of a seek" in caplog.text
+
+
 class FakeCoordinator:
     """aiokafka's group coordinator holding an error for the user, as after a failed join."""
 
