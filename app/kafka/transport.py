@@ -247,6 +247,8 @@ class Consumer(driver.Consumer):
                         await asyncio.sleep(0)
                     if not seek_settled():
                         await self._until_seek_settled()  # fix 8
+                        if not self._sought(tp, message.offset):
+                            continue  # fetched before the seek; the seek fetches it again
                     offset = message.offset
                     last_read = read_offset[tp]
                     if last_read is not None and offset < last_read:
@@ -296,6 +298,16 @@ class Consumer(driver.Consumer):
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._seek_settled.wait(), SEEK_SETTLED_POLL_SECONDS)
+
+    def _sought(self, tp: Any, offset: int) -> bool:
+        """Whether a record held through a seek (fix 8) passes that seek's filter (see getmany)."""
+        wanted = self._resume_at.get(tp)
+        if wanted is None:
+            return True
+        if offset != wanted[0]:
+            return False
+        del self._resume_at[tp]
+        return True
 
     def _hand_over_cannot_block(self, tp: Any) -> bool:
         """True when Faust's hand-over of a record of ``tp`` to its streams returns at once."""

@@ -185,7 +185,7 @@ class FakeLog:
         fetched = range(self.position, min(self.position + self.max_records, self.end))
         self.position = fetched.stop
         for offset in fetched:
-            yield self.tp, SimpleNamespace(offset=offset)
+            yield self.tp, SimpleNamespace(offset=offset, topic=self.tp.topic, tp=self.tp)
 
 
 async def _fetch(consumer: Consumer, fetches: int = 1) -> list[int]:
@@ -495,6 +495,55 @@ def test_records_fetched_during_the_seek_wait_for_the_flow_to_resume(
     assert held == []  # nothing was handed over while the seek ran
     assert queue == [5, 6, 7]  # all of it after the flow resumed: none thrown away
     assert consumer._read_offset[tp] == 7
+
+
+def test_a_record_held_through_a_seek_goes_on_only_if_the_seek_wants_it(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fetch loop holds a record fetched before the seek (offset 50, the old
+    # position); the seek then asks for 5. Handed over, 50 would make 5..49 look
+    # read already, and the partition would wait for the head-gap repair.
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: 5}, log_start=0, assigned={tp})
+    consumer.app.flow_control.resume()
+    consumer.resume_flow()
+    log = FakeLog(tp, end=60)
+    log.position = 50
+    monkeypatch.setattr(driver.Consumer, "getmany", log.getmany)
+    released = asyncio.Event()
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    delivered: list[int] = []
+
+    async def seek_to_committed() -> Mapping[TP, int]:
+        await released.wait()
+        return {tp: 5}
+
+    async def seek_wait(partitions: Mapping[TP, int]) -> None:
+        log.position = partitions[tp]
+
+    async def deliver(message: Any) -> None:
+        delivered.append(message.offset)
+        if message.offset == 7:
+            fetcher._stopped.set()
+
+    async def scenario() -> None:
+        seeking = asyncio.ensure_future(consumer.perform_seek())
+        await asyncio.sleep(0)
+        draining = asyncio.ensure_future(consumer._drain_messages(fetcher))
+        for _ in range(5):
+            await asyncio.sleep(0)  # 50 is fetched and held
+        released.set()
+        await seeking
+        consumer.app.flow_control.resume()
+        consumer.resume_flow()
+        await asyncio.wait_for(draining, 5)
+
+    consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+    consumer.seek_wait = seek_wait  # type: ignore[method-assign]
+    consumer.callback = deliver
+    loop.run_until_complete(scenario())
+
+    assert delivered == [5, 6, 7]
 
 
 def test_a_seek_whose_flow_never_resumes_holds_the_fetch_loop_for_a_while_only(
