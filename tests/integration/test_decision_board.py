@@ -1,9 +1,11 @@
-"""The record agent's side of the decision board (one Lua script per batch) on a real Redis.
+"""The decision board's Lua scripts on a real Redis: the agent's post and the views' claims.
 
 What a batch's post must leave behind: each webhook id's answer stored (the first
 one stands), one announcement naming every waiting id with the answer that stands,
 the hot cache written with its expiry when it is on, and 422 answers for webhook
-records dead-lettered for anything but a conflict.
+records dead-lettered for anything but a conflict. What the claims made in one tick
+must hear, from one script call: new, seen (with the decision and the cached
+fingerprint), reused.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from app.models import DeadLetter, FieldError, KnownReference, endpoint_of
 from app.recording import dedup
 from app.recording.decisions import (
     ANSWER_TTL_SECONDS,
+    CLAIMS_SCRIPT,
     DECISIONS_CHANNEL,
     REFUSED_MESSAGES,
     Answer,
+    Claim,
     DecisionBoard,
     decision_key,
     hot_cache_keys,
     waiting_key,
+    webhook_key,
 )
 from app.storage.redis_connection import RedisConnection
 from tests.stack import Stack
@@ -148,3 +153,46 @@ async def test_a_post_without_webhook_decisions_says_nothing(redis: RedisConnect
         await board.post([staged], {"REF-S": KnownReference("fp", staged.payment_id)})
         await asyncio.sleep(0.3)
         assert await pubsub.get_message(timeout=0.1) is None
+
+
+async def test_claims_made_together_are_answered_by_one_script_call(
+    redis: RedisConnection,
+) -> None:
+    board = DecisionBoard(redis, cache_seconds=CACHE_SECONDS)
+    script = redis.client.register_script(CLAIMS_SCRIPT)
+    calls: list[int] = []
+
+    async def counted(keys: list[str], args: list[Any]) -> Any:
+        calls.append(int(args[0]))
+        return await script(keys=keys, args=args)
+
+    board._claims_script = counted  # the real script, counted
+    run = uuid.uuid4().hex[:8]
+    cached, fresh = f"REF-C-{run}", f"REF-F-{run}"
+    decided = webhook_decision(cached, f"w-decided-{run}")
+    await board.claim("generic", f"w-decided-{run}", "hash-d", cached)
+    await post_and_hear(
+        board, redis, [decided], {cached: KnownReference("fp-c", decided.payment_id)}
+    )
+    await board.claim("card", f"w-taken-{run}", "hash-first", fresh)
+    calls.clear()
+
+    claims = await asyncio.gather(
+        board.claim("generic", f"w-new-{run}", "hash-n", fresh),
+        board.claim("generic", f"w-decided-{run}", "hash-d", cached),
+        board.claim("card", f"w-taken-{run}", "hash-other", fresh),
+        board.claim("generic", f"w-new-{run}", "hash-n", fresh),
+        board.claim("generic", f"w-other-{run}", "hash-o", cached),
+    )
+
+    assert calls == [5]
+    assert claims == [
+        Claim("new"),
+        Claim("seen", Answer.of(decided), "fp-c"),
+        Claim("reused"),
+        Claim("seen"),
+        Claim("new", fingerprint="fp-c"),
+    ]
+    ttl = await redis.client.ttl(webhook_key("generic", f"w-new-{run}"))
+    assert ANSWER_TTL_SECONDS - 60 < ttl <= ANSWER_TTL_SECONDS
+    assert await redis.client.get(webhook_key("card", f"w-taken-{run}")) == b"hash-first"
