@@ -5,7 +5,7 @@ channel (404), the guards of app/intake/guards.py (403 allowlist, 429 rate
 limit), the body size (413, before it is read) and its read time (408 past
 WEBHOOK_BODY_TIMEOUT_SECONDS: a sender trickling bytes holds nothing longer), the
 signature (401, before the body is parsed), the body (400/422); then one Redis
-round trip for the replay window (the same webhook-id answers what it was
+round trip, shared by the requests of one event-loop tick, for the replay window (the same webhook-id answers what it was
 answered; with another body, 409) and the hot cache (a reference committed with
 the same fields is a duplicate at once); then the record goes to the intake
 topic keyed by its reference. Then the view waits for the record agent's decision

@@ -68,7 +68,7 @@ DECISIONS_CHANNEL = "payments:decisions"
 #: when the cache is on. ARGV: n, the TTL, then (body hash, reference) per claim.
 #: Returns 4 values per claim: taken (1/0), stored body hash, decision, cached entry;
 #: missing values are "". One script call per request cost redis-py ~100 us of CPU;
-#: one per tick costs ~30 us a claim at 10 claims (bench/README, "Claims per tick").
+#: one per tick costs ~30 us a claim at 10 claims (bench/README.md, "Claims per tick").
 CLAIMS_SCRIPT = """
 local n = tonumber(ARGV[1])
 local cache = #KEYS > 2 * n
