@@ -51,7 +51,7 @@ from redis.exceptions import RedisError
 from app.instruments import REDIS_UNAVAILABLE
 from app.models import DeadLetter, Decision, KnownReference, endpoint_of
 from app.settings import Settings
-from app.storage.redis_connection import RedisConnection
+from app.storage.redis_connection import RedisConnection, TickBatch
 
 log = logging.getLogger(__name__)
 
@@ -223,18 +223,6 @@ class Claim:
     fingerprint: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Waiting:
-    """A claim waiting for its tick's script call."""
-
-    webhook_key: str
-    decision_key: str
-    body_hash: str
-    reference: str
-    webhook_id: str
-    future: asyncio.Future[Claim]
-
-
 def _letter_endpoint(letter: DeadLetter) -> str:
     """The endpoint a dead-lettered webhook record came through (its record's channel)."""
     original = letter.original if isinstance(letter.original, dict) else {}
@@ -259,8 +247,7 @@ class DecisionBoard(Service):
         self.redis = redis
         self.cache_seconds = cache_seconds
         self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
-        self._claims: list[_Waiting] = []
-        self._claiming: set[asyncio.Future[None]] = set()
+        self._claims = TickBatch(self._claim_together, CLAIMS_PER_CALL)
         self._claims_script: Any = None
         self._post_script: Any = None
         super().__init__(**kwargs)
@@ -363,75 +350,40 @@ class DecisionBoard(Service):
         The claims of every request that gets here within one event-loop tick go to
         Redis together, in one script call (CLAIMS_SCRIPT).
         """
-        loop = asyncio.get_running_loop()
-        waiter = _Waiting(
-            webhook_key(endpoint, webhook_id),
-            decision_key(endpoint, webhook_id),
-            body_hash,
-            reference,
-            webhook_id,
-            loop.create_future(),
-        )
-        self._claims.append(waiter)
-        if len(self._claims) == 1:
-            loop.call_soon(self._send_claims)
-        return await waiter.future
-
-    def _send_claims(self) -> None:
-        claims, self._claims = self._claims, []
-        for start in range(0, len(claims), CLAIMS_PER_CALL):
-            task = asyncio.ensure_future(self._claim_batch(claims[start : start + CLAIMS_PER_CALL]))
-            self._claiming.add(task)
-            task.add_done_callback(self._claiming.discard)
-
-    async def _claim_batch(self, batch: list[_Waiting]) -> None:
-        """One script call for ``batch``; each waiter gets its claim (``unchecked``: Redis away)."""
+        keys = (webhook_key(endpoint, webhook_id), decision_key(endpoint, webhook_id))
         try:
-            now = datetime.now(UTC)
-            keys: list[str] = []
-            args: list[str | int] = [len(batch), ANSWER_TTL_SECONDS]
-            for waiter in batch:
-                keys += [waiter.webhook_key, waiter.decision_key]
-                args += [waiter.body_hash, waiter.reference]
-            if self.cache_seconds is not None:
-                keys += hot_cache_keys(now, self.cache_seconds)
-            try:
-                if self._claims_script is None:
-                    self._claims_script = self.redis.client.register_script(CLAIMS_SCRIPT)
-                found = await self._claims_script(keys=keys, args=args)
-            except (RedisError, OSError) as exc:
-                REDIS_UNAVAILABLE.labels("claim").inc(len(batch))
-                log.warning(
-                    "webhooks %s: Redis unavailable (%r); no replay check",
-                    ", ".join(waiter.webhook_id for waiter in batch[:5])
-                    + (f" and {len(batch) - 5} more" if len(batch) > 5 else ""),
-                    exc,
-                )
-                found = None
-            for i, waiter in enumerate(batch):
-                if not waiter.future.done():
-                    claim = (
-                        Claim("unchecked")
-                        if found is None
-                        else self._claim_of(waiter, found[4 * i : 4 * i + 4], now)
-                    )
-                    waiter.future.set_result(claim)
-        finally:
-            for waiter in batch:  # cancelled, or a bug: no request waits forever
-                if not waiter.future.done():
-                    waiter.future.set_exception(RuntimeError("the claim's script call ended"))
-
-    def _claim_of(self, waiter: _Waiting, found: list[Any], now: datetime) -> Claim:
-        taken, stored, decided, cached = found
+            taken, stored, decided, cached = await self._claims((*keys, body_hash, reference))
+        except (RedisError, OSError) as exc:
+            REDIS_UNAVAILABLE.labels("claim").inc()
+            log.warning("webhook %s: Redis unavailable (%r); no replay check", webhook_id, exc)
+            return Claim("unchecked")
         fingerprint = None
         if self.cache_seconds is not None and _text(cached):
+            now = datetime.now(UTC)
             fingerprint = hot_cache_fingerprint(_text(cached), now, self.cache_seconds)
         if taken:
             return Claim("new", fingerprint=fingerprint)
-        if _text(stored) not in ("", waiter.body_hash):
+        if _text(stored) not in ("", body_hash):
             return Claim("reused")
         answer = Answer.decode(decided) if _text(decided) else None
         return Claim("seen", answer, fingerprint)
+
+    async def _claim_together(self, claims: list[tuple[str, str, str, str]]) -> list[list[Any]]:
+        """One CLAIMS_SCRIPT call for a tick's claims; (taken, stored, decided, cached) each.
+
+        A claim: (webhook key, decision key, body hash, reference).
+        """
+        keys: list[str] = []
+        args: list[str | int] = [len(claims), ANSWER_TTL_SECONDS]
+        for webhook, decision, body_hash, reference in claims:
+            keys += [webhook, decision]
+            args += [body_hash, reference]
+        if self.cache_seconds is not None:
+            keys += hot_cache_keys(datetime.now(UTC), self.cache_seconds)
+        if self._claims_script is None:
+            self._claims_script = self.redis.client.register_script(CLAIMS_SCRIPT)
+        found = await self._claims_script(keys=keys, args=args)
+        return [found[i : i + 4] for i in range(0, len(found), 4)]
 
     async def remember(self, endpoint: str, webhook_id: str, answer: Answer) -> None:
         """Keep an answer given without the agent (the hot cache's), for replays."""

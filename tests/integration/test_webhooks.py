@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ipaddress
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,8 +16,10 @@ import aiohttp
 import asyncpg
 import pytest
 
+from app.intake.guards import Guards
 from app.kafka.topics import EVENTS_DEFAULT, INTAKE
 from app.models import DateWindow, payment_id_for
+from app.storage.redis_connection import RedisConnection
 from tests.pipeline import app_env, fresh_pipeline, read_topic
 from tests.stack import Stack, Worker, run_worker, wait_for
 from tests.webhook_client import signed, svix_signed
@@ -573,6 +577,27 @@ def test_a_noisy_source_is_rate_limited_and_another_is_not(guarded: Worker) -> N
     assert len(limited) >= 10  # at most 2 windows of 5 in so short a burst
     assert all(int(headers["Retry-After"]) >= 1 for headers in limited)
     assert [status for status, _ in quiet] == [422] * 3
+
+
+async def test_the_rate_script_counts_each_request_of_a_tick_once(stack: Stack) -> None:
+    # The guards over the stack's own Redis: one tick's counts in one script call.
+    settings = stack.settings().model_copy(update={"webhook_rate_limit_per_source": 3})
+    redis = RedisConnection(settings)
+    await redis.start()
+    try:
+        limited = Guards(settings, redis)
+        source = ipaddress.ip_address(f"198.51.100.{uuid.uuid4().int % 200 + 50}")
+        await asyncio.sleep(1.1 - time.time() % 1)  # early in a 1 s window: one window
+        waits = await asyncio.gather(*(limited.retry_after(source) for _ in range(5)))
+        keys = await redis.client.keys(f"payments:rate:{source}:*")
+        ttls = [await redis.client.ttl(key) for key in keys]
+    finally:
+        await redis.stop()
+
+    assert waits[:3] == [None, None, None]
+    assert all(wait is not None and wait >= 1 for wait in waits[3:])
+    assert len(keys) == 1
+    assert 0 < ttls[0] <= 2  # a 1 s window's count outlives it by a second
 
 
 def test_a_body_over_the_limit_gets_413_unread(guarded: Worker) -> None:

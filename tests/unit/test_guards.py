@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any, cast
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.intake.guards import Guards, rate_source
+from app.intake.guards import RATE_SCRIPT, Guards, rate_source
 from app.settings import Settings
 from app.storage.redis_connection import RedisConnection
 
@@ -79,32 +81,25 @@ def test_ipv6_clients_are_counted_per_64(client: str, counted_as: str) -> None:
 
 
 class CountingRedis:
-    """INCR and EXPIRE in a pipeline, counted per key."""
+    """RATE_SCRIPT over a dict: each key counted once more per call; the calls' keys kept."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.calls: list[list[str]] = []
         self.client = self
-        self._incremented: list[str] = []
 
-    def pipeline(self, transaction: bool) -> CountingRedis:
-        self._incremented = []
-        return self
+    def register_script(self, script: str) -> Any:
+        assert script == RATE_SCRIPT
+        return self._count
 
-    async def __aenter__(self) -> CountingRedis:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def incr(self, key: str) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self._incremented.append(key)
-
-    def expire(self, key: str, seconds: int) -> None:
-        pass
-
-    async def execute(self) -> list[Any]:
-        return [self.counts[self._incremented[0]], True]
+    async def _count(self, keys: list[str], args: list[Any]) -> list[int]:
+        assert args == [2]  # a 1 s window's count outlives it by a second
+        self.calls.append(keys)
+        counted = []
+        for key in keys:
+            self.counts[key] = self.counts.get(key, 0) + 1
+            counted.append(self.counts[key])
+        return counted
 
 
 async def test_addresses_of_one_ipv6_64_share_one_rate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,6 +113,35 @@ async def test_addresses_of_one_ipv6_64_share_one_rate(monkeypatch: pytest.Monke
     assert waits[:2] == [None, None]
     assert waits[2] is not None  # a third address of the same /64 is over the rate
     assert await limited.retry_after(ipaddress.ip_address("2001:db8:1:3::1")) is None
+
+
+async def test_the_counts_of_one_tick_go_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.intake.guards.time.time", lambda: 1_800_000_000.5)  # one window
+    redis = CountingRedis()
+    limited = Guards(Settings(webhook_rate_limit_per_source=2), cast(RedisConnection, redis))
+    noisy, quiet = ipaddress.ip_address("203.0.113.5"), ipaddress.ip_address("203.0.113.6")
+
+    waits = await asyncio.gather(*(limited.retry_after(client) for client in [noisy] * 3 + [quiet]))
+
+    assert len(redis.calls) == 1
+    assert waits[:2] == [None, None]
+    assert waits[2] == 1  # over the rate: wait for the next window
+    assert waits[3] is None  # another source has its own count
+
+
+async def test_redis_away_lets_requests_pass(caplog: pytest.LogCaptureFixture) -> None:
+    class Away(CountingRedis):
+        async def _count(self, keys: list[str], args: list[Any]) -> list[int]:
+            raise RedisConnectionError("Connection refused")
+
+    limited = Guards(Settings(webhook_rate_limit_per_source=2), cast(RedisConnection, Away()))
+
+    waits = await asyncio.gather(
+        *(limited.retry_after(ipaddress.ip_address("203.0.113.5")) for _ in range(3))
+    )
+
+    assert waits == [None] * 3
+    assert sum("rate limit not applied" in r.getMessage() for r in caplog.records) == 3
 
 
 def test_the_allowlist_admits_only_its_networks() -> None:
