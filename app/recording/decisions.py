@@ -94,7 +94,18 @@ end
 return out
 """
 
-#: At most this many claims go in one script call (Redis runs a script alone: ~5 us a claim).
+#: The answers the views gave without the agent (the hot cache's duplicates), kept for
+#: replays: one script call for a tick's. KEYS: the decision keys. ARGV: the TTL, then an
+#: answer per key. The first answer for an id stands (SET NX).
+REMEMBER_SCRIPT = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'NX', 'EX', ARGV[1])
+end
+return #KEYS
+"""
+
+#: At most this many claims (or kept answers) go in one script call (Redis runs a script
+#: alone: ~5 us a claim).
 CLAIMS_PER_CALL = 100
 
 #: The record agent's one round trip per batch: store each webhook decision under its id
@@ -249,6 +260,8 @@ class DecisionBoard(Service):
         self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
         self._claims = TickBatch(self._claim_together, CLAIMS_PER_CALL)
         self._claims_script: Any = None
+        self._remembered = TickBatch(self._remember_together, CLAIMS_PER_CALL)
+        self._remember_script: Any = None
         self._post_script: Any = None
         super().__init__(**kwargs)
 
@@ -386,14 +399,25 @@ class DecisionBoard(Service):
         return [found[i : i + 4] for i in range(0, len(found), 4)]
 
     async def remember(self, endpoint: str, webhook_id: str, answer: Answer) -> None:
-        """Keep an answer given without the agent (the hot cache's), for replays."""
+        """Keep an answer given without the agent (the hot cache's), for replays.
+
+        The answers of one event-loop tick go in one script call (REMEMBER_SCRIPT).
+        """
         try:
-            await self.redis.client.set(
-                decision_key(endpoint, webhook_id), answer.encode(), ex=ANSWER_TTL_SECONDS, nx=True
-            )
+            await self._remembered((decision_key(endpoint, webhook_id), answer.encode()))
         except (RedisError, OSError) as exc:
             REDIS_UNAVAILABLE.labels("remember").inc()
             log.warning("webhook %s: could not keep its answer (%r)", webhook_id, exc)
+
+    async def _remember_together(self, answers: list[tuple[str, str]]) -> list[None]:
+        """One REMEMBER_SCRIPT call for a tick's (decision key, answer) pairs."""
+        if self._remember_script is None:
+            self._remember_script = self.redis.client.register_script(REMEMBER_SCRIPT)
+        await self._remember_script(
+            keys=[key for key, _ in answers],
+            args=[ANSWER_TTL_SECONDS, *(encoded for _, encoded in answers)],
+        )
+        return [None] * len(answers)
 
     async def stored(self, endpoint: str, webhook_id: str) -> Answer | None:
         """The decision stored for ``webhook_id``, if one was (an announcement can be missed)."""

@@ -1,11 +1,11 @@
-"""The decision board's Lua scripts on a real Redis: the agent's post and the views' claims.
+"""The decision board's Lua scripts on a real Redis: the agent's post, the views' claims.
 
 What a batch's post must leave behind: each webhook id's answer stored (the first
 one stands), one announcement naming every waiting id with the answer that stands,
 the hot cache written with its expiry when it is on, and 422 answers for webhook
 records dead-lettered for anything but a conflict. What the claims made in one tick
 must hear, from one script call: new, seen (with the decision and the cached
-fingerprint), reused.
+fingerprint), reused. The answers the views keep together: stored, the first standing.
 """
 
 from __future__ import annotations
@@ -196,3 +196,29 @@ async def test_claims_made_together_are_answered_by_one_script_call(
     ttl = await redis.client.ttl(webhook_key("generic", f"w-new-{run}"))
     assert ANSWER_TTL_SECONDS - 60 < ttl <= ANSWER_TTL_SECONDS
     assert await redis.client.get(webhook_key("card", f"w-taken-{run}")) == b"hash-first"
+
+
+async def test_answers_kept_together_are_stored_and_the_first_stands(
+    redis: RedisConnection,
+) -> None:
+    board = DecisionBoard(redis, cache_seconds=CACHE_SECONDS)
+    run = uuid.uuid4().hex[:8]
+    duplicate = Answer(200, {"status": "duplicate", "payment_id": run})
+    first = Answer(201, {"status": "created", "payment_id": run})
+    await redis.client.set(decision_key("card", f"w-first-{run}"), first.encode())
+
+    await asyncio.gather(
+        board.remember("generic", f"w-a-{run}", duplicate),
+        board.remember("card", f"w-first-{run}", duplicate),
+        board.remember("generic", f"w-b-{run}", duplicate),
+    )
+
+    for endpoint, webhook_id, answer in [
+        ("generic", f"w-a-{run}", duplicate),
+        ("card", f"w-first-{run}", first),
+        ("generic", f"w-b-{run}", duplicate),
+    ]:
+        key = decision_key(endpoint, webhook_id)
+        assert Answer.decode(await redis.client.get(key)) == answer
+    ttl = await redis.client.ttl(decision_key("generic", f"w-a-{run}"))
+    assert ANSWER_TTL_SECONDS - 60 < ttl <= ANSWER_TTL_SECONDS
