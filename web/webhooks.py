@@ -5,10 +5,11 @@ channel (404), the guards of app/intake/guards.py (403 allowlist, 429 rate
 limit), the body size (413, before it is read) and its read time (408 past
 WEBHOOK_BODY_TIMEOUT_SECONDS: a sender trickling bytes holds nothing longer), the
 signature (401, before the body is parsed), the body (400/422); then one Redis
-round trip, shared by the requests of one event-loop tick, for the replay window (the same webhook-id answers what it was
-answered; with another body, 409) and the hot cache (a reference committed with
-the same fields is a duplicate at once); then the record goes to the intake
-topic keyed by its reference. Then the view waits for the record agent's decision
+round trip, shared by the requests of one event-loop tick, for the replay window
+(the same webhook-id answers what it was answered; with another body, 409) and
+the hot cache (a reference committed with the same fields is a duplicate at
+once); then the record goes to the intake topic keyed by its reference. Then the
+view waits for the record agent's decision
 (app/recording/decisions.py) until WEBHOOK_TIMEOUT_MS: created 201, duplicate 200,
 conflict 409, or 202 accepted when the decision is still pending (after one
 look at the stored decision: its announcement may have been missed).
