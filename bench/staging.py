@@ -44,6 +44,7 @@ from app.kafka.topics import EVENTS_DEFAULT
 from app.models import EVENT_ID_NAMESPACE, fingerprint_of, payment_id_for
 from app.recording.payment_store import PAYMENT_COLUMNS
 from app.settings import Settings
+from bench import targets
 from bench.meter import Meter, stack_pids
 from tests.pipeline import STALL_SECONDS, fresh_pipeline, make_load, read_records, run_id, stage
 from tests.stack import ROOT, Stack, native_stack, native_stack_env, run_worker
@@ -447,6 +448,31 @@ def report(results: list[Result], implementations: list[Implementation], setting
                     pairs.append(theirs[0].seconds / mine[0].seconds)
             text = ", ".join(f"{pair:.2f}" for pair in pairs)
             print(f"  {implementation}: {text}")
+    print()
+    print(targets.report(targets.staging(staging_figures(results, implementations))))
+
+
+def staging_figures(
+    results: list[Result], implementations: list[Implementation]
+) -> targets.StagingFigures:
+    """The medians the targets are judged on."""
+    rates: dict[tuple[str, int], float] = {}
+    pipeline: dict[tuple[str, int], float] = {}
+    seconds: dict[int, float] = {}
+    for implementation in implementations:
+        runs = [result for result in results if result.implementation == implementation]
+        key = (implementation.kind, implementation.processes)
+        rates[key] = statistics.median(result.rate for result in runs)
+        pipeline[key] = statistics.median(result.per_row_us("pipeline") for result in runs)
+        if implementation.kind == "project":
+            seconds[implementation.processes] = statistics.median(r.seconds for r in runs)
+    peaks = [
+        peak
+        for result in results
+        if result.implementation.kind == "project"
+        for peak in result.peak_mib
+    ]
+    return targets.StagingFigures(rates, pipeline, seconds, peaks, results[0].rows)
 
 
 def counts_list(text: str) -> list[int]:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench import targets
 from tests.pipeline import app_env, fetch, fresh_pipeline, run_id
 from tests.stack import ROOT, Stack, free_port, native_stack, native_stack_env, run_worker, wait_for
 from tests.webhook_client import signed
@@ -347,6 +348,15 @@ def main() -> None:
         ceiling_process.terminate()
         ceiling_process.wait(timeout=10)
     print(f"ratio service/ceiling: {service / ceiling:.3f}; worker log under {folder}")
+    verdicts = targets.webhooks(
+        client=args.client,
+        rate=args.rate,
+        concurrency=args.concurrency,
+        req_s=service,
+        p50=outcome.p50,
+        p95=outcome.p95,
+    )
+    print(targets.report(verdicts))
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
