@@ -147,5 +147,5 @@ def test_every_section_a_verdict_points_to_is_a_heading_of_the_bench_readme() ->
     headings = [
         line.lstrip("#").strip() for line in README.read_text().splitlines() if line.startswith("#")
     ]
-    for section in (targets.STAGING_PROFILE, targets.MILLION_ROWS, targets.WEBHOOK_PROFILE):
+    for section in (targets.STAGING_PROFILE, targets.WEBHOOK_PROFILE):
         assert any(heading.startswith(section) for heading in headings), section
