@@ -16,6 +16,10 @@ def by_target(verdicts: list[Verdict]) -> dict[str, Verdict]:
     return {verdict.target: verdict for verdict in verdicts}
 
 
+def judged(verdict: Verdict) -> tuple[bool | None, str]:
+    return verdict.met, verdict.measured
+
+
 def figures(**changes: object) -> StagingFigures:
     """The peers run of 2026-12-03 03:28 (50,000 rows): the project at 0.73 of Quix."""
     base: dict[str, object] = {
@@ -47,15 +51,12 @@ def test_the_staging_run_of_record_is_judged_against_the_best_of_each_side() -> 
     assert plain.met is False
     assert plain.measured.startswith("0.42 times")
     cpu = verdicts["pipeline CPU per row at most half the issue's 205 µs (2 workers)"]
-    assert cpu.met is False
-    assert cpu.measured == "293 µs against 102 µs"
+    assert judged(cpu) == (False, "293 µs against 102 µs")
     # 50,000 rows judge neither 1M target, and say which command does.
     million = verdicts["1M rows with two workers in under 5 minutes (the plan)"]
-    assert million.met is None
-    assert million.see == "bench/staging --rows 1000000 --workers 2"
+    assert (million.met, million.see) == (None, "bench/staging --rows 1000000 --workers 2")
     memory = verdicts["peak RSS per worker under 300 MiB through 1M rows"]
-    assert memory.met is None
-    assert memory.measured == "131 MiB at most over 50,000 rows"
+    assert judged(memory) == (None, "131 MiB at most over 50,000 rows")
 
 
 def test_a_project_ahead_of_quix_meets_the_must_and_one_worker_has_its_own_cpu_figure() -> None:
@@ -85,12 +86,9 @@ def test_a_million_rows_judge_the_plan_and_the_goal_on_the_two_worker_run() -> N
     )
 
     assert verdicts["1M rows with two workers in under 5 minutes (the plan)"].met is True
-    goal = verdicts["1M rows with two workers in under 60 s (goal)"]
-    assert goal.met is False
-    assert goal.measured == "286 s"
+    assert judged(verdicts["1M rows with two workers in under 60 s (goal)"]) == (False, "286 s")
     memory = verdicts["peak RSS per worker under 300 MiB through 1M rows"]
-    assert memory.met is True
-    assert memory.measured == "187 MiB at most over 1,000,000 rows"
+    assert judged(memory) == (True, "187 MiB at most over 1,000,000 rows")
 
 
 def test_a_staging_run_without_peers_leaves_them_unjudged() -> None:
