@@ -411,10 +411,11 @@ def report(results: list[Result], implementations: list[Implementation], setting
         "| broker CPU/row | Redis CPU/row |"
     )
     print("|---|---|---|---|---|---|---|")
+    figures = staging_figures(results, implementations)
     medians: dict[Implementation, float] = {}
     for implementation in implementations:
         runs = [result for result in results if result.implementation == implementation]
-        medians[implementation] = statistics.median(result.rate for result in runs)
+        medians[implementation] = figures.rates[(implementation.kind, implementation.processes)]
 
         def cpu(role: str, runs: list[Result] = runs) -> str:
             return f"{statistics.median(result.per_row_us(role) for result in runs):.0f} µs"
@@ -449,7 +450,7 @@ def report(results: list[Result], implementations: list[Implementation], setting
             text = ", ".join(f"{pair:.2f}" for pair in pairs)
             print(f"  {implementation}: {text}")
     print()
-    print(targets.report(targets.staging(staging_figures(results, implementations))))
+    print(targets.report(targets.staging(figures)))
 
 
 def staging_figures(

@@ -33,7 +33,7 @@ class Verdict:
     target: str
     measured: str
     met: bool | None
-    #: Met: empty. Not met: the bench/README.md section. Not measured: the command that would.
+    #: Judged: the bench/README.md section on what bounds it. Not measured: the command that would.
     see: str = ""
 
     def line(self) -> str:
@@ -143,39 +143,35 @@ def webhooks(
     """The webhook target this load shape measures (latencies in seconds), and the others'
     commands. One worker, synchronous answers: bench/webhooks runs nothing else.
     """
-    throughput = "≥ 2,000 req/s at p95 ≤ 100 ms (wrk)"
-    at_200 = "at 200 req/s: p50 ≤ 10 ms and p95 ≤ 25 ms"
-    lone = "a lone webhook answered in ≤ 15 ms (p50)"
     shown = f"{req_s:,.0f} req/s, p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
-    lone_case = rate is None and client == "python" and concurrency == 1
-    verdicts = []
-    if client == "wrk":
-        met = req_s >= 2000 and p95 <= 0.100
-        verdicts.append(Verdict(throughput, shown, met, WEBHOOK_PROFILE))
-    else:
-        verdicts.append(
-            Verdict(
-                throughput, "not a wrk run", None, "bench/webhooks --client wrk --requests 40000"
-            )
-        )
-    if rate == 200:
-        met = p50 <= 0.010 and p95 <= 0.025
-        verdicts.append(Verdict(at_200, shown, met, WEBHOOK_PROFILE))
-    else:
-        verdicts.append(
-            Verdict(
-                at_200, "not a run at 200 req/s", None, "bench/webhooks --rate 200 --duplicates 0"
-            )
-        )
-    if lone_case:
-        verdicts.append(Verdict(lone, shown, p50 <= 0.015, WEBHOOK_PROFILE))
-    else:
-        verdicts.append(
-            Verdict(
-                lone,
-                "not a lone run",
-                None,
-                "bench/webhooks --requests 300 --concurrency 1 --duplicates 0",
-            )
-        )
-    return verdicts
+    lone = rate is None and client == "python" and concurrency == 1
+    # (target, whether this run measures it, met, why not, the command that measures it)
+    shapes = (
+        (
+            "≥ 2,000 req/s at p95 ≤ 100 ms (wrk)",
+            client == "wrk",
+            req_s >= 2000 and p95 <= 0.100,
+            "not a wrk run",
+            "bench/webhooks --client wrk --requests 40000",
+        ),
+        (
+            "at 200 req/s: p50 ≤ 10 ms and p95 ≤ 25 ms",
+            rate == 200,
+            p50 <= 0.010 and p95 <= 0.025,
+            "not a run at 200 req/s",
+            "bench/webhooks --rate 200 --duplicates 0",
+        ),
+        (
+            "a lone webhook answered in ≤ 15 ms (p50)",
+            lone,
+            p50 <= 0.015,
+            "not a lone run",
+            "bench/webhooks --requests 300 --concurrency 1 --duplicates 0",
+        ),
+    )
+    return [
+        Verdict(target, shown, met, WEBHOOK_PROFILE)
+        if measured
+        else Verdict(target, why, None, run)
+        for target, measured, met, why, run in shapes
+    ]
