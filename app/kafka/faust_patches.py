@@ -2,8 +2,8 @@
 
 The patches themselves are here: the stream iterator switch, the current-event
 setter for table writes in a batch, the producer buffer's size, and the record
-agent's batching (:func:`take_batches`, ``take_events`` without its idle wait). The consumer's
-offset fixes are subclasses of Faust's aiokafka driver (app/kafka/transport.py, its
+agent's batching (:func:`take_batches`: the stream's queue drained a batch at a time).
+The consumer's offset fixes are subclasses of Faust's aiokafka driver (app/kafka/transport.py, its
 docstring numbers them 1 to 8); the private names they override or read are listed
 here too, so that :func:`check_faust_internals` covers them.
 
@@ -59,9 +59,7 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.transport.consumer", "Consumer", "_paused_partitions"),
     ("faust.transport.conductor", "Conductor", "_tp_index"),
     ("mode.services", "Service", "_stopped"),
-    # take_batches: the stream drained in the background into our processor, as
-    # Stream.take_events does it; and the stream's own queue, to see it empty.
-    ("faust.streams", "Stream", "_enable_passive"),
+    # take_batches: the stream's own queue, drained a batch at a time.
     ("faust.channels", "Channel", "queue"),
     # ConsumerThread (app/kafka/transport.py): a failed group join is retried, not fatal.
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread", "_fetch_records"),
@@ -176,53 +174,64 @@ def widen_producer_buffer(app: Any, max_messages: int) -> None:
 
 
 async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT[Any]]]:
-    """Batches of at most ``max_`` events: Faust's ``take_events``, minus its idle wait.
+    """Batches of at most ``max_`` events, taken from the stream's queue a batch at a time.
 
-    ``take_events`` hands over a batch when it is full or ``within`` seconds after it
-    began, so a lone record (a webhook on a quiet service) waits the whole window
-    for company that is not coming. Here a batch also goes as soon as the stream's
-    queue is empty once the fetch loop has had a turn: whatever arrives while a
-    batch is being recorded waits in the queue and forms the next one (group
-    commit), so batches grow with the load and a lone record goes at once.
+    Faust's ``take_events`` runs its stream iterator once per event: an event-loop
+    turn, the sensors, the processors and a hand-over into the batch for each one
+    (about a tenth of a staging worker's CPU). Here the events the fetch loop has
+    queued are taken together: the first is waited for (the stream stopping ends
+    the wait; ``within`` only bounds each wait), then whatever is queued, then,
+    after one turn for the fetch loop, whatever it queued meanwhile, until the
+    batch holds ``max_`` or the queue stays empty. A lone record goes at once, and
+    under load the records that arrive while a batch is recorded form the next one
+    (group commit). The queue freed by a batch lets the fetch loop hand over the
+    next records without waiting, instead of one slot per event.
 
-    Acks are the caller's: the stream's own acks are off, and each event must be
-    acked (``stream.ack``) once handled, which may be after later batches were
-    taken (the record agent overlaps two). An event never acked is delivered
-    again after a restart or a rebalance. faust-streaming has no hook to change
-    ``take_events``' wait (0.15.3). Nothing is added to a batch from the moment it
-    is handed over until the next one is asked for.
+    What Faust's iterator does per event is kept: an event of a stopped flow or of
+    an older consumer generation is dropped (fetched again after the rebalance, as
+    Faust skips it), and each event is tracked as taken and not yet acked (the
+    graceful shutdown waits for those; so does transport's stall check) and counted
+    in. The stream's own acks are off: each event must be acked (``stream.ack``)
+    once handled, which may be after later batches were taken (the record agent
+    overlaps two). An event never acked is delivered again after a restart or a
+    rebalance. faust-streaming has no batch hand-over from a channel (0.15.3).
     """
-    events: list[EventT[Any]] = []
-    ready = asyncio.Event()
-    free = asyncio.Event()  # set while the collector may add to the batch
-    free.set()
-    queue = stream.channel.queue
+    app = stream.app
+    consumer = app.consumer
+    queue = stream.channel.queue  # the stream's buffer, filled by the conductor
+    queued = queue.qsize
+    get_nowait = queue.get_nowait
+    flow_active = app.flow_control.is_active
+    acks_enabled_for = app.topics.acks_enabled_for
+    batch: list[EventT[Any]] = []
 
-    async def collect(value: Any) -> Any:
-        await free.wait()
-        event = stream.current_event
-        if event is None:
-            raise RuntimeError("take_batches: a value without its event")
-        events.append(event)
-        if len(events) < max_ and queue.empty():
-            await asyncio.sleep(0)  # the fetch loop may be handing over more right now
-        if len(events) >= max_ or queue.empty():
-            free.clear()
-            ready.set()
-        return value
+    def take(item: Any) -> None:
+        if not isinstance(item, EventT):
+            return  # only events reach a topic's stream; nothing to ack
+        message = item.message
+        if not flow_active() or message.generation_id != app.consumer_generation_id:
+            return  # as Faust's stream skips it; it is fetched again after the rebalance
+        if not message.tracked and acks_enabled_for(message.topic):
+            message.tracked = True
+            consumer.track_message(message)
+        batch.append(item)
 
     stream.enable_acks = False  # the caller acks each event once it is handled
-    stream.add_processor(collect)
-    stream._enable_passive(stream.channel)  # drain the stream into collect (see above)
     while not stream.should_stop:
-        await stream.wait_for_stopped(ready, timeout=within)
-        if not events:
-            continue
-        free.clear()  # a batch that waited out ``within`` is closed here
-        batch = list(events)
-        try:
-            yield batch
-        finally:
-            events.clear()
-            ready.clear()
-            free.set()
+        if not queued():
+            waited = await stream.wait(queue.get(), timeout=within)
+            if waited.stopped:
+                continue  # stopped, or nothing within ``within``: look again
+            take(waited.result)
+        while len(batch) < max_:
+            for _ in range(min(queued(), max_ - len(batch))):
+                take(get_nowait())
+            if len(batch) >= max_:
+                break
+            await asyncio.sleep(0)  # the fetch loop may be handing over more right now
+            if not queued():
+                break
+        if batch:
+            taken = list(batch)
+            batch.clear()
+            yield taken
