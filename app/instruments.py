@@ -105,12 +105,6 @@ PROBE_RUNS = Counter(
     " between runs reuse the last result (PROBE_CACHE_SECONDS)",
     ["probe"],
 )
-GC_PAUSE_SECONDS = Histogram(
-    "payments_gc_pause_seconds",
-    "Full passes of the cyclic garbage collector, every 10 s in each process (app/collector.py);"
-    " the process holds still meanwhile",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
 STAGING_BATCH_SECONDS = Histogram(
     "payments_staging_batch_duration_seconds",
     "Staging batches from claim to commit",

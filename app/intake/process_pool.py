@@ -21,8 +21,6 @@ from typing import Any, TypeVar
 
 from mode import Service
 
-from app import collector
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -47,7 +45,7 @@ class ProcessPool(Service):
             self._executor = ProcessPoolExecutor(
                 max_workers=self.size,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=start_helper,
+                initializer=exit_with_parent,
                 initargs=(os.getpid(),),
             )
         try:
@@ -63,12 +61,6 @@ class ProcessPool(Service):
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-def start_helper(parent: int) -> None:
-    """A helper process's start: it exits with the worker; its collector is set as the worker's."""
-    exit_with_parent(parent)
-    collector.tune()
 
 
 def exit_with_parent(parent: int) -> None:

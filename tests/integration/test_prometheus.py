@@ -256,9 +256,3 @@ def test_the_duplicate_rate_is_the_loads(loaded: Loaded) -> None:
     per_decision = rates["per decision"]
     decided = query(url, per_decision, at=ended)
     assert float(decided[0]["value"][1]) == pytest.approx(implied, abs=0.03)
-
-
-def test_the_garbage_collectors_clock_runs_in_the_worker(loaded: Loaded) -> None:
-    url, _, _ = loaded
-    # app/collector.py: a full pass every 10 s in each process; the worker ran for longer.
-    assert latest(url, "sum(payments_gc_pause_seconds_count)") >= 1
