@@ -178,7 +178,8 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
 
     Faust's ``take_events`` runs its stream iterator once per event: an event-loop
     turn, the sensors, the processors and a hand-over into the batch for each one
-    (about a tenth of a staging worker's CPU). Here the events the fetch loop has
+    (with the fetch loop's race per record that a queue freed one slot at a time
+    causes, about a tenth of a staging worker's CPU). Here the events the fetch loop has
     queued are taken together: the first is waited for (the stream stopping ends
     the wait; ``within`` only bounds each wait), then whatever is queued, then,
     after one turn for the fetch loop, whatever it queued meanwhile, until the

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from faust.events import Event
 from faust.types.tuples import ConsumerMessage
 from mode import Service
@@ -147,9 +148,5 @@ async def test_the_stream_stopping_ends_the_batches() -> None:
     waiting = asyncio.ensure_future(next_batch(batches, within=2.0))
     await asyncio.sleep(0.1)  # past a window or two with nothing queued
     await stream.stop()
-    try:
+    with pytest.raises(StopAsyncIteration):  # no batch from a stopped stream
         await waiting
-    except StopAsyncIteration:
-        pass
-    else:
-        raise AssertionError("a stopped stream handed over a batch")
