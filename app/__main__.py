@@ -57,6 +57,10 @@ def main() -> None:
     except FaustInternalsChanged as exc:
         print(f"payment-service: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if "worker" in sys.argv[1:]:
+        from app import collector
+
+        collector.tune()  # the app is built: freeze it (app/collector.py)
     app.main()
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from mode import Service
 
+from app import collector
 from app.intake.guards import Guards
 from app.intake.process_pool import exit_with_parent
 from app.intake.signatures import Verifier
@@ -114,13 +115,15 @@ def run_front(index: int, worker_pid: int) -> None:
     exit_with_parent(worker_pid)
     settings = load_settings()
     log_before_setup(settings.log_format, settings.log_level)
-    FormattedWorker(
+    worker = FormattedWorker(
         Front(settings, index),
         loglevel=settings.log_level.upper(),
         log_format=settings.log_format,
         daemon=True,
         override_logging=True,
-    ).execute_from_commandline()
+    )
+    collector.tune()
+    worker.execute_from_commandline()
 
 
 class Fronts(Service):

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from mode import Service
 
+from app import collector
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -45,7 +47,7 @@ class ProcessPool(Service):
             self._executor = ProcessPoolExecutor(
                 max_workers=self.size,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=exit_with_parent,
+                initializer=start_helper,
                 initargs=(os.getpid(),),
             )
         try:
@@ -61,6 +63,12 @@ class ProcessPool(Service):
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def start_helper(parent: int) -> None:
+    """A helper process's start: it exits with the worker; its collector is set as the worker's."""
+    exit_with_parent(parent)
+    collector.tune()
 
 
 def exit_with_parent(parent: int) -> None:
