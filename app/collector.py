@@ -8,8 +8,9 @@ promotes whatever survives, and a worker always holds tens of thousands in fligh
 they survive the young passes, reach the oldest generation, and full passes over
 the whole heap follow (~200,000 objects, mostly modules, models and the app, ~120
 ms each). In bench/staging (one worker, 100,000 rows) the collector took 4.5 s of
-the worker's CPU, a fifth, and found ~45,000 objects in cycles: what the service
-allocates per record is freed by reference counting, not by the collector.
+the worker's 23 s of CPU, a fifth, and found ~46,000 objects in cycles, against
+100,000 records and their rows and events: what the service allocates per record
+is freed by reference counting, almost all of it.
 
 So each process of the service (the worker, its webhook fronts, the staging
 helper) calls :func:`tune` once it has started:
@@ -22,7 +23,8 @@ helper) calls :func:`tune` once it has started:
    of milliseconds, most far less.
 
 Cycles are still collected by the automatic collector, only less often: the same
-bench spent 0.45 s in it instead of 4.5 s (bench/README.md, "The garbage collector").
+bench spent ~0.4 s in it instead of 4.5 s, the start's own full pass included
+(bench/README.md, "The garbage collector, frozen, with a larger young generation").
 """
 
 from __future__ import annotations
