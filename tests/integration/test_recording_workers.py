@@ -76,7 +76,11 @@ def test_a_worker_joining_a_fresh_group_loses_nothing(
             asyncio.run(wait_consumed(stack, run, wait_seconds=120))
         except AssertionError as exc:
             # A CI run once stopped here (37,543 of 38,000): say whether it was a stall
-            # or a loss, and what the consumers said.
+            # or a loss, and what the consumers said. It did again on 2026-12-03 (37,448):
+            # a loss, every intake partition committed to its end, and all 546 missing
+            # records from partition 7, which the first worker kept across the rebalance
+            # (the partitions it gained were sought to the log start; 7 and 10, kept,
+            # were not logged as such). Not reproduced or fixed yet.
             raise AssertionError(f"{exc}\n{stall_report(stack, run, [first, second])}") from None
 
     assert_recorded_once(stack, run, load.created)
