@@ -37,7 +37,8 @@ def test_a_worker_joining_a_fresh_group_loses_nothing(
     # The first worker fetches far ahead while its first batch cannot commit (the
     # test holds a lock), so when the second one joins, the partitions it keeps
     # have no committed offset and a fetch position past unprocessed records. It
-    # used to resume there and lose the records in between (~800 per partition).
+    # used to resume there and lose the records in between (~800 per partition), and
+    # later to commit from there in the moment between the rebalance and its seek.
     load = make_load(40_000, f"J{run}", duplicate_rate=0.05, conflict_rate=0, invalid_rate=0)
     asyncio.run(stage(stack, load.rows))
     env = app_env(run, STAGING_BATCH_SIZE="5000", RECORD_BATCH_SIZE="1000")
@@ -75,12 +76,9 @@ def test_a_worker_joining_a_fresh_group_loses_nothing(
             asyncio.run(wait_drained(stack, load.created, wait_seconds=300, alive=alive))
             asyncio.run(wait_consumed(stack, run, wait_seconds=120))
         except AssertionError as exc:
-            # A CI run once stopped here (37,543 of 38,000): say whether it was a stall
-            # or a loss, and what the consumers said. It did again on 2026-12-03 (37,448):
-            # a loss, every intake partition committed to its end, and all 546 missing
-            # records from partition 7, which the first worker kept across the rebalance
-            # (the partitions it gained were sought to the log start; 7 and 10, kept,
-            # were not logged as such). Not reproduced or fixed yet.
+            # Say whether it was a stall or a loss, and what the consumers said. Two CI
+            # runs lost about 500 records here: the first worker committed partitions it
+            # kept across the rebalance before seeking them (fix 5 of app/kafka/transport.py).
             raise AssertionError(f"{exc}\n{stall_report(stack, run, [first, second])}") from None
 
     assert_recorded_once(stack, run, load.created)

@@ -136,6 +136,35 @@ def test_a_head_gap_below_the_log_start_is_not_sought_for_ever(
     assert consumer._new_offset(tp) == 22
 
 
+def test_a_kept_partition_commits_nothing_before_its_seek(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # After a rebalance Faust forgets every partition's committed offset and resumes
+    # the flow before it seeks. A kept partition's fetcher went on past records of
+    # the old generation nobody processed (0..799); records 800.. were processed in
+    # that window, and the commit that ran while the seek awaited the log start
+    # committed 800..850 over the lost head.
+    tp = TP(INTAKE, 8)
+    consumer, seeks = _offline_consumer({tp: None}, log_start=0, assigned={tp})
+    consumer._acked[tp] = list(range(800, 851))
+    during_seek: list[dict[TP, int]] = []
+    log_start = consumer.earliest_offsets
+
+    async def earliest_offsets(*partitions: TP) -> dict[TP, int]:
+        during_seek.append(consumer._filter_committable_offsets([tp]))  # Faust's commit
+        return await log_start(*partitions)
+
+    consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
+    assert consumer._filter_committable_offsets([tp]) == {}  # before the seek
+    loop.run_until_complete(consumer.perform_seek())
+
+    assert during_seek == [{}]
+    assert seeks == [{tp: 0}]
+    assert consumer._filter_committable_offsets([tp]) == {}  # 0..799 still to come
+    consumer._acked[tp] = list(range(851))
+    assert consumer._filter_committable_offsets([tp]) == {tp: 851}
+
+
 def test_nothing_commits_past_an_unprocessed_head(loop: asyncio.AbstractEventLoop) -> None:
     tp = TP(INTAKE, 0)
     consumer, _ = _offline_consumer({tp: None}, log_start=0, assigned={tp})
@@ -423,6 +452,26 @@ def test_records_are_handed_over_directly_when_nothing_can_block(
 
     assert (direct, raced) == ([5, 6, 7], [])
     assert consumer._read_offset[tp] == 7
+
+
+def test_records_of_a_partition_not_sought_yet_are_not_handed_over(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # Between a rebalance and its seek, a kept partition's fetcher delivers records
+    # past ones it fetched in the old generation and nobody processed: decided then,
+    # a later record of a reference would come before an earlier one.
+    tp = TP(INTAKE, 0)
+    consumer, _ = _offline_consumer({tp: None}, log_start=0, assigned={tp})
+    consumer.app.flow_control.resume()  # Faust resumes the flow before it seeks
+    consumer.resume_flow()
+
+    assert _drain(consumer, [800, 801], loop) == ([], [])
+    assert consumer._read_offset[tp] is None  # so the seek fetches them again
+
+    loop.run_until_complete(consumer.perform_seek())
+    consumer.resume_flow()
+    direct, _ = _drain(consumer, [0, 1, 2], loop)
+    assert direct == [0, 1, 2]
 
 
 def test_records_behind_the_read_offset_are_dropped(loop: asyncio.AbstractEventLoop) -> None:
