@@ -196,6 +196,7 @@ class Consumer(driver.Consumer):
         # dropped the rest of the partition for HEAD_GAP_GRACE_SECONDS, and for
         # good when that was its tail (nothing acked after it, so no head gap).
         if resume:
+            log.info("resuming at the committed offsets: %s", _describe(resume))
             await self.seek_wait(resume)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109  # Faust's signature
