@@ -3,9 +3,10 @@
 The patches themselves are here: the stream iterator switch, the current-event
 setter for table writes in a batch, the producer buffer's size, and the record
 agent's batching (:func:`take_batches`: the stream's queue drained a batch at a time).
-The consumer's offset fixes are subclasses of Faust's aiokafka driver (app/kafka/transport.py, its
-docstring numbers them 1 to 8); the private names they override or read are listed
-here too, so that :func:`check_faust_internals` covers them.
+The consumer's offset fixes (and its running on the worker's event loop) are subclasses of
+Faust's aiokafka driver (app/kafka/transport.py, its docstring numbers them 1 to 8); the
+private names they override or read are listed here too, so that :func:`check_faust_internals`
+covers them.
 
 Each is written for the pinned versions (:data:`PINNED`). A Faust or aiokafka upgrade
 that renames one of them would not fail: the fix would silently stop working (the
@@ -67,6 +68,11 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("aiokafka.consumer.group_coordinator", "GroupCoordinator", "_coordination_task"),
     # app/instruments.py LeanMonitor: the samples a rebalance drops (not in multiprocess mode).
     ("faust.sensors.prometheus", "PrometheusMonitor", "_clear_partition_related_metrics"),
+    # ConsumerThread runs on the worker's loop: mode's thread start, serve and sweep.
+    ("mode.threads", "ServiceThread", "_serve"),
+    ("mode.threads", "ServiceThread", "_thread_started"),
+    ("mode.threads", "ServiceThread", "_thread_running"),
+    ("mode.threads", "ServiceThread", "_gather_remaining_tasks"),
 )
 
 

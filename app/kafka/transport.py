@@ -73,8 +73,8 @@ when a partition with records past its committed offset has nothing acked,
 nothing in flight and no progress for as long (6). Every repair is logged as a
 warning.
 
-Its consumer thread also keeps a failed group join from stopping the worker
-(:class:`ConsumerThread`).
+Its consumer runs on the worker's own event loop, not in a thread of its own, and
+keeps a failed group join from stopping the worker (:class:`ConsumerThread`).
 
 Upstream: fix 1 undoes the acks of the generation check added for faust-streaming
 #221 (prefetched records after a rebalance), fix 2 is the rest of #221, fixes 3 and 4
@@ -98,6 +98,7 @@ from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
+from mode.utils.futures import maybe_async
 
 from app.instruments import INTAKE_RECORDS_LOST
 
@@ -401,7 +402,7 @@ class Consumer(driver.Consumer):
             self._resume_at_log_start(tp, offset, start)
             offset = start
             self._resume_at[tp] = (offset, time.monotonic())
-        # In the consumer's own thread, as Faust seeks after a rebalance.
+        # Through the consumer thread's interface (on the worker's loop), as Faust seeks.
         await self.seek_wait({tp: offset})
 
     def _resume_at_log_start(self, tp: Any, committed: int, start: int) -> None:
@@ -531,8 +532,20 @@ def _describe(offsets: Any) -> str:
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):
-    """The aiokafka consumer's thread, which lets the group coordinator retry a failed join.
+    """The aiokafka consumer, on the worker's own event loop, letting a failed group join retry.
 
+    **No thread.** Faust runs the consumer in a thread with an event loop of its
+    own and passes every call (each fetch, commit, seek) through a queue to it and
+    its answer back with a thread-safe callback. On this service's two shared cores
+    that cost more than it bought: the two threads took turns at the GIL on every
+    socket write, and each fetch woke both loops (bench/README.md, "The consumer on
+    the worker's loop"). The producer already runs on the worker's loop (Faust's
+    default). The consumer now does too: the service's ``_serve`` runs as a task of
+    that loop, and a call to "the thread" is a plain await. Nothing on the loop
+    blocks for long (the staging check runs in its helper process, Postgres and
+    Redis are awaited), so heartbeats keep their interval.
+
+    **A failed group join is retried.**
     aiokafka hands a group error it cannot handle (an unexpected JoinGroup or
     SyncGroup answer, an authorization failure) to the user: it is raised once in
     the fetch, and the coordinator then waits until ``check_errors`` takes it before
@@ -541,6 +554,30 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
     it reloaded the group after a 40 s SIGSTOP, and a worker died of it. Such an
     error, or a retriable one, is now taken and logged, and the group is joined again.
     """
+
+    _serving: asyncio.Future[None] | None = None
+
+    def __init__(self, consumer: Any, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
+
+    async def start(self) -> None:
+        """mode's ``ServiceThread.start``, with ``_serve`` a task of this loop, not a thread."""
+        self._thread_started.set()
+        self._thread_running = self.parent_loop.create_future()
+        self._serving = asyncio.ensure_future(self._serve())
+        try:
+            await self._thread_running  # set by _serve once started, or its start's error
+        finally:
+            self._thread_running = None
+
+    async def on_thread_started(self) -> None:
+        pass  # no method queue: call_thread awaits the call itself
+
+    async def call_thread(self, fun: Any, *args: Any, **kwargs: Any) -> Any:
+        return await maybe_async(fun(*args, **kwargs))  # some are plain functions
+
+    async def _gather_remaining_tasks(self) -> None:
+        pass  # mode cancels every other task of the thread's loop here: this loop is the worker's
 
     async def _fetch_records(
         self,

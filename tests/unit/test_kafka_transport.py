@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
@@ -62,7 +63,6 @@ def _offline_consumer(
     consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
     consumer.seek_wait = seek_wait  # type: ignore[method-assign]
     consumer.assignment = lambda: assigned  # type: ignore[method-assign]
-    consumer._thread.thread_loop.close()  # the consumer's thread never starts offline
     return consumer, seeks
 
 
@@ -646,8 +646,47 @@ def _offline_thread() -> ConsumerThread:
     """The service consumer's aiokafka thread, never started."""
     thread = create_app(Settings(), store="memory://").consumer._thread  # type: ignore[attr-defined]
     assert isinstance(thread, ConsumerThread)
-    thread.thread_loop.close()
     return thread
+
+
+def test_the_consumer_runs_on_the_workers_loop_and_in_its_thread() -> None:
+    # Faust's own runs in a thread with a second loop: the two took turns at the GIL.
+    thread = _offline_thread()
+    loop = thread.parent_loop  # the app's (mode keeps one per thread)
+    assert thread.thread_loop is loop
+
+    async def where() -> tuple[int, asyncio.AbstractEventLoop]:
+        return threading.get_ident(), asyncio.get_running_loop()
+
+    assert loop.run_until_complete(thread.call_thread(where)) == (threading.get_ident(), loop)
+
+
+def test_the_consumer_starts_and_stops_without_a_thread_or_touching_other_tasks() -> None:
+    thread = _offline_thread()
+    loop = thread.parent_loop
+    started: list[bool] = []
+
+    async def on_start() -> None:  # Faust's creates and starts the aiokafka consumer
+        started.append(True)
+
+    thread.on_start = on_start  # type: ignore[method-assign]
+    threads_before = threading.active_count()
+
+    async def run() -> asyncio.Task[None]:
+        other = asyncio.ensure_future(asyncio.sleep(60))  # the worker's other work
+        await thread.start()
+        assert started == [True]
+        assert threading.active_count() == threads_before
+        await thread.stop()
+        return other
+
+    other = loop.run_until_complete(asyncio.wait_for(run(), 10))
+    # mode's ServiceThread cancels every other task of its loop when it stops: here
+    # that loop is the worker's, so its tasks must survive.
+    assert not other.done()
+    other.cancel()
+    assert thread._serving is not None
+    assert thread._serving.done()
 
 
 @pytest.mark.parametrize(
