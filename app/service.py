@@ -133,6 +133,7 @@ class PaymentService(faust.App):
             max_age=settings.probe_cache_seconds,
         )
         self.date_window = DateWindow.of(settings)
+        faust_patches.read_settings_once(self)  # before the table and topics bind create_event
         self.references = References(self, settings, self.publisher)
         faust_patches.widen_producer_buffer(self, 4 * settings.record_batch_size)
         self.record_payments = record_payments.register(

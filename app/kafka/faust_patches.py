@@ -1,8 +1,9 @@
 """Every place this service reaches into Faust's or aiokafka's private parts, in one module.
 
 The patches themselves are here: the stream iterator switch, the current-event
-setter for table writes in a batch, the producer buffer's size, and the record
-agent's batching (:func:`take_batches`: the stream's queue drained a batch at a time).
+setter for table writes in a batch, the producer buffer's size, the settings Faust
+reads per message (:func:`read_settings_once`), and the record agent's batching
+(:func:`take_batches`: the stream's queue drained a batch at a time).
 The consumer's offset fixes (and its running on the worker's event loop) are subclasses of
 Faust's aiokafka driver (app/kafka/transport.py, its docstring numbers them 1 to 8); the
 private names they override or read are listed here too, so that :func:`check_faust_internals`
@@ -19,6 +20,7 @@ tests/integration/test_recording_crashes.py and bench/staging, then move the pin
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import weakref
@@ -28,6 +30,7 @@ from importlib import metadata
 from typing import Any
 
 from faust import streams as faust_streams
+from faust.transport.producer import ProducerBuffer
 from faust.types import EventT
 
 from app.exceptions import PaymentsError
@@ -46,6 +49,10 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("faust.app.base", "App", "_new_transport"),
     # widen_producer_buffer: the buffer that stalls every incoming message when full.
     ("faust.transport.producer", "ProducerBuffer", "max_messages"),
+    # read_settings_once: the buffer's size and put read a setting per message; its queue.
+    ("faust.transport.producer", "ProducerBuffer", "size"),
+    ("faust.transport.producer", "ProducerBuffer", "put"),
+    ("faust.transport.producer", "ProducerBuffer", "pending"),
     # Fix 1 to 8 (app/kafka/transport.py): Faust's consumer bookkeeping, overridden or read.
     ("faust.transport.consumer", "ThreadDelegateConsumer", "_new_consumer_thread"),
     ("faust.transport.consumer", "Consumer", "_drain_messages"),
@@ -177,6 +184,35 @@ def widen_producer_buffer(app: Any, max_messages: int) -> None:
     writes a key per record at once.
     """
     app.producer.buffer.max_messages = max_messages
+
+
+def read_settings_once(app: Any) -> None:
+    """Read the two settings Faust looks up for every message once, at start.
+
+    Faust's settings are descriptors behind a ``__getattribute__`` that records each
+    access: about 2.5 µs a read. Per record it read ``conf.Event`` to build the event
+    (``App.create_event``) and ``conf.producer_threaded`` twice to size the producer
+    buffer (the conductor's "wait until the buffer ebbs" and our transport's hand-over
+    check): ~7.5 µs of a staging row's 250-300 µs (counted over bench/staging). The
+    buffer's ``put`` reads the flag too. Neither setting changes once the app is built.
+    Apply after it is (the producer exists) and before its topics compile their decoders
+    (they bind ``create_event``).
+    """
+    app.create_event = functools.partial(app.conf.Event, app)
+    buffer = app.producer.buffer
+    if not app.conf.producer_threaded and type(buffer) is ProducerBuffer:
+        buffer.__class__ = _UnthreadedProducerBuffer
+
+
+class _UnthreadedProducerBuffer(ProducerBuffer):
+    """Faust's producer buffer with ``producer_threaded`` off, as read once at start."""
+
+    @property
+    def size(self) -> int:
+        return len(self.pending._queue)  # type: ignore[attr-defined]  # as Faust's size reads it
+
+    def put(self, fut: Any) -> None:
+        self.pending.put_nowait(fut)
 
 
 async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT[Any]]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import faust
 import pytest
 
 from app.kafka import faust_patches
@@ -45,3 +48,42 @@ def test_instance_attributes_count_as_present() -> None:
 def test_install_switches_streams_to_the_python_iterator() -> None:
     faust_patches.install()
     assert faust_patches.faust_streams._CStreamIterator is None  # type: ignore[attr-defined]
+
+
+async def test_settings_read_per_message_are_read_once() -> None:
+    app = faust.App("settings-once", broker="kafka://127.0.0.1:1")
+    faust_patches.read_settings_once(app)
+    reads: list[str] = []
+    registry = type(app.conf)
+    original = registry.__getattribute__
+
+    def counting(conf: Any, key: str) -> Any:
+        if not key.startswith("_"):
+            reads.append(key)
+        return original(conf, key)
+
+    buffer = app.producer.buffer
+    message = faust.types.Message("t", 0, 0, 0.0, 0, None, b"k", b"v", None)
+    registry.__getattribute__ = counting  # type: ignore[method-assign]
+    try:
+        event = app.create_event(b"k", b"v", {}, message)
+        empty = buffer.size
+        buffer.put(sentinel := object())  # type: ignore[arg-type]
+        queued = buffer.size
+    finally:
+        registry.__getattribute__ = original  # type: ignore[method-assign]
+    assert reads == []
+    assert isinstance(event, faust.Event)
+    assert (event.app, event.key, event.value, event.message) == (app, b"k", b"v", message)
+    assert (empty, queued) == (0, 1)
+    assert buffer.pending.get_nowait() is sentinel
+
+
+async def test_a_threaded_producer_buffer_is_left_as_faust_built_it() -> None:
+    app = faust.App("threaded", broker="kafka://127.0.0.1:1", producer_threaded=True)
+    built = type(app.producer.buffer)
+    try:
+        faust_patches.read_settings_once(app)
+        assert type(app.producer.buffer) is built
+    finally:
+        app.producer.threaded_producer.thread_loop.close()  # type: ignore[union-attr]  # its own loop
