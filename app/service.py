@@ -101,7 +101,11 @@ class PaymentService(faust.App):
         self.kafka_probe = KafkaProbe(settings)
         self.publisher = Publisher(settings)
         self.helpers = ProcessPool(settings.staging_helper_processes)
-        self.decisions = DecisionBoard(self.redis, cache_seconds=redis_cache_seconds(settings))
+        self.decisions = DecisionBoard(
+            self.redis,
+            cache_seconds=redis_cache_seconds(settings),
+            wait_seconds=settings.webhook_timeout_ms / 1000,
+        )
         # One memory cache for the process: the record agent's and the views' (fronts have theirs).
         self.memory = memory_cache(settings)
         self.webhook_counts = WebhookCounts(settings, process_name("worker"))

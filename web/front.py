@@ -60,7 +60,11 @@ class Front(Service):
         self.index = index
         self.redis = RedisConnection(settings)
         self.publisher = Publisher(settings, name=f"front-{index}")
-        self.decisions = DecisionBoard(self.redis, cache_seconds=redis_cache_seconds(settings))
+        self.decisions = DecisionBoard(
+            self.redis,
+            cache_seconds=redis_cache_seconds(settings),
+            wait_seconds=settings.webhook_timeout_ms / 1000,
+        )
         self.memory = memory_cache(settings)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)

@@ -3,10 +3,14 @@
 The record agent decides a webhook's record after its Postgres commit, in
 another process than the web view that holds the request (any worker of the
 group may own the reference's partition). After the commit it writes each
-webhook decision under the webhook id and announces the batch's decisions in
-one message on one pub/sub channel, in one script call (POST_SCRIPT, with the
-hot cache's writes); every worker's board listens there and
-wakes the views waiting for those ids. A view registers its wait before it
+webhook decision under the webhook id and announces it to the boards waiting for
+it, in one script call (POST_SCRIPT, with the hot cache's writes): each board (a
+worker's, a front's) has its own pub/sub channel, which its views' claims add to
+the id's waiters, so an announcement wakes only the processes holding its requests
+(one channel for all cost every front and the worker ~0.2 ms of CPU per batch each
+to read what was not theirs; bench/README.md). A decision nobody registered for
+(a view of the previous release, during a rolling upgrade) goes to the shared
+DECISIONS_CHANNEL, which every board also listens on. A view registers its wait before it
 publishes, so the announcement cannot come first; a replay reads the stored
 decision instead, and so does a view whose wait ran out (the listener may have
 been reconnecting). A decision that never comes in time (Redis away, a
@@ -22,6 +26,8 @@ channel's id never answers for another's. Keys (all expire after ANSWER_TTL_SECO
   body first sent under the id;
 - ``payments:{endpoint}:decision:{id}`` — the answer for that id: what the agent
   decided for its record (or the hot cache's duplicate); the first one stands;
+- ``payments:{endpoint}:waiters:{id}`` — the channels of the boards whose views wait
+  for that id's decision (expires WAIT_MARGIN_SECONDS after the views' wait ends);
 - ``payments:references:{start}`` — the **hot cache** (ENABLE_REDIS_CACHE): a hash
   of the references webhooks carried that were committed in one period of
   REDIS_TTL_SECONDS starting at ``start`` (UTC, ``2026-12-02T00:00:00Z``) → their
@@ -40,6 +46,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,28 +71,34 @@ DECISIONS_CHANNEL = "payments:decisions"
 #: The web views' claims, in one round trip for all the requests that reached their
 #: claim in one event-loop tick (:meth:`DecisionBoard.claim`). Per claim: take the id
 #: for this body (SET NX), else read what an earlier request stored under it and the
-#: decision; and read the hot cache when it is on (the current period's hash, else the
-#: previous one's). KEYS: (webhook key, decision key) per claim, then the two hashes
-#: when the cache is on. ARGV: n, the TTL, then (body hash, reference) per claim.
+#: decision; add this board's channel to the id's waiters unless a decision is stored
+#: already (the view answers from it); and read the hot cache when it is on (the current
+#: period's hash, else the previous one's). KEYS: (webhook key, decision key, waiters
+#: key) per claim, then the two hashes when the cache is on. ARGV: n, the TTL, the
+#: board's channel, the waiters' TTL, then (body hash, reference) per claim.
 #: Returns 4 values per claim: taken (1/0), stored body hash, decision, cached entry;
 #: missing values are "". One script call per request cost redis-py ~100 us of CPU;
 #: one per tick costs ~30 us a claim at 10 claims (bench/README.md, "Claims per tick").
 CLAIMS_SCRIPT = """
 local n = tonumber(ARGV[1])
-local cache = #KEYS > 2 * n
+local cache = #KEYS > 3 * n
 local out = {}
 for i = 1, n do
-  local webhook, body = KEYS[2 * i - 1], ARGV[1 + 2 * i]
+  local webhook, body = KEYS[3 * i - 2], ARGV[3 + 2 * i]
   local stored, decided, cached = '', '', false
   local taken = redis.call('SET', webhook, body, 'NX', 'EX', ARGV[2])
   if not taken then
     stored = redis.call('GET', webhook) or ''
-    decided = redis.call('GET', KEYS[2 * i]) or ''
+    decided = redis.call('GET', KEYS[3 * i - 1]) or ''
+  end
+  if decided == '' then
+    redis.call('SADD', KEYS[3 * i], ARGV[3])
+    redis.call('EXPIRE', KEYS[3 * i], ARGV[4])
   end
   if cache then
-    local reference = ARGV[2 + 2 * i]
-    cached = redis.call('HGET', KEYS[2 * n + 1], reference)
-    if not cached then cached = redis.call('HGET', KEYS[2 * n + 2], reference) end
+    local reference = ARGV[4 + 2 * i]
+    cached = redis.call('HGET', KEYS[3 * n + 1], reference)
+    if not cached then cached = redis.call('HGET', KEYS[3 * n + 2], reference) end
   end
   out[#out + 1] = taken and 1 or 0
   out[#out + 1] = stored
@@ -110,28 +124,44 @@ CLAIMS_PER_CALL = 100
 
 #: The record agent's one round trip per batch: store each webhook decision under its id
 #: (SET NX; the first one stands and is what is announced), write the hot cache when it
-#: is on, and announce the batch's decisions in one message. KEYS: the n decision keys,
-#: then the current hot-cache hash if any. ARGV: n, the decisions' TTL, the channel, the
-#: hash's TTL, then (answer, waiting key) n times, then (reference, entry) pairs. A
-#: pipeline and a PUBLISH cost redis-py about as much CPU per command as the round trips.
+#: is on, and announce each decision on the channels of the boards waiting for its id
+#: (one message per channel), or on the shared channel when none registered. KEYS: the
+#: n decision keys, the n waiters keys, then the current hot-cache hash if any. ARGV: n,
+#: the decisions' TTL, the shared channel, the hash's TTL, then (answer, waiting key) n
+#: times, then (reference, entry) pairs. A pipeline and a PUBLISH cost redis-py about as
+#: much CPU per command as the round trips.
 POST_SCRIPT = """
 local n = tonumber(ARGV[1])
-local announced = {}
+local by_channel, channels = {}, {}
 for i = 1, n do
   local answer = ARGV[3 + 2 * i]
   local first = redis.call('SET', KEYS[i], answer, 'NX', 'EX', ARGV[2], 'GET')
   if first then answer = first end
-  announced[i] = {ARGV[4 + 2 * i], answer}
-end
-if #KEYS > n then
-  for j = 5 + 2 * n, #ARGV, 2 do
-    redis.call('HSET', KEYS[n + 1], ARGV[j], ARGV[j + 1])
+  local waiting = redis.call('SMEMBERS', KEYS[n + i])
+  if #waiting == 0 then waiting = {ARGV[3]} end
+  for _, channel in ipairs(waiting) do
+    if not by_channel[channel] then
+      by_channel[channel] = {}
+      channels[#channels + 1] = channel
+    end
+    local announced = by_channel[channel]
+    announced[#announced + 1] = {ARGV[4 + 2 * i], answer}
   end
-  redis.call('EXPIRE', KEYS[n + 1], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[3], cjson.encode(announced))
+if #KEYS > 2 * n then
+  for j = 5 + 2 * n, #ARGV, 2 do
+    redis.call('HSET', KEYS[2 * n + 1], ARGV[j], ARGV[j + 1])
+  end
+  redis.call('EXPIRE', KEYS[2 * n + 1], ARGV[4])
+end
+for _, channel in ipairs(channels) do
+  redis.call('PUBLISH', channel, cjson.encode(by_channel[channel]))
+end
 return n
 """
+
+#: How long after a view's wait (WEBHOOK_TIMEOUT_MS) its board stays among an id's waiters.
+WAIT_MARGIN_SECONDS = 30
 
 #: HTTP status of each outcome.
 STATUS_OF = {"created": 201, "duplicate": 200, "conflict": 409}
@@ -153,6 +183,11 @@ def webhook_key(endpoint: str, webhook_id: str) -> str:
 
 def decision_key(endpoint: str, webhook_id: str) -> str:
     return f"payments:{endpoint}:decision:{webhook_id}"
+
+
+def waiters_key(endpoint: str, webhook_id: str) -> str:
+    """The channels of the boards whose views wait for this id's decision (a Redis set)."""
+    return f"payments:{endpoint}:waiters:{webhook_id}"
 
 
 def waiting_key(endpoint: str, webhook_id: str) -> str:
@@ -245,7 +280,8 @@ class DecisionBoard(Service):
     """One per web process: the agent posts decisions here; web views wait for them.
 
     ``cache_seconds``: REDIS_TTL_SECONDS for the hot cache, or None when
-    ENABLE_REDIS_CACHE is off (then nothing reads or writes it).
+    ENABLE_REDIS_CACHE is off (then nothing reads or writes it). ``wait_seconds``:
+    how long its views wait for a decision (WEBHOOK_TIMEOUT_MS).
     """
 
     def __init__(
@@ -253,10 +289,14 @@ class DecisionBoard(Service):
         redis: RedisConnection,
         *,
         cache_seconds: int | None = ANSWER_TTL_SECONDS,
+        wait_seconds: float = 5.0,
         **kwargs: Any,
     ) -> None:
         self.redis = redis
         self.cache_seconds = cache_seconds
+        #: This board's own channel: announcements of the ids its views claimed.
+        self.channel = f"{DECISIONS_CHANNEL}:{uuid.uuid4().hex}"
+        self._waiters_ttl = math.ceil(wait_seconds) + WAIT_MARGIN_SECONDS
         self._waiting: dict[str, list[asyncio.Future[Answer]]] = {}
         self._claims = TickBatch(self._claim_together, CLAIMS_PER_CALL)
         self._claims_script: Any = None
@@ -312,6 +352,7 @@ class DecisionBoard(Service):
             for letter in refused
         ]
         keys = [decision_key(endpoint, webhook_id) for endpoint, webhook_id, _ in answers]
+        keys += [waiters_key(endpoint, webhook_id) for endpoint, webhook_id, _ in answers]
         args: list[str | int] = [len(answers), ANSWER_TTL_SECONDS, DECISIONS_CHANNEL, 0]
         for endpoint, webhook_id, answer in answers:
             args += [answer.encode(), waiting_key(endpoint, webhook_id)]
@@ -363,7 +404,11 @@ class DecisionBoard(Service):
         The claims of every request that gets here within one event-loop tick go to
         Redis together, in one script call (CLAIMS_SCRIPT).
         """
-        keys = (webhook_key(endpoint, webhook_id), decision_key(endpoint, webhook_id))
+        keys = (
+            webhook_key(endpoint, webhook_id),
+            decision_key(endpoint, webhook_id),
+            waiters_key(endpoint, webhook_id),
+        )
         try:
             taken, stored, decided, cached = await self._claims((*keys, body_hash, reference))
         except (RedisError, OSError) as exc:
@@ -381,15 +426,17 @@ class DecisionBoard(Service):
         answer = Answer.decode(decided) if _text(decided) else None
         return Claim("seen", answer, fingerprint)
 
-    async def _claim_together(self, claims: list[tuple[str, str, str, str]]) -> list[list[Any]]:
+    async def _claim_together(
+        self, claims: list[tuple[str, str, str, str, str]]
+    ) -> list[list[Any]]:
         """One CLAIMS_SCRIPT call for a tick's claims; (taken, stored, decided, cached) each.
 
-        A claim: (webhook key, decision key, body hash, reference).
+        A claim: (webhook key, decision key, waiters key, body hash, reference).
         """
         keys: list[str] = []
-        args: list[str | int] = [len(claims), ANSWER_TTL_SECONDS]
-        for webhook, decision, body_hash, reference in claims:
-            keys += [webhook, decision]
+        args: list[str | int] = [len(claims), ANSWER_TTL_SECONDS, self.channel, self._waiters_ttl]
+        for webhook, decision, waiters, body_hash, reference in claims:
+            keys += [webhook, decision, waiters]
             args += [body_hash, reference]
         if self.cache_seconds is not None:
             keys += hot_cache_keys(datetime.now(UTC), self.cache_seconds)
@@ -431,12 +478,15 @@ class DecisionBoard(Service):
 
     @Service.task
     async def _listen(self) -> None:
-        """Wake the views waiting for decisions announced on DECISIONS_CHANNEL (reconnects)."""
+        """Wake the views waiting for decisions announced to this board (reconnects).
+
+        Its own channel, and the shared one (decisions nobody registered for).
+        """
         pause = 0.5
         while not self.should_stop:
             try:
                 async with self.redis.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(DECISIONS_CHANNEL)
+                    await pubsub.subscribe(self.channel, DECISIONS_CHANNEL)
                     pause = 0.5
                     while not self.should_stop:
                         message = await pubsub.get_message(timeout=1.0)

@@ -26,11 +26,13 @@ from app.recording.decisions import (
     CLAIMS_SCRIPT,
     DECISIONS_CHANNEL,
     REFUSED_MESSAGES,
+    WAIT_MARGIN_SECONDS,
     Answer,
     Claim,
     DecisionBoard,
     decision_key,
     hot_cache_keys,
+    waiters_key,
     waiting_key,
     webhook_key,
 )
@@ -63,16 +65,34 @@ def webhook_decision(reference: str, webhook_id: str, outcome: str = "created") 
 async def post_and_hear(
     board: DecisionBoard, redis: RedisConnection, *post: Any
 ) -> list[list[str]]:
-    """Post one batch while subscribed to the channel; the announcement it made."""
+    """Post one batch while subscribed to the board's and the shared channel; what it announced."""
+    heard = await post_and_hear_on(board, redis, [board.channel, DECISIONS_CHANNEL], *post)
+    assert len(heard) == 1, heard
+    [announced] = heard.values()
+    return announced
+
+
+async def post_and_hear_on(
+    board: DecisionBoard, redis: RedisConnection, channels: list[str], *post: Any
+) -> dict[str, list[list[str]]]:
+    """Post one batch while subscribed to ``channels``; each one's announcements, joined."""
+    heard: dict[str, list[list[str]]] = {}
     async with redis.client.pubsub(ignore_subscribe_messages=True) as pubsub:
-        await pubsub.subscribe(DECISIONS_CHANNEL)
+        await pubsub.subscribe(*channels)
         await board.post(*post)
+        quiet = 0
         for _ in range(50):
             message = await pubsub.get_message(timeout=0.1)
-            if message is not None:
-                announced: list[list[str]] = json.loads(message["data"])
-                return announced
-    raise AssertionError("no announcement within 5 s")
+            if message is None:
+                quiet += 1
+                if heard and quiet >= 3:
+                    return heard
+                continue
+            quiet = 0
+            heard.setdefault(message["channel"].decode(), []).extend(json.loads(message["data"]))
+    if not heard:
+        raise AssertionError("no announcement within 5 s")
+    return heard
 
 
 async def test_a_post_stores_announces_and_caches_in_one_call(redis: RedisConnection) -> None:
@@ -143,6 +163,76 @@ async def test_a_refused_webhook_record_is_answered_422(redis: RedisConnection) 
     stored = await redis.client.get(decision_key(endpoint, f"w-{run}"))
     assert stored is not None
     assert Answer.decode(stored) == refused
+
+
+async def test_a_decision_is_announced_only_to_the_boards_waiting_for_it(
+    redis: RedisConnection,
+) -> None:
+    worker = DecisionBoard(redis, cache_seconds=None)
+    front_a = DecisionBoard(redis, cache_seconds=None, wait_seconds=5)
+    front_b = DecisionBoard(redis, cache_seconds=None, wait_seconds=5)
+    run = uuid.uuid4().hex[:8]
+    ids = {name: f"w-{name}-{run}" for name in ("a", "b", "both", "nobody")}
+    await front_a.claim("generic", ids["a"], "hash-a", f"REF-A-{run}")
+    await front_b.claim("generic", ids["b"], "hash-b", f"REF-B-{run}")
+    await front_a.claim("generic", ids["both"], "hash-2", f"REF-2-{run}")
+    await front_b.claim("generic", ids["both"], "hash-2", f"REF-2-{run}")  # a replay, waiting too
+    decisions = {
+        name: webhook_decision(f"REF-{name}-{run}", webhook_id) for name, webhook_id in ids.items()
+    }
+
+    channels = [worker.channel, front_a.channel, front_b.channel, DECISIONS_CHANNEL]
+    heard = await post_and_hear_on(worker, redis, channels, list(decisions.values()), {})
+
+    def announced(*names: str) -> list[list[str]]:
+        return [
+            [waiting_key("generic", ids[name]), Answer.of(decisions[name]).encode()]
+            for name in names
+        ]
+
+    assert heard == {
+        front_a.channel: announced("a", "both"),
+        front_b.channel: announced("b", "both"),
+        # Nobody registered (a view of the previous release): the shared channel.
+        DECISIONS_CHANNEL: announced("nobody"),
+    }
+    waiters = waiters_key("generic", ids["both"])
+    assert await redis.client.smembers(waiters) == {
+        front_a.channel.encode(),
+        front_b.channel.encode(),
+    }
+    assert 5 < await redis.client.ttl(waiters) <= 5 + WAIT_MARGIN_SECONDS
+    # A claim that finds the decision stored answers from it: it waits for nothing.
+    late = DecisionBoard(redis, cache_seconds=None)
+    assert await late.claim("generic", ids["a"], "hash-a", f"REF-A-{run}") == Claim(
+        "seen", Answer.of(decisions["a"])
+    )
+    assert await redis.client.smembers(waiters_key("generic", ids["a"])) == {
+        front_a.channel.encode()
+    }
+
+
+async def test_a_started_board_wakes_its_view_with_the_decision(redis: RedisConnection) -> None:
+    worker = DecisionBoard(redis, cache_seconds=None)
+    front = DecisionBoard(redis, cache_seconds=None)
+    await front.start()
+    try:
+        run = uuid.uuid4().hex[:8]
+        webhook_id = f"w-{run}"
+        for _ in range(50):  # the listener subscribes in the background
+            if await redis.client.pubsub_numsub(front.channel) == [(front.channel.encode(), 1)]:
+                break
+            await asyncio.sleep(0.1)
+        assert await front.claim("generic", webhook_id, "hash", f"REF-{run}") == Claim("new")
+        waiting = front.expect("generic", webhook_id)
+        decision = webhook_decision(f"REF-{run}", webhook_id)
+
+        await worker.post([decision], {})
+
+        assert await asyncio.wait_for(waiting, 5) == Answer.of(decision)
+        front.forget("generic", webhook_id, waiting)
+    finally:
+        await front.stop()
 
 
 async def test_a_post_without_webhook_decisions_says_nothing(redis: RedisConnection) -> None:

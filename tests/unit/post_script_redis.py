@@ -38,9 +38,12 @@ class FakeRedis:
             self.keys.append(keys[i])
             self.values.setdefault(keys[i], answer)  # NX: the first answer stands
             announced.append([waiting, self.values[keys[i]]])
-        if len(keys) > n:
+        # keys[n : 2 * n]: the ids' waiters; none registered here, so one announcement on
+        # the shared channel (tests/integration/test_decision_board.py routes them).
+        if len(keys) > 2 * n:
             pairs = args[4 + 2 * n :]
-            self.hashes.setdefault(keys[n], {}).update(zip(pairs[::2], pairs[1::2], strict=True))
+            hash_key = keys[2 * n]
+            self.hashes.setdefault(hash_key, {}).update(zip(pairs[::2], pairs[1::2], strict=True))
             self.ops += ["hset", "expire"]
         self.ops.append("publish")
         self.announcements.append(json.loads(json.dumps(announced)))

@@ -40,13 +40,13 @@ class ScriptRedis:
     async def _claims(self, keys: list[str], args: list[Any]) -> list[Any]:
         n = int(args[0])
         assert args[1] == ANSWER_TTL_SECONDS
-        self.calls.append(keys[0 : 2 * n : 2])
+        self.calls.append(keys[0 : 3 * n : 3])
         await asyncio.sleep(0)  # the round trip
         if self.fail:
             raise RedisConnectionError("Connection refused")
         out: list[Any] = []
         for i in range(n):
-            webhook, decision, body = keys[2 * i], keys[2 * i + 1], str(args[2 + 2 * i])
+            webhook, decision, body = keys[3 * i], keys[3 * i + 1], str(args[4 + 2 * i])
             if webhook not in self.values:
                 self.values[webhook] = body
                 out += [1, "", "", ""]
