@@ -44,6 +44,7 @@ the request): ENABLE_REDIS_CACHE=false leaves them on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -206,7 +207,10 @@ def hot_cache_keys(now: datetime, ttl_seconds: int) -> tuple[str, str]:
     return _hot_cache_key(period * ttl_seconds), _hot_cache_key((period - 1) * ttl_seconds)
 
 
+@functools.lru_cache(maxsize=8)
 def _hot_cache_key(start: int) -> str:
+    # Remembered: the period changes once per REDIS_TTL_SECONDS, and formatting its start
+    # cost ~0.5% of a worker's and ~0.8% of a front's samples at 200 req/s (py-spy).
     return f"payments:references:{datetime.fromtimestamp(start, UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
