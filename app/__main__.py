@@ -14,22 +14,8 @@ from app.settings import Settings, load_settings
 #: LOG_LEVEL uses the usual names; Faust's --loglevel spells two of them short.
 FAUST_LOG_LEVELS = {"warning": "warn", "critical": "crit"}
 
-#: Python hands the GIL from thread to thread every switch interval (5 ms by default), and
-#: the event loop gives it up at every socket write: each write could wait up to 5 ms for
-#: another thread. Measured when Faust's Kafka consumer still ran in a thread of its own (it
-#: runs on the worker's loop now; the staging helper's feeder and result threads remain): at
-#: 0.5 ms, webhooks at 200 req/s were answered 20-23% sooner at p50 and p95, and wrk's rate
-#: rose 3-4% (bench/webhooks, interleaved pairs).
-SWITCH_INTERVAL_SECONDS = 0.0005
-
-
-def tune_interpreter() -> None:
-    """Process-wide settings of the Python interpreter, before anything starts threads."""
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-
 
 def main() -> None:
-    tune_interpreter()
     try:
         settings = load_settings()
     except SettingsError as exc:

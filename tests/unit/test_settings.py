@@ -395,15 +395,3 @@ def test_what_allow_insecure_lets_production_run_with_is_logged_at_start(
         "ALLOW_INSECURE: running in production with DB_SSLMODE, REDIS_TLS as they are "
         "(a trusted network only)"
     ]
-
-
-def test_the_worker_hands_the_gil_between_threads_every_half_millisecond() -> None:
-    from app.__main__ import SWITCH_INTERVAL_SECONDS, tune_interpreter
-
-    before = sys.getswitchinterval()
-    try:
-        tune_interpreter()
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_SECONDS)
-        assert before > SWITCH_INTERVAL_SECONDS  # Python's 5 ms default made writes wait
-    finally:
-        sys.setswitchinterval(before)
