@@ -348,10 +348,14 @@ class ProcessingSection(BaseModel):
     staging_interval_seconds: float = Field(30, gt=0)
     staging_max_retries: int = Field(3, ge=0)
     staging_helper_processes: int = Field(
-        1,
+        0,
         ge=0,
         le=8,
-        description="Helper processes that check and encode staging rows (0: in the worker).",
+        description=(
+            "Helper processes that check and encode staging rows (0: the polling worker "
+            "itself, a hundred rows per event-loop turn). A helper pays only on a leader "
+            "with a core to spare; it costs ~5-15% more CPU per row (bench/README.md)."
+        ),
     )
     webhook_timeout_ms: int = Field(5000, ge=1)
     payment_date_min: date = Field(

@@ -1,9 +1,11 @@
 """A pool of helper processes for CPU-only work, started on first use and stopped with the app.
 
-The staging poller checks and encodes its rows there (bench/staging: on the
-leader, that work starved the record agent sharing its event loop, and the other
-worker then sat idle waiting for the leader's partitions). ``spawn``: the worker
-has threads (Kafka consumer, RocksDB), which ``fork`` must not copy.
+With ``STAGING_HELPER_PROCESSES`` above 0 the staging poller checks and encodes
+its rows there. Off by default: the pickling both ways and the executor's
+threads make the pipeline spend ~5-15% more CPU per row, and only a leader
+with a core to spare moves rows faster with a helper (bench/README.md, "The
+staging helper process, a third time"). ``spawn``: the worker has threads
+(RocksDB's), which ``fork`` must not copy.
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ async def _rows(stack: Stack, query: str, *args: Any) -> list[asyncpg.Record]:
 def test_ten_thousand_staged_rows_record_exactly(stack: Stack, run: str, tmp_path: Path) -> None:
     load = make_load(10_000, f"T{run}")
     asyncio.run(stage(stack, load.rows))
-    with run_worker(stack, tmp_path, **app_env(run)) as worker:
+    # Through a helper process (not the default): its path, checked row for row.
+    env = app_env(run, STAGING_HELPER_PROCESSES="1")
+    with run_worker(stack, tmp_path, **env) as worker:
         asyncio.run(wait_drained(stack, load.created, wait_seconds=240, alive=worker.assert_alive))
         asyncio.run(wait_consumed(stack, run))
 

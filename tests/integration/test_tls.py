@@ -129,7 +129,7 @@ def test_a_worker_records_a_staged_payment_over_tls(tls_stack: TlsStack, tmp_pat
     references = [row[0] for row in load.rows]
     settings = tls_stack.settings()
     assert asyncio.run(_stage(settings, load.rows)), "the staging connection was not encrypted"
-    env = app_env(run, STAGING_HELPER_PROCESSES="0")  # one process fewer on a shared machine
+    env = app_env(run)
     with run_worker(tls_stack.stack, tmp_path, **env) as worker:
 
         def healthy() -> bool:

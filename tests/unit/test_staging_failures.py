@@ -16,6 +16,7 @@ from asyncpg.exceptions import IdleInTransactionSessionTimeoutError, LockNotAvai
 from prometheus_client import REGISTRY
 
 from app.exceptions import PublishFailed
+from app.intake import staging
 from app.intake.staging import StagingPoller, prepare_rows
 from app.kafka.codecs import DEAD_LETTER_MAX_BYTES, decode_dead_letter, decode_record
 from app.kafka.topics import DLQ, INTAKE
@@ -247,6 +248,43 @@ def test_prepare_rows_never_raises_for_a_row() -> None:
     assert (letter.reason, letter.reference_number) == ("unprocessable", "REF-2")
     assert letter.details[0].message.startswith("JSONDecodeError: ")
     assert [(e["id"], e["reference_number"]) for e in prepared.errors] == [(2, "REF-2")]
+
+
+async def test_without_a_helper_rows_are_checked_a_hundred_per_loop_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # STAGING_HELPER_PROCESSES=0: the worker checks a batch itself, and the record agent
+    # sharing its event loop gets turns in between (a batch of 1,000 held it ~50 ms).
+    rows = [tuple(row(n).values()) for n in range(1, 251)]
+    rows[119] = tuple(row(120, metadata="{not json").values())
+    now = datetime.now(UTC)
+    turns = 0
+    chunks: list[tuple[int, int]] = []
+
+    def counted(chunk: list[tuple[Any, ...]], window: DateWindow, at: datetime) -> Any:
+        chunks.append((len(chunk), turns))
+        return prepare_rows(chunk, window, at)
+
+    async def tick() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(staging, "prepare_rows", counted)
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        prepared = await poller(FakeDatabase([]), FakePublisher())._prepare(rows, now)
+    finally:
+        ticker.cancel()
+    assert [size for size, _ in chunks] == [100, 100, 50]
+    assert chunks[0][1] < chunks[1][1] < chunks[2][1]  # the ticker ran between them
+    whole = prepare_rows(rows, WINDOW, now)
+    assert prepared.records == whole.records
+    assert [r.row_id for r in prepared.records] == [n for n in range(1, 251) if n != 120]
+    assert prepared.errors == whole.errors
+    assert [letter.source_id for letter in prepared.dead_letters] == ["120"]
 
 
 async def test_a_clean_backlog_goes_to_the_intake_in_order_and_is_marked() -> None:
