@@ -1,7 +1,7 @@
 """The project's own per-row code on the staging path, offline: CPU µs per row, stage by stage.
 
 No Kafka, Postgres or Faust's worker: the functions a staged row goes through in the
-poller, its helper process and the record agent (the references table on a real RocksDB
+poller (in the worker, the default) and the record agent (the references table on a real RocksDB
 store in a temporary folder, its changelog sends left out), on 1,000 rows, the median of
 15 passes (after 3 to warm up) by ``time.process_time``. Far steadier than
 ``bench/staging`` on a shared machine, so it can tell levers of a few µs apart (issue
@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import logging
-import pickle
 import statistics
 import tempfile
 import time
@@ -121,14 +120,11 @@ class Stages:
             took[name] = now - clock
             clock = now
 
-        blob = pickle.dumps((self.rows, self.window, self.now), protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)  # noqa: S301 (our own bytes)
-        lap("rows to the helper (pickle)")
+        # In the worker (STAGING_HELPER_PROCESSES=0, the default): no pickling either way,
+        # and no fingerprint for a reference the poller has not seen before.
         prepared = prepare_rows(self.rows, self.window, self.now)
-        lap("check + encode (helper)")
+        lap("check + encode (poller)")
         self.accepted = len(prepared.records)
-        pickle.loads(pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301
-        lap("results back (pickle)")
         for staged in prepared.records:
             # Intake keys are unique references: a new key every pass.
             self.partition(f"{self.passes}-{staged.reference_number}".encode())

@@ -175,10 +175,19 @@ class StagedRecord(NamedTuple):
     """A valid staging row, checked and encoded for the intake topic."""
 
     reference_number: str
-    fingerprint: str
     value: bytes
     row_id: int
     channel: str | None
+    #: The checked record, or its fingerprint when a helper process checked it (the
+    #: record does not travel back). The poller asks for the fingerprint only when
+    #: it has seen the reference before (recorded, or earlier in the batch): ~7 µs a
+    #: row saved on a worker's loop for the usual new reference.
+    checked: PaymentRecord | str
+
+    @property
+    def fingerprint(self) -> str:
+        checked = self.checked
+        return checked if isinstance(checked, str) else checked.fingerprint
 
 
 @dataclass
@@ -230,8 +239,13 @@ def row_error(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime) -> PreparedRows:
-    """Check and encode staging rows (CPU only, so it can run in a helper process)."""
+def prepare_rows(
+    rows: list[tuple[Any, ...]], window: DateWindow, now: datetime, keep_records: bool = True
+) -> PreparedRows:
+    """Check and encode staging rows (CPU only, so it can run in a helper process).
+
+    ``keep_records`` False (a helper process) keeps each record's fingerprint instead.
+    """
     prepared = PreparedRows()
     for values in rows:
         row = dict(zip(ROW_COLUMNS, values, strict=True))
@@ -249,10 +263,10 @@ def prepare_rows(rows: list[tuple[Any, ...]], window: DateWindow, now: datetime)
         prepared.records.append(
             StagedRecord(
                 record.reference_number,
-                record.fingerprint,
                 encode_record(record),
                 row["id"],
                 record.payment_channel,
+                record if keep_records else record.fingerprint,
             )
         )
     return prepared
@@ -429,7 +443,7 @@ class StagingPoller:
     async def _prepare(self, rows: list[tuple[Any, ...]], now: datetime) -> PreparedRows:
         """``prepare_rows`` in a helper process, or here ROWS_PER_TURN rows per loop turn."""
         if self.helpers.size:
-            return await self.helpers.run(prepare_rows, rows, self.window, now)
+            return await self.helpers.run(prepare_rows, rows, self.window, now, False)
         prepared = PreparedRows()
         for start in range(0, len(rows), ROWS_PER_TURN):
             if start:
@@ -521,15 +535,19 @@ class StagingPoller:
             known = await recorded_fingerprints(
                 connection, (staged.reference_number for staged in prepared.records)
             )
+            first: dict[str, StagedRecord] = {}  # each reference's first row in this batch
             outgoing: list[Message] = []
             for staged in prepared.records:
                 reference = staged.reference_number
-                if dedup.is_exact_repeat(staged.fingerprint, known.get(reference)):
+                earlier = first.setdefault(reference, staged)
+                recorded = known.get(reference)
+                if recorded is None and earlier is not staged:
+                    recorded = earlier.fingerprint
+                if recorded is not None and dedup.is_exact_repeat(staged.fingerprint, recorded):
                     summary.duplicates += 1
                     if auditing:
                         repeats.append(_repeat(staged))
                     continue
-                known.setdefault(reference, staged.fingerprint)
                 outgoing.append((reference.encode(), staged.value))
             summary.published = len(outgoing)
 

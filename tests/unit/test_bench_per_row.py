@@ -12,9 +12,7 @@ def test_a_pass_times_every_stage_on_rows_that_are_all_accepted() -> None:
     finally:
         stages.close()
     assert list(took) == [
-        "rows to the helper (pickle)",
-        "check + encode (helper)",
-        "results back (pickle)",
+        "check + encode (poller)",
         "partition intake keys",
         "decode + window (agent)",
         "ids + fingerprint (agent)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -15,6 +16,7 @@ from aiokafka.errors import KafkaConnectionError
 from asyncpg.exceptions import IdleInTransactionSessionTimeoutError, LockNotAvailableError
 from prometheus_client import REGISTRY
 
+from app import models
 from app.exceptions import PublishFailed
 from app.intake import staging
 from app.intake.staging import StagingPoller, prepare_rows
@@ -287,6 +289,20 @@ async def test_without_a_helper_rows_are_checked_a_hundred_per_loop_turn(
     assert [letter.source_id for letter in prepared.dead_letters] == ["120"]
 
 
+def test_a_helper_sends_back_fingerprints_not_records() -> None:
+    rows = [tuple(r.values()) for r in (row(1), row(2))]
+    now = datetime.now(UTC)
+    kept = prepare_rows(rows, WINDOW, now).records
+    # As the helper's answer travels: pickled, our own bytes.
+    sent = pickle.loads(pickle.dumps(prepare_rows(rows, WINDOW, now, False))).records  # noqa: S301
+    assert [staged.checked for staged in sent] == [
+        staged.checked.fingerprint  # type: ignore[union-attr]
+        for staged in kept
+    ]
+    assert [staged.fingerprint for staged in sent] == [staged.fingerprint for staged in kept]
+    assert [staged.value for staged in sent] == [staged.value for staged in kept]
+
+
 async def test_a_clean_backlog_goes_to_the_intake_in_order_and_is_marked() -> None:
     db = FakeDatabase([row(n) for n in range(1, 20)])
     publisher = FakePublisher()
@@ -322,6 +338,46 @@ async def test_an_exact_repeat_postgres_holds_is_marked_but_not_published() -> N
     assert publisher.keys(INTAKE) == [b"REF-2"]
     # The repeat is a decision the poller took: counted once, as the agent's are.
     assert (REGISTRY.get_sample_value(*decided) or 0.0) - before == 1
+
+
+async def test_repeats_within_a_batch_stay_and_only_references_seen_before_are_fingerprinted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other_amount = {**row(4, reference="REF-1"), "amount": Decimal("11.00")}
+    rows = [row(1), row(2), row(3, reference="REF-1"), other_amount, row(5)]
+    recorded = prepare_rows([Record(row(2))], WINDOW, datetime.now(UTC)).records[0].fingerprint
+
+    class KnowsTheSecond(FakeConnection):
+        async def fetch(self, query: str, *args: Any) -> list[Record]:
+            if query != payment_store.KNOWN_REFERENCES:
+                return await super().fetch(query, *args)
+            return [Record({"reference_number": "REF-2", "fingerprint": recorded})]
+
+    class Database(FakeDatabase):
+        @asynccontextmanager
+        async def acquire(self) -> AsyncIterator[FakeConnection]:
+            yield KnowsTheSecond(self)
+
+    hashed: list[str] = []
+    real_hash = models._hash_defining_texts
+
+    def counted(texts: tuple[str, ...]) -> str:
+        hashed.append(texts[0])
+        return real_hash(texts)
+
+    monkeypatch.setattr(models, "_hash_defining_texts", counted)
+    db = Database(rows)
+    publisher = FakePublisher()
+    await poller(db, publisher).drain()
+    assert db.processed == {1, 2, 3, 4, 5}
+    # REF-2 is recorded as is, row 3 repeats row 1; row 4 differs from row 1: the agent decides.
+    assert [decode_record(value).source_id for _, value in publisher.topics[INTAKE]] == [
+        "1",
+        "4",
+        "5",
+    ]
+    # Only rows whose reference was seen before (and row 1, which they are compared with).
+    assert sorted(hashed) == ["REF-1", "REF-1", "REF-1", "REF-2"]
 
 
 async def test_the_next_batch_is_claimed_while_one_is_published_and_goes_out_after_it() -> None:
