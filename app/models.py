@@ -141,9 +141,11 @@ def _text_rules(max_length: int, min_length: int = 0, *, visible: bool = True) -
     """
 
     def check(value: str) -> str:
-        _no_control_characters(value)
-        if visible:
-            _no_invisible_characters(value)
+        # Printable ASCII, the usual text, has neither kind of character: one C call.
+        if not (value.isascii() and value.isprintable()):
+            _no_control_characters(value)
+            if visible:
+                _no_invisible_characters(value)
         length = len(value)
         if length < min_length:
             raise PydanticKnownError(
@@ -426,10 +428,26 @@ class PaymentRecord(BaseModel):
             self.loan_account_number,
             self.cif,
             f"{self.amount:.2f}",
-            self.payment_date.astimezone(UTC).replace(tzinfo=None).isoformat(),
+            naive_utc(self.payment_date).isoformat(),
             self.payment_channel or "",
             self.currency or "",
         )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 (what TIMESTAMP columns hold)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """``value`` in UTC without a zone: what TIMESTAMP columns hold (asyncpg wants it naive).
+
+    By arithmetic (~0.1 µs): ``astimezone(UTC).replace(tzinfo=None)`` costs ~1.2 µs,
+    and the record agent takes it twice per record. A naive value is read as local
+    time, as ``astimezone`` reads it.
+    """
+    if value.tzinfo is None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return _NAIVE_EPOCH + (value - _EPOCH)
 
 
 def _depth(value: Any) -> int:

@@ -54,9 +54,10 @@ from app.models import (
     PaymentRecord,
     beyond_retention,
     field_errors,
+    naive_utc,
 )
 from app.recording import audit_trail, dedup, failures
-from app.recording.payment_store import naive_utc, recorded_fingerprints
+from app.recording.payment_store import recorded_fingerprints
 from app.storage import staging_table
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import asyncpg
 from pydantic_core import to_json
 
 from app.kafka.codecs import encode_event_for
-from app.models import KnownReference, PaymentRecord, fingerprint_of, utc_text
+from app.models import KnownReference, PaymentRecord, fingerprint_of, naive_utc, utc_text
 from app.storage.database import POSTGRES_ERRORS, translated
 
 log = logging.getLogger(__name__)
@@ -269,11 +269,6 @@ class RecordResult:
     existing: dict[str, KnownReference] = field(default_factory=dict)
     #: The outbox rows holding ``events`` (one per transaction), to delete once they are sent.
     outbox_batches: list[uuid.UUID] = field(default_factory=list)
-
-
-def naive_utc(value: datetime) -> datetime:
-    """TIMESTAMP columns hold UTC without a zone; asyncpg wants naive values for them."""
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def month_of(value: datetime) -> date:

@@ -6,7 +6,7 @@ import json
 import pickle
 import random
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -31,8 +31,11 @@ from app.models import (
     PaymentRecordedEvent,
     differing_fields,
     field_errors,
+    fingerprint_of,
+    naive_utc,
     payment_id_for,
 )
+from app.recording.payment_store import defining_fields_of
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WINDOW = DateWindow(earliest=date(2000, 1, 1), max_future=timedelta(days=1))
@@ -140,6 +143,38 @@ def test_identity_fields_refuse_invisible_characters(field: str, char: str) -> N
 @pytest.mark.parametrize("char", ["\u200b", "\u202e", "\u00a0"])
 def test_the_channel_refuses_invisible_characters(char: str) -> None:
     assert "payment_channel" in errors_for(payment_channel=f"ca{char}rd")
+
+
+@pytest.mark.parametrize(
+    "field", ["reference_number", "loan_account_number", "cif", "payment_channel", "source_id"]
+)
+@pytest.mark.parametrize("char", ["\x00", "\t", "\n", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"])
+def test_every_text_refuses_control_characters(field: str, char: str) -> None:
+    assert errors_for(**{field: f"AB{char}CD"})[field] == "must not contain control characters"
+
+
+def test_naive_utc_is_astimezone_utc_without_the_zone() -> None:
+    for offset in (0, 7, -5, 14, -12):
+        for value in (
+            datetime(2026, 11, 27, 23, 30, 15, 123456, tzinfo=timezone(timedelta(hours=offset))),
+            datetime(2000, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=offset, minutes=30))),
+            datetime(9999, 12, 31, 9, 0, tzinfo=timezone(timedelta(hours=offset))),
+        ):
+            expected = value.astimezone(UTC).replace(tzinfo=None)
+            assert naive_utc(value) == expected
+            assert naive_utc(value).tzinfo is None
+    local = datetime(2026, 11, 27, 10, 0)  # noqa: DTZ001 (naive: read as local time, as astimezone reads it)
+    assert naive_utc(local) == local.astimezone(UTC).replace(tzinfo=None)
+
+
+def test_a_records_fingerprint_is_the_one_of_its_stored_row() -> None:
+    # Postgres holds the payment_date naive in UTC; the record's fingerprint must agree with
+    # the one computed back from the row, for any offset and fraction the sender wrote.
+    for written in ("2026-11-27T10:00:00+07:00", "2026-11-27T10:00:00.250Z", "2026-11-27T10:00:00"):
+        made = record(payment_date=written)
+        row = {**made.defining_fields(), "amount": made.amount}
+        row["payment_date"] = naive_utc(made.payment_date)
+        assert made.fingerprint == fingerprint_of(defining_fields_of(row))
 
 
 NFD = "Cafe\u0301-\u1100\u1161-A\u030a"  # e + acute, Hangul jamo, A + ring: decomposed
