@@ -449,8 +449,8 @@ def naive_utc(value: datetime) -> datetime:
     """``value`` in UTC without a zone: what TIMESTAMP columns hold (asyncpg wants it naive).
 
     By arithmetic (~0.1 µs): ``astimezone(UTC).replace(tzinfo=None)`` costs ~1.2 µs,
-    and the record agent takes it twice per record. A naive value is read as local
-    time, as ``astimezone`` reads it.
+    and a recorded row takes it three times (two columns, its fingerprint's text). A
+    naive value is read as local time, as ``astimezone`` reads it.
     """
     if value.tzinfo is None:
         return value.astimezone(UTC).replace(tzinfo=None)

@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 RETRY_BASE_SECONDS = 1.0
 
 #: Rows checked and encoded per event-loop turn when the worker does it itself
-#: (STAGING_HELPER_PROCESSES=0): at ~35-50 µs a row a turn holds the loop a few
-#: milliseconds, not the ~50 ms of a whole batch, so the record agent and the
+#: (STAGING_HELPER_PROCESSES=0): at ~20-50 µs a row (by the hour) a turn holds the
+#: loop 2-5 ms, not the 20-50 ms of a whole batch, so the record agent and the
 #: decisions sharing the loop are not held up behind it.
 ROWS_PER_TURN = 100
 
