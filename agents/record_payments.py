@@ -21,6 +21,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import asyncpg
 import faust
 
 from app.instruments import CACHE_REQUESTS, DEAD_LETTERS, DECISIONS, REFERENCE_ANSWERS
@@ -182,8 +183,9 @@ class FaultHooks:
 
     #: The payment store's class (a test's fails on chosen records).
     store: type[PaymentStore] = PaymentStore
-    #: Makes, per agent start, what runs inside the transaction once references are claimed.
-    after_claim: Callable[[], Callable[[], None]] | None = None
+    #: Makes, per agent start, what the transaction awaits (with its connection) once
+    #: references are claimed.
+    after_claim: Callable[[], Callable[[asyncpg.Connection], Awaitable[None]]] | None = None
     #: Runs after the Postgres commit, before the events are published.
     crash_after_commit: Callable[[], None] | None = None
 

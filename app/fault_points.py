@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
 
 from agents.record_payments import FaultHooks
 from app.models import PaymentRecord
@@ -59,19 +61,25 @@ def _die() -> None:
     os._exit(FAULT_EXIT_CODE)
 
 
-def _freeze_once() -> Callable[[], None]:
-    """FAULT_POINT=freeze_in_transaction: stop the whole process (SIGSTOP) once, mid-transaction.
+def _freeze_once() -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """FAULT_POINT=freeze_in_transaction: stop the whole process (SIGSTOP) once, mid-statement.
 
-    The test sends SIGCONT: the worker wakes as a zombie whose session and
-    group membership may have expired meanwhile.
+    The worst moment to freeze: inside the batch's transaction, its references
+    claimed and uncommitted, and in the middle of a statement (asyncpg has sent a
+    new statement's Parse/Describe/Flush and not yet its Bind/Execute/Sync), so
+    Postgres' idle_in_transaction_session_timeout does not reach the session and
+    only the other workers' stalled-session check (app/storage/stalled_sessions.py)
+    frees the claims. The test sends SIGCONT: the worker wakes as a zombie whose
+    session and group membership have expired meanwhile.
     """
     frozen = False
 
-    def freeze() -> None:
+    async def freeze(connection: asyncpg.Connection) -> None:
         nonlocal frozen
         if not frozen:
             frozen = True
             log.warning("FAULT_POINT freeze_in_transaction: stopping with claims uncommitted")
+            await connection.prepare("VALUES ('FAULT_POINT freeze_in_transaction')")
             os.kill(os.getpid(), signal.SIGSTOP)
 
     return freeze

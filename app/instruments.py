@@ -99,6 +99,12 @@ PARTITIONS_KEPT = Counter(
     "Expired partitions maintenance kept instead of dropping, once per run: they hold rows"
     " recorded after the accepted window had closed on their month (see the error it logs)",
 )
+STALLED_SESSIONS_ENDED = Counter(
+    "payments_db_stalled_sessions_ended_total",
+    "Postgres sessions of this service a worker ended because they had waited mid-statement"
+    " for their client past DB_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS (a frozen process's; the"
+    " warning it logs names the session)",
+)
 PROBE_RUNS = Counter(
     "payments_probe_runs_total",
     "Dependency probes /health and /metrics ran (database, kafka, redis, metrics); the answers"

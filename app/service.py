@@ -12,7 +12,13 @@ from typing import Any, cast, get_args
 
 import faust
 
-from agents import maintain_partitions, poll_staging, record_payments, relay_outbox
+from agents import (
+    end_stalled_sessions,
+    maintain_partitions,
+    poll_staging,
+    record_payments,
+    relay_outbox,
+)
 from app.instruments import (
     DEAD_LETTERS,
     INTAKE_RECORDS_LOST,
@@ -163,6 +169,7 @@ class PaymentService(faust.App):
             self, settings=settings, database=self.database, publisher=self.publisher
         )
         maintain_partitions.register(self, settings=settings, database=self.database)
+        end_stalled_sessions.register(self, settings=settings, database=self.database)
         self.verifier = Verifier(settings)
         self.guards = Guards(settings, self.redis)
         health.register(self, health=self.health, warming=self.cache_warming)

@@ -246,9 +246,10 @@ class DatabaseSection(BaseModel):
         60,
         ge=0,
         description=(
-            "Postgres ends a session of ours idle this long inside a transaction (0: never), "
-            "so a frozen worker cannot hold its batch's claims and block the worker that "
-            "takes over its partitions."
+            "Postgres ends a session of ours idle this long inside a transaction, and the "
+            "workers end one stalled this long mid-statement waiting for its client "
+            "(app/storage/stalled_sessions.py; 0: neither), so a frozen worker cannot hold "
+            "its batch's claims and block the worker that takes over its partitions."
         ),
     )
     db_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(

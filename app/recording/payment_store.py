@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -388,8 +388,8 @@ class PaymentStore:
 
     ``max_future`` is PAYMENT_DATE_MAX_FUTURE_DAYS: how far a recorded payment_date
     may lie past its recording, which bounds where late duplicates can be.
-    ``after_claim`` (tests only, FAULT_POINT) runs inside the transaction once a
-    batch has claimed references, before anything else is written.
+    ``after_claim`` (tests only, FAULT_POINT) is awaited with the transaction's
+    connection once a batch has claimed references, before anything else is written.
     ``outbox_lease_seconds`` is OUTBOX_RELAY_MIN_AGE_SECONDS: how long an outbox
     row stays its worker's after the commit or the last renewal.
     """
@@ -399,7 +399,7 @@ class PaymentStore:
         pool: asyncpg.Pool,
         events_topic: str,
         max_future: timedelta = timedelta(days=1),
-        after_claim: Callable[[], None] | None = None,
+        after_claim: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
         outbox_lease_seconds: float = 15.0,
     ) -> None:
         self.pool = pool
@@ -543,7 +543,7 @@ class PaymentStore:
             )
             claimed_refs = {row["reference_number"] for row in claimed}
             if claimed_refs and self._after_claim is not None:
-                self._after_claim()
+                await self._after_claim(connection)
             taken = [ref for ref in by_reference if ref not in claimed_refs]
             if taken:
                 rows = await connection.fetch(KNOWN_REFERENCES, taken)

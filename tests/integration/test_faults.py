@@ -273,14 +273,20 @@ def test_a_zombie_worker_does_not_apply_its_batch_twice(
     ledger, load, env = _load_for_a_freeze(stack, run, f"Z{run}")
     with Fleet(stack, tmp_path, 0, run, **env) as fleet:
         # The zombie stops itself (SIGSTOP) inside its first batch's transaction,
-        # its references claimed and uncommitted; the other worker must take over.
+        # its references claimed and uncommitted, in the middle of a statement;
+        # the other worker must take over.
         zombie = fleet.add(FAULT_POINT="freeze_in_transaction")
-        fleet.add()
+        survivor = fleet.add()
         wait_for(lambda: is_stopped(zombie), timeout=180, what="the zombie to freeze")
         # Liveness: everything is recorded while the zombie is still frozen (its
-        # partitions moved after the session timeout, its claims were released
-        # when Postgres ended its idle transaction).
+        # partitions moved after the session timeout, its claims were released when
+        # the survivor ended its session, stalled mid-statement where Postgres' idle
+        # timeout does not reach).
         wait_rows(stack, load.created, fleet)
+        ledger.check(
+            survivor.logged("mid-statement for its client"),
+            "the survivor never ended the zombie's stalled session",
+        )
         ledger.check(is_stopped(zombie), "the zombie woke up before the load was recorded")
         zombie.process.send_signal(signal.SIGCONT)
         # The zombie resumes its batch on a session Postgres has ended, retries

@@ -25,7 +25,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_checks_the_rules() -> None:
-    assert "SUCCESS: 13 rules found" in promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS: 14 rules found" in promtool("check", "rules", "alerts.yml")
 
 
 def test_each_alert_fires_and_stays_quiet_as_expected() -> None:

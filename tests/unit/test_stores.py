@@ -18,6 +18,8 @@ STORES = {
     "app/ops/operator_audit.py",
     # Not a store: the connection check every pool runs.
     "app/storage/database.py",
+    # Not a store: reads Postgres' own session list (pg_stat_activity).
+    "app/storage/stalled_sessions.py",
 }
 
 SQL = re.compile(r"\b(SELECT\s|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|DROP\s+TABLE)")
