@@ -463,7 +463,8 @@ class PerformanceSection(BaseModel):
         description=(
             "Tests only: after_commit = the worker kills itself after the Postgres commit, "
             "before the events are published; freeze_in_transaction = it stops itself "
-            "(SIGSTOP) once, holding its first batch's claims uncommitted, until a SIGCONT; "
+            "(SIGSTOP) once, holding its first batch's claims uncommitted in the middle of "
+            "a statement, until a SIGCONT; "
             "poison_record = recording any batch holding a reference that starts with "
             "POISON- fails with an error nobody foresaw. Refused in production."
         ),
