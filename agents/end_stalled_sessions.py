@@ -27,7 +27,7 @@ def register(app: faust.App, *, settings: Settings, database: Database) -> None:
     async def end_stalled_sessions() -> None:
         try:
             async with database.pool.acquire() as connection:
-                await stalled_sessions.end_stalled(connection, settings.kafka_client_id, timeout)
+                await stalled_sessions.end_stalled(connection, timeout)
         except Exception as exc:
             log.warning("stalled sessions: %r; looking again at the next tick", exc)
 

@@ -14,7 +14,7 @@ keeps its claimed staging rows from every other worker (SKIP LOCKED passes them
 by); in the record agent's, it blocks whoever records the same references.
 
 So every worker looks, every quarter of that timeout, for sessions of this
-service (same database, user and application_name, the KAFKA_CLIENT_ID) that have
+service (same database, user and application_name: the KAFKA_CLIENT_ID) that have
 waited on their client like that for longer than the timeout, and ends them with
 ``pg_terminate_backend``: the rule Postgres applies to idle ones, applied to the
 state it leaves out. A live client never waits that long inside one statement: its
@@ -46,12 +46,12 @@ FROM pg_stat_activity
 WHERE backend_type = 'client backend'
   AND datname = current_database()
   AND usename = current_user
-  AND application_name = $1
+  AND application_name = current_setting('application_name')
   AND pid <> pg_backend_pid()
   AND state = 'active'
   AND wait_event_type = 'Client'
   AND wait_event IN ('ClientRead', 'ClientWrite')
-  AND state_change < clock_timestamp() - make_interval(secs => $2)
+  AND state_change < clock_timestamp() - make_interval(secs => $1)
 """
 
 
@@ -66,11 +66,13 @@ class StalledSession:
     query: str
 
 
-async def end_stalled(
-    connection: asyncpg.Connection, application_name: str, after_seconds: float
-) -> list[StalledSession]:
-    """End ``application_name``'s sessions stalled mid-statement over ``after_seconds``."""
-    rows = await connection.fetch(END_STALLED, application_name, float(after_seconds))
+async def end_stalled(connection: asyncpg.Connection, after_seconds: float) -> list[StalledSession]:
+    """End sessions of ``connection``'s application stalled mid-statement over ``after_seconds``.
+
+    The application_name is compared as Postgres holds it (cut to 63 bytes, say), so
+    the pool's connections find their own kind whatever KAFKA_CLIENT_ID is.
+    """
+    rows = await connection.fetch(END_STALLED, float(after_seconds))
     ended = [
         StalledSession(
             pid=row["pid"],

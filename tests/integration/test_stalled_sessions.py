@@ -62,7 +62,7 @@ async def _stalled(connection: asyncpg.Connection, name: str) -> int:
     """The backend pid of ``name``'s session once it waits mid-statement on its client."""
     for _ in range(200):
         pid = await connection.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+            "SELECT pid FROM pg_stat_activity WHERE application_name = left($1, 63)"
             " AND state = 'active' AND wait_event = 'ClientRead'",
             name,
         )
@@ -83,9 +83,15 @@ async def _free_rows(connection: asyncpg.Connection) -> list[int]:
 async def test_a_session_stalled_mid_statement_is_ended_and_its_locks_go(
     stack: Stack, table: str
 ) -> None:
-    ours, theirs = "stalled-ours", "stalled-theirs"
+    # Postgres keeps 63 bytes of an application_name: a longer KAFKA_CLIENT_ID must
+    # still find its own sessions.
+    ours, theirs = "stalled-ours-" + "x" * 60, "stalled-theirs"
     frozen = [_freeze(stack, table, 1, ours), _freeze(stack, table, 2, theirs)]
-    watcher = await asyncpg.connect(**stack.db_connect_kwargs())
+    # The checker is a session of "ours" too (the pool's connections are), and so is
+    # an idle one that must be left alone.
+    watcher = await asyncpg.connect(
+        **stack.db_connect_kwargs(), server_settings={"application_name": ours}
+    )
     idle = await asyncpg.connect(
         **stack.db_connect_kwargs(), server_settings={"application_name": ours}
     )
@@ -95,10 +101,10 @@ async def test_a_session_stalled_mid_statement_is_ended_and_its_locks_go(
         # Postgres' own timeout does not reach them: both rows stay locked.
         assert await _free_rows(watcher) == []
         # More than a second into its statement: too young for 60 s.
-        assert await stalled_sessions.end_stalled(watcher, ours, 60) == []
+        assert await stalled_sessions.end_stalled(watcher, 60) == []
 
         before = STALLED_SESSIONS_ENDED._value.get()
-        ended = await stalled_sessions.end_stalled(watcher, ours, 1.0)
+        ended = await stalled_sessions.end_stalled(watcher, 1.0)
         assert [session.pid for session in ended] == [our_pid]
         assert ended[0].wait_event == "ClientRead"
         assert ended[0].seconds >= 1.0
