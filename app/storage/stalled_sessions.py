@@ -32,8 +32,10 @@ from app.instruments import STALLED_SESSIONS_ENDED
 
 log = logging.getLogger(__name__)
 
-# state_change is when the statement's first message arrived (Parse, or the COPY);
-# a backend that streams a cursor or a COPY to a live client moves on well before.
+# state_change is when the statement's first message arrived (its Parse, or the COPY).
+# This service's statements are batches, done in milliseconds: one whose backend still
+# waits on its client after the timeout has a client that stopped. Sessions of other
+# roles show no state here, and other applications' are not ours to end.
 END_STALLED = """
 SELECT pid,
        host(client_addr) AS client,
