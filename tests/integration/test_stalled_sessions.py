@@ -21,20 +21,28 @@ from app.instruments import STALLED_SESSIONS_ENDED
 from app.storage import stalled_sessions
 from tests.stack import Stack
 
-# Locks one row of the table, prepares a statement it has not run (asyncpg sends
-# Parse/Describe/Flush and waits for nothing more), then stops itself.
+# Locks one row of the table, then stops itself mid-statement: ``prepare``, after
+# preparing a statement it has not run (asyncpg sends Parse/Describe/Flush and waits
+# for nothing more); ``copy``, inside a COPY its rows have not reached yet.
 FROZEN_CLIENT = """
 import asyncio, json, os, signal, sys
 import asyncpg
 
 async def main():
-    options, table, row, name = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    options, table, row, name, how = json.loads(sys.argv[1]), *sys.argv[2:]
     connection = await asyncpg.connect(**options, server_settings={
         "application_name": name, "idle_in_transaction_session_timeout": "600000"})
     await connection.execute("BEGIN")
-    await connection.fetch(f"SELECT id FROM {table} WHERE id = {row} FOR UPDATE")
-    await connection.prepare(f"SELECT count(*) FROM {table} WHERE id > $1")
-    os.kill(os.getpid(), signal.SIGSTOP)
+    await connection.fetch(f"SELECT id FROM {table} WHERE id = {int(row)} FOR UPDATE")
+    if how == "prepare":
+        await connection.prepare(f"SELECT count(*) FROM {table} WHERE id > $1")
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    async def rows():
+        os.kill(os.getpid(), signal.SIGSTOP)
+        yield (10 + int(row),)
+
+    await connection.copy_records_to_table(table, records=rows(), columns=["id"])
 
 asyncio.run(main())
 """
@@ -53,9 +61,11 @@ async def table(stack: Stack) -> AsyncIterator[str]:
         await connection.close()
 
 
-def _freeze(stack: Stack, table: str, row: int, name: str) -> subprocess.Popen[bytes]:
+def _freeze(stack: Stack, table: str, row: int, name: str, how: str) -> subprocess.Popen[bytes]:
     options = json.dumps(stack.db_connect_kwargs())
-    return subprocess.Popen([sys.executable, "-c", FROZEN_CLIENT, options, table, str(row), name])
+    return subprocess.Popen(
+        [sys.executable, "-c", FROZEN_CLIENT, options, table, str(row), name, how]
+    )
 
 
 async def _stalled(connection: asyncpg.Connection, name: str) -> int:
@@ -80,13 +90,14 @@ async def _free_rows(connection: asyncpg.Connection) -> list[int]:
     return [row["id"] for row in rows]
 
 
+@pytest.mark.parametrize(("how", "statement"), [("prepare", "count(*)"), ("copy", "COPY")])
 async def test_a_session_stalled_mid_statement_is_ended_and_its_locks_go(
-    stack: Stack, table: str
+    stack: Stack, table: str, how: str, statement: str
 ) -> None:
     # Postgres keeps 63 bytes of an application_name: a longer KAFKA_CLIENT_ID must
     # still find its own sessions.
     ours, theirs = "stalled-ours-" + "x" * 60, "stalled-theirs"
-    frozen = [_freeze(stack, table, 1, ours), _freeze(stack, table, 2, theirs)]
+    frozen = [_freeze(stack, table, 1, ours, how), _freeze(stack, table, 2, theirs, how)]
     # The checker is a session of "ours" too (the pool's connections are), and so is
     # an idle one that must be left alone.
     watcher = await asyncpg.connect(
@@ -108,7 +119,7 @@ async def test_a_session_stalled_mid_statement_is_ended_and_its_locks_go(
         assert [session.pid for session in ended] == [our_pid]
         assert ended[0].wait_event == "ClientRead"
         assert ended[0].seconds >= 1.0
-        assert "count(*)" in ended[0].query
+        assert statement in ended[0].query
         assert STALLED_SESSIONS_ENDED._value.get() == before + 1
         # Its transaction rolled back: row 1 is free. Row 2 belongs to a session of
         # another application, which is not ours to end; an idle session of ours stays.
