@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -241,7 +241,7 @@ def row_error(letter: DeadLetter) -> dict[str, Any]:
 
 
 def prepare_rows(
-    rows: list[tuple[Any, ...]], window: DateWindow, now: datetime, keep_records: bool = True
+    rows: Sequence[Sequence[Any]], window: DateWindow, now: datetime, keep_records: bool = True
 ) -> PreparedRows:
     """Check and encode staging rows (CPU only, so it can run in a helper process).
 
@@ -441,10 +441,11 @@ class StagingPoller:
                 return None
             return summary
 
-    async def _prepare(self, rows: list[tuple[Any, ...]], now: datetime) -> PreparedRows:
+    async def _prepare(self, rows: list[asyncpg.Record], now: datetime) -> PreparedRows:
         """``prepare_rows`` in a helper process, or here ROWS_PER_TURN rows per loop turn."""
-        if self.helpers.size:
-            return await self.helpers.run(prepare_rows, rows, self.window, now, False)
+        if self.helpers.size:  # plain tuples travel to the helper (pickled)
+            plain = [tuple(row) for row in rows]
+            return await self.helpers.run(prepare_rows, plain, self.window, now, False)
         prepared = PreparedRows()
         for start in range(0, len(rows), ROWS_PER_TURN):
             if start:
@@ -527,7 +528,7 @@ class StagingPoller:
                 rows[-1]["id"],
                 len(rows),
             )
-            prepared = await self._prepare([tuple(row) for row in rows], started)
+            prepared = await self._prepare(rows, started)
             summary.errors = prepared.errors
 
             # The plan's bulk duplicate check: exact repeats of what Postgres already
